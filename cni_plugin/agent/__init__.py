@@ -1,0 +1,1 @@
+"""eniway-agent: the per-node daemon behind the CNI shim."""

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install everything the tests and the demo need on a fresh Debian bookworm machine:
+# Debian packages, the Python distribution (editable, with test extras), and the
+# control plane (built once, then cached in $ENIWAY_CACHE).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+
+APT_PACKAGES=(
+  iproute2 iptables openssl procps psmisc
+  etcd-server containernetworking-plugins
+  golang-go dpkg-dev golang-github-modern-go-reflect2-dev golang-github-json-iterator-go-dev
+)
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  echo "[deps] apt-get install ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+stamp="${ENIWAY_CACHE:-$HOME/.cache/eniway}/pip-stamp"
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]] || ! "$PY" -c 'import cni_plugin, eniway_operator' 2>/dev/null; then
+  echo "[deps] pip install -e .[test]" >&2
+  "$PY" -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v -e '^WARNING: Location' -e 'Running pip as the' >&2 || true
+  "$PY" -c 'import cni_plugin, eniway_operator'
+  mkdir -p "$(dirname "$stamp")" && echo "$want" > "$stamp"
+fi
+
+bash hack/build-control-plane.sh

@@ -1,0 +1,1 @@
+"""Cloud providers: one interface (base), one implementation per cloud."""

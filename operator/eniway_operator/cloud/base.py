@@ -1,0 +1,180 @@
+"""The cloud interface the operator plans against, and the typed errors it acts on.
+
+Modelled on Cilium's pkg/ipam split: pool logic never sees an SDK, only this.
+Calls are synchronous (the SDKs are); the operator runs them in worker threads.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+MAX_IPS_PER_CALL = 10  # ECS accepts at most 10 IPs per Assign/Unassign call
+
+
+@dataclass(frozen=True)
+class InstanceLimits:
+    """What an instance type allows. ``max_enis`` includes the primary ENI;
+    ``ips_per_eni`` includes each ENI's primary IP."""
+
+    instance_type: str
+    max_enis: int
+    ips_per_eni: int
+    hot_swap: bool = True
+    source: str = "api"
+
+    @property
+    def max_pods(self) -> int:
+        """Pod IPs the node can hold (Terway's shared-ENI formula): secondary IPs of the
+        secondary ENIs; the primary ENI carries the node itself."""
+        return (self.max_enis - 1) * (self.ips_per_eni - 1)
+
+
+@dataclass(frozen=True)
+class InstanceInfo:
+    instance_id: str
+    instance_type: str
+    region_id: str
+    zone_id: str
+    vpc_id: str
+    status: str  # Running, Stopped, Starting, Stopping
+    primary_eni_id: str = ""
+    vswitch_id: str = ""
+    primary_ip: str = ""
+
+
+@dataclass(frozen=True)
+class VSwitch:
+    vswitch_id: str
+    vpc_id: str
+    zone_id: str
+    cidr: str
+    available_ips: int
+
+    @property
+    def gateway(self) -> str:
+        """The vSwitch gateway: ECS uses the last usable address but two (x.x.x.253 on a /24)."""
+        net = ipaddress.ip_network(self.cidr)
+        return str(net.broadcast_address - 2)
+
+
+@dataclass(frozen=True)
+class NetworkInterface:
+    eni_id: str
+    status: str  # Available, Attaching, InUse, Detaching, Deleting, CreateFailed
+    type: str  # Primary or Secondary
+    mac: str
+    vswitch_id: str
+    vpc_id: str
+    zone_id: str
+    primary_ip: str
+    private_ips: tuple[str, ...] = ()  # secondary private IPs, primary excluded
+    instance_id: str = ""
+    device_index: int | None = None
+    security_group_ids: tuple[str, ...] = ()
+    tags: Mapping[str, str] = field(default_factory=dict)
+    delete_on_release: bool = False
+
+
+# --- errors -------------------------------------------------------------------------
+
+
+class CloudError(Exception):
+    """A failed cloud call. ``code`` is the provider's error code, kept verbatim."""
+
+    retryable = False
+
+    def __init__(self, code: str, message: str, request_id: str = "", api: str = "") -> None:
+        super().__init__(f"{api + ': ' if api else ''}{code}: {message}")
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+        self.api = api
+
+
+class Throttled(CloudError):
+    retryable = True
+
+
+class ServerError(CloudError):
+    """5xx, timeouts and connection errors: safe to retry (with a client token)."""
+
+    retryable = True
+
+
+class QuotaExceeded(CloudError):
+    """Region ENI quota, or the instance type's ENI / IP limit."""
+
+
+class VSwitchExhausted(CloudError):
+    """The vSwitch has no free address left: pick another one."""
+
+
+class InvalidState(CloudError):
+    """The object is not in a state that allows the call (e.g. attach while Attaching,
+    attach on a non-hot-swap instance while Running). Often retryable later."""
+
+    retryable = True
+
+
+class NotFound(CloudError):
+    pass
+
+
+class InvalidParameter(CloudError):
+    pass
+
+
+class CloudProvider(ABC):
+    """What eniway needs from a cloud. Implementations raise the errors above."""
+
+    @abstractmethod
+    def describe_instance(self, instance_id: str) -> InstanceInfo: ...
+
+    @abstractmethod
+    def instance_limits(self, instance_type: str) -> InstanceLimits: ...
+
+    @abstractmethod
+    def describe_vswitches(self, vswitch_ids: Sequence[str]) -> list[VSwitch]: ...
+
+    @abstractmethod
+    def create_eni(
+        self,
+        vswitch_id: str,
+        security_group_ids: Sequence[str],
+        tags: Mapping[str, str],
+        description: str = "",
+        secondary_ip_count: int = 0,
+        client_token: str = "",
+    ) -> NetworkInterface: ...
+
+    @abstractmethod
+    def attach_eni(self, eni_id: str, instance_id: str) -> None:
+        """Starts the attach; the ENI is InUse later (poll describe_enis)."""
+
+    @abstractmethod
+    def detach_eni(self, eni_id: str, instance_id: str) -> None:
+        """Starts the detach; the ENI is Available later."""
+
+    @abstractmethod
+    def delete_eni(self, eni_id: str) -> None: ...
+
+    @abstractmethod
+    def describe_enis(
+        self,
+        eni_ids: Sequence[str] = (),
+        instance_id: str = "",
+        status: str = "",
+        tags: Mapping[str, str] | None = None,
+    ) -> list[NetworkInterface]:
+        """All matching ENIs (the implementation pages through)."""
+
+    @abstractmethod
+    def assign_ips(self, eni_id: str, count: int, client_token: str = "") -> list[str]:
+        """Assign ``count`` (1..10) new secondary IPs; returns them."""
+
+    @abstractmethod
+    def unassign_ips(self, eni_id: str, ips: Sequence[str]) -> None:
+        """Unassign 1..10 secondary IPs."""

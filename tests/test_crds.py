@@ -1,0 +1,145 @@
+"""The three CRDs against the real kube-apiserver."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from localcluster import LocalCluster
+
+pytestmark = pytest.mark.cluster
+
+ENI_NAME = "eni-0a1b2c3d4e5f"
+
+
+def _eni(name: str = ENI_NAME, **spec: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "nodeName": "node-a", "instanceId": "i-abc123def", "vSwitchId": "vsw-zone1a",
+        "deviceIndex": 1, "macAddress": "00:16:3e:01:02:03", "primaryIP": "10.0.1.10",
+        "gatewayIP": "10.0.1.253", "securityGroupIds": ["sg-default1"],
+    }
+    base.update(spec)
+    return {"apiVersion": "network.eniway.io/v1", "kind": "ENI", "metadata": {"name": name},
+            "spec": base}
+
+
+def _apply(cluster: LocalCluster, obj: dict[str, object], check: bool = True):  # type: ignore[no-untyped-def]
+    return cluster.kubectl("apply", "-f", "-", input=json.dumps(obj), check=check)
+
+
+def test_crds_established_with_short_names(cluster: LocalCluster) -> None:
+    out = cluster.kubectl("api-resources", "--api-group=network.eniway.io", "-o", "wide").stdout
+    for kind, short in (("ENI", "eni"), ("PodIP", "pip"), ("ENIPool", "ep")):
+        line = next(x for x in out.splitlines() if f" {kind} " in f" {x} ")
+        assert short in line.split(), line
+
+
+def test_eni_columns(cluster: LocalCluster) -> None:
+    _apply(cluster, _eni())
+    status = {"status": {"phase": "InUse", "ipCount": 5, "freeCount": 3, "ips": [
+        {"ip": "10.0.1.11", "state": "free"}]}}
+    code, body = cluster.request(
+        "PATCH", f"/apis/network.eniway.io/v1/enis/{ENI_NAME}/status", status,
+        content_type="application/merge-patch+json")
+    assert code == 200, body
+    out = cluster.kubectl("get", "enis").stdout.splitlines()
+    assert out[0].split() == ["NAME", "NODE", "PHASE", "IPS", "FREE", "VSWITCH", "AGE"]
+    row = next(r for r in out if r.startswith(ENI_NAME)).split()
+    assert row[1:6] == ["node-a", "InUse", "5", "3", "vsw-zone1a"]
+    wide = cluster.kubectl("get", "eni", ENI_NAME, "-o", "wide").stdout
+    assert "00:16:3e:01:02:03" in wide and "10.0.1.10" in wide
+
+
+def test_podip_columns_all_namespaces(cluster: LocalCluster) -> None:
+    obj = {"apiVersion": "network.eniway.io/v1", "kind": "PodIP",
+           "metadata": {"name": "web-1", "namespace": "default"},
+           "spec": {"ip": "10.0.1.11", "eniId": ENI_NAME, "nodeName": "node-a",
+                    "containerId": "c0ffee", "interface": "eth0",
+                    "podUID": str(uuid.uuid4()), "allocatedAt": "2026-01-01T00:00:00Z"}}
+    _apply(cluster, obj)
+    out = cluster.kubectl("get", "podips", "-A").stdout.splitlines()
+    assert out[0].split() == ["NAMESPACE", "NAME", "IP", "ENI", "NODE", "AGE"]
+    row = next(r for r in out if " web-1 " in r).split()
+    assert row[:5] == ["default", "web-1", "10.0.1.11", ENI_NAME, "node-a"]
+
+
+def test_enipool_columns(cluster: LocalCluster) -> None:
+    obj = {"apiVersion": "network.eniway.io/v1", "kind": "ENIPool",
+           "metadata": {"name": "node-a"},
+           "spec": {"nodeName": "node-a", "instanceId": "i-abc123def",
+                    "instanceType": "ecs.g6.large", "zoneId": "cn-hangzhou-i"}}
+    _apply(cluster, obj)
+    status = {"status": {"limits": {"enis": 2, "ipsPerENI": 6, "maxPods": 5},
+                         "counts": {"enis": 2, "total": 5, "free": 2, "allocated": 3}}}
+    code, body = cluster.request("PATCH", "/apis/network.eniway.io/v1/enipools/node-a/status",
+                                 status, content_type="application/merge-patch+json")
+    assert code == 200, body
+    out = cluster.kubectl("get", "enipools").stdout.splitlines()
+    assert out[0].split() == ["NAME", "TYPE", "ENIS", "IPS", "FREE", "MAXPODS", "AGE"]
+    row = next(r for r in out if r.startswith("node-a")).split()
+    assert row[1:6] == ["ecs.g6.large", "2", "5", "2", "5"]
+
+
+@pytest.mark.parametrize(("name", "spec", "message"), [
+    ("eni-badip0001", {"primaryIP": "10.0.1.300"}, "spec.primaryIP"),
+    ("eni-badmac0001", {"macAddress": "00:16:3e:zz:02:03"}, "spec.macAddress"),
+    ("eni-toomanysg1", {"securityGroupIds": [f"sg-g{i}0000" for i in range(6)]},
+     "spec.securityGroupIds"),
+    ("not-an-eni-id", {}, "metadata.name"),
+])
+def test_invalid_eni_rejected(cluster: LocalCluster, name: str, spec: dict[str, object],
+                              message: str) -> None:
+    res = _apply(cluster, _eni(name, **spec), check=False)
+    assert res.returncode != 0
+    assert message in res.stderr, res.stderr
+    assert cluster.kubectl("get", "eni", name, check=False).returncode != 0
+
+
+def test_missing_required_field_rejected(cluster: LocalCluster) -> None:
+    obj = _eni("eni-noinstance1")
+    del obj["spec"]["instanceId"]  # type: ignore[attr-defined]
+    res = _apply(cluster, obj, check=False)
+    assert res.returncode != 0
+    assert "spec.instanceId: Required value" in res.stderr, res.stderr
+
+
+def test_podip_bad_ip_rejected(cluster: LocalCluster) -> None:
+    obj = {"apiVersion": "network.eniway.io/v1", "kind": "PodIP",
+           "metadata": {"name": "bad", "namespace": "default"},
+           "spec": {"ip": "not-an-ip", "eniId": ENI_NAME, "nodeName": "n", "containerId": "c"}}
+    res = _apply(cluster, obj, check=False)
+    assert res.returncode != 0 and "spec.ip" in res.stderr, res.stderr
+
+
+def test_status_ignored_on_main_endpoint(cluster: LocalCluster) -> None:
+    name = "eni-statusonly1"
+    _apply(cluster, _eni(name))
+    code, _ = cluster.request("PATCH", f"/apis/network.eniway.io/v1/enis/{name}",
+                              {"status": {"phase": "Failed"}, "spec": {"deviceIndex": 2}},
+                              content_type="application/merge-patch+json")
+    assert code == 200
+    code, obj = cluster.request("GET", f"/apis/network.eniway.io/v1/enis/{name}")
+    assert obj["spec"]["deviceIndex"] == 2  # type: ignore[index]
+    assert "phase" not in (obj.get("status") or {})  # type: ignore[operator]
+
+
+def test_serviceaccount_kubeconfig_has_only_granted_rights(cluster: LocalCluster) -> None:
+    kc = cluster.serviceaccount_kubeconfig("eniway-test", "nobody")
+    denied = cluster.kubectl("get", "enis", kubeconfig=kc, check=False)
+    assert denied.returncode != 0 and "forbidden" in denied.stderr.lower()
+    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": "eni-reader"},
+            "rules": [{"apiGroups": ["network.eniway.io"], "resources": ["enis"],
+                       "verbs": ["get", "list"]}]}
+    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+               "metadata": {"name": "eni-reader"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                           "name": "eni-reader"},
+               "subjects": [{"kind": "ServiceAccount", "name": "nobody",
+                             "namespace": "eniway-test"}]}
+    _apply(cluster, role)
+    _apply(cluster, binding)
+    assert cluster.kubectl("get", "enis", kubeconfig=kc).returncode == 0
+    assert cluster.kubectl("delete", "eni", ENI_NAME, kubeconfig=kc, check=False).returncode != 0
