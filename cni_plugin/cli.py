@@ -41,13 +41,13 @@ def conflist(mtu: int | None = None, socket: str = contract.DEFAULT_SOCKET,
 def install_cni(bin_dir: Path, conf_dir: Path, lib_dir: Path, python: str,
                 mtu: int | None, socket: str, chain: list[dict[str, object]] | None) -> None:
     """Install the shim's modules under ``lib_dir`` and a launcher named ``eniway``
-    in ``bin_dir`` that runs them with ``python -I -S`` (isolated, no site: fast)."""
+    in ``bin_dir`` that runs them with ``python -IS`` (isolated, no site: fast)."""
     pkg = lib_dir / "lib" / "cni_plugin"
     src = Path(__file__).resolve().parent
     for name in SHIM_MODULES:
         _atomic_write(pkg / name, (src / name).read_text(), 0o644)
     launcher = (
-        f"#!{python} -I -S\n"
+        f"#!{python} -IS\n"  # one shebang argument: -I -S combined
         "import sys\n"
         f"sys.path.insert(0, {str(lib_dir / 'lib')!r})\n"
         "from cni_plugin.shim import main\n"
