@@ -105,3 +105,17 @@ def veth_name(namespace: str, name: str) -> str:
 def eni_table(ifindex: int) -> int:
     """Route table of an ENI (Terway's convention)."""
     return ENI_TABLE_BASE + ifindex
+
+# Node-local allocation store (read by the agent, and by the shim when the agent is down):
+# one JSON file per allocated IP under <state dir>/<STORE_ALLOC_DIR>/<ip>, and a lock file
+# the agent holds (flock, exclusive) for as long as it runs.
+STORE_ALLOC_DIR = "allocations"
+STORE_LOCK_FILE = "store.lock"
+
+# Shim <-> agent wire protocol: one JSON request per connection on the unix socket,
+# answered by one JSON object {"ok": true, "result": {...}} or {"ok": false, "code", "msg"}.
+WIRE_ADD = "ADD"
+WIRE_DEL = "DEL"
+WIRE_CHECK = "CHECK"
+WIRE_GC = "GC"
+WIRE_STATUS = "STATUS"
