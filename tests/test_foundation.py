@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -50,7 +51,8 @@ def test_install_cni_writes_binary_and_conflist(tmp_path: Path) -> None:
                     str(conf_dir), "--lib-dir", str(lib_dir)], check=True, capture_output=True)
     binary = bin_dir / contract.CNI_BINARY_NAME
     assert os.access(binary, os.X_OK)
-    assert binary.read_text().startswith("#!") and binary.read_text().splitlines()[0].endswith(" -IS")
+    shebang = binary.read_text().splitlines()[0]
+    assert shebang.startswith("#!") and shebang.endswith(" -IS")
     conf = json.loads((conf_dir / contract.CNI_CONFLIST_NAME).read_text())
     assert conf["name"] == contract.CNI_NETWORK_NAME
     assert conf["plugins"][0]["type"] == contract.CNI_BINARY_NAME
@@ -111,10 +113,8 @@ def test_localcluster_children_die_with_parent(tmp_path: Path) -> None:
     proc.kill()
     proc.wait()
     for pid in pids:
-        try:
+        with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
         for _ in range(100):
             if not Path(f"/proc/{pid}").exists() or \
                     "zombie" in Path(f"/proc/{pid}/status").read_text():
