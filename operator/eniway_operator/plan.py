@@ -1,0 +1,354 @@
+"""Pool planning: a pure function from one node's state to the actions that move it
+towards its configured pool.
+
+No I/O and no clock reads: the caller passes ``now``. The reconciler turns cloud and
+Kubernetes state into a ``NodeState``, calls ``plan_node`` and hands the ``Plan`` to the
+executor. Every rule the operator follows about limits (DESIGN.md §4 invariant 4), the
+release handshake (invariant 2) and batching (invariant 5) is decided here, so it is tested
+with tables of cases and no cluster.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from eniway_operator.cloud.base import InstanceLimits, VSwitch
+from eniway_operator.config import PoolConfig
+
+# Cloud-side ENI states the planner distinguishes (ECS names).
+AVAILABLE = "Available"
+ATTACHING = "Attaching"
+INUSE = "InUse"
+DETACHING = "Detaching"
+
+# Condition types on ENIPool
+COND_LIMIT = "LimitReached"
+COND_HOTSWAP = "HotSwapUnsupported"
+COND_VSW = "VSwitchExhausted"
+COND_QUOTA = "QuotaExceeded"
+COND_THROTTLED = "Throttled"
+COND_CLOUD = "CloudError"
+COND_CONFIG = "ConfigInvalid"
+COND_WARM = "WarmedUp"
+COND_READY = "Ready"
+
+
+@dataclass(frozen=True)
+class ENIView:
+    """One ENI of the node as the planner sees it."""
+
+    eni_id: str
+    status: str  # Available, Attaching, InUse, Detaching
+    vswitch_id: str
+    ips: tuple[str, ...] = ()  # secondary IPs (primary IP excluded)
+    primary: bool = False
+    managed: bool = True  # tagged as eniway's
+    empty_since: float | None = None
+    deleting: bool = False  # its ENI resource is being deleted: hands off
+
+
+@dataclass(frozen=True)
+class NodeState:
+    limits: InstanceLimits
+    config: PoolConfig
+    now: float
+    zone_id: str = ""
+    instance_running: bool = True
+    enis: tuple[ENIView, ...] = ()
+    allocated: frozenset[str] = frozenset()  # IPs held by pods (PodIPs and agent)
+    free_since: Mapping[str, float] = field(default_factory=dict)  # IP -> became free at
+    cooling: frozenset[str] = frozenset()  # IPs a pod gave back less than ip_cooldown ago
+    release: frozenset[str] = frozenset()  # ENIPool spec.release.ips
+    acknowledged: frozenset[str] = frozenset()  # ENIPool status.agent.acknowledged
+    pending: int = 0  # pods on the node waiting for an IP
+    vswitches: tuple[VSwitch, ...] = ()  # described candidates (config'd ones for the zone)
+    default_vswitch: str = ""  # the instance's own vSwitch, used when none is configured
+    blocked_vswitches: Mapping[str, float] = field(default_factory=dict)  # id -> until
+    warmed_up: bool = False
+    last_idle_reclaim: float = 0.0
+
+
+@dataclass(frozen=True)
+class CreateENI:
+    vswitch_id: str
+    ip_count: int  # secondary IPs requested at creation (<= ips_per_call)
+
+
+@dataclass(frozen=True)
+class AttachENI:
+    eni_id: str
+
+
+@dataclass(frozen=True)
+class AssignIPs:
+    eni_id: str
+    count: int
+
+
+@dataclass(frozen=True)
+class UnassignIPs:
+    eni_id: str
+    ips: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DetachENI:
+    eni_id: str
+
+
+@dataclass(frozen=True)
+class DeleteENI:
+    eni_id: str
+
+
+Action = CreateENI | AttachENI | AssignIPs | UnassignIPs | DetachENI | DeleteENI
+
+
+@dataclass(frozen=True)
+class Condition:
+    status: bool
+    reason: str
+    message: str
+
+
+@dataclass
+class Plan:
+    actions: list[Action] = field(default_factory=list)
+    release: frozenset[str] = frozenset()  # the new spec.release.ips
+    conditions: dict[str, Condition] = field(default_factory=dict)
+    warmed_up: bool = False
+    idle_reclaimed: bool = False  # the caller records now as last_idle_reclaim
+    counts: dict[str, int] = field(default_factory=dict)
+    want_free: int = 0
+
+    def cloud_calls(self) -> int:
+        return len(self.actions)
+
+
+def secondary_capacity(limits: InstanceLimits) -> int:
+    """Secondary IPs one ENI can hold (its primary IP is the ENI's own)."""
+    return max(limits.ips_per_eni - 1, 0)
+
+
+def max_secondary_enis(limits: InstanceLimits, cfg: PoolConfig) -> int:
+    """ENIs eniway may attach besides the primary one."""
+    n = max(limits.max_enis - 1, 0)
+    return min(n, cfg.max_eni) if cfg.max_eni else n
+
+
+def chunks(n: int, size: int) -> list[int]:
+    """n split into batches of at most size (10 for ECS)."""
+    out = []
+    while n > 0:
+        out.append(min(n, size))
+        n -= size
+    return out
+
+
+def pick_vswitch(state: NodeState, need: int) -> tuple[str | None, str]:
+    """The vSwitch for a new ENI, and why none when None. Most free IPs first (or the
+    configured order), skipping the block list and vSwitches in another zone or empty."""
+    cfg = state.config
+    configured = cfg.vswitches_for(state.zone_id)
+    if not configured:
+        if state.default_vswitch and state.default_vswitch not in _blocked(state):
+            return state.default_vswitch, ""
+        return None, "no vSwitch configured for zone and the instance's own one is blocked"
+    described = {v.vswitch_id: v for v in state.vswitches}
+    candidates = []
+    for order, vsw_id in enumerate(configured):
+        if vsw_id in _blocked(state):
+            continue
+        v = described.get(vsw_id)
+        if v is None:
+            continue
+        if state.zone_id and v.zone_id and v.zone_id != state.zone_id:
+            continue
+        if v.available_ips <= 0:
+            continue
+        candidates.append((order, v))
+    if not candidates:
+        return None, f"every vSwitch of zone {state.zone_id} is exhausted or blocked"
+    if cfg.vswitch_selection_policy == "ordered":
+        return candidates[0][1].vswitch_id, ""
+    enough = [c for c in candidates if c[1].available_ips >= need] or candidates
+    best = max(enough, key=lambda c: (c[1].available_ips, -c[0]))
+    return best[1].vswitch_id, ""
+
+
+def _blocked(state: NodeState) -> set[str]:
+    return {v for v, until in state.blocked_vswitches.items() if until > state.now}
+
+
+def plan_node(state: NodeState) -> Plan:
+    """Decide what to do now. Idempotent: the same state yields the same plan."""
+    cfg, limits, now = state.config, state.limits, state.now
+    plan = Plan()
+    cap = secondary_capacity(limits)
+    max_sec = max_secondary_enis(limits, cfg)
+    can_attach = limits.hot_swap or not state.instance_running
+    blocked = _blocked(state)
+
+    live = [e for e in state.enis if not e.primary and not e.deleting]
+    inuse = [e for e in live if e.status == INUSE]
+    attaching = [e for e in live if e.status == ATTACHING]
+    available = [e for e in live if e.status == AVAILABLE and e.managed]
+    # Device slots: everything on the instance counts, Detaching too, until it is gone.
+    slots_used = len([e for e in live if e.status in (ATTACHING, INUSE, DETACHING)])
+    attachable = available[:max(max_sec - slots_used, 0)] if can_attach else []
+
+    ip_eni = {ip: e.eni_id for e in inuse for ip in e.ips}
+    all_ips = set(ip_eni)
+    allocated = state.allocated & frozenset(all_ips)
+    # Release handshake: entries gone from the ENIs or held by a pod are dropped.
+    release = set(state.release & all_ips) - allocated
+    free = all_ips - allocated - release
+    cooling = free & state.cooling
+    warm = free - cooling
+
+    pending = state.pending if cfg.surge_pending else 0
+    want_free = max(cfg.min_pool_size, pending)
+    if not state.warmed_up:
+        want_free = max(want_free, cfg.warm_up_size - len(allocated))
+    plan.want_free = want_free
+
+    max_total = max_sec * cap
+    # An ENI still attaching is filled once it is InUse: count its room as coming.
+    headroom = max(max_total - len(all_ips) - sum(len(e.ips) for e in attaching), 0)
+    deficit = want_free - len(warm) - cap * len(attaching)
+
+    # 1. Take back IPs marked for release before asking the cloud for new ones.
+    if deficit > 0 and release:
+        back = sorted(release, key=_ip_key)[:deficit]
+        release -= set(back)
+        deficit -= len(back)
+
+    # 2. Fill ENIs that have room (fullest first, so ENIs drain and fill predictably).
+    if deficit > 0:
+        for e in sorted(inuse, key=lambda e: (-len(e.ips), e.eni_id)):
+            if deficit <= 0 or headroom <= 0:
+                break
+            if not e.managed or e.vswitch_id in blocked:
+                continue
+            room = min(cap - len(e.ips), headroom, deficit)
+            for n in chunks(room, cfg.ips_per_call):
+                plan.actions.append(AssignIPs(e.eni_id, n))
+            deficit -= max(room, 0)
+            headroom -= max(room, 0)
+
+    # 3. Attach what is ready, create what is missing.
+    want_enis = max(math.ceil(deficit / cap) if cap and deficit > 0 else 0,
+                    cfg.min_eni - len(inuse) - len(attaching))
+    attach = attachable[:want_enis]
+    for e in attach:
+        plan.actions.append(AttachENI(e.eni_id))
+    slots_used += len(attach)
+    deficit -= cap * len(attach)
+    want_enis -= len(attach)
+    if want_enis > 0:
+        n_create = min(want_enis, max(max_sec - slots_used, 0))
+        if not can_attach:
+            plan.conditions[COND_HOTSWAP] = Condition(
+                True, "HotSwapUnsupported",
+                f"{limits.instance_type} cannot attach ENIs while running; "
+                "stop the instance to let eniway attach them")
+            n_create = 0
+        elif n_create > 0:
+            vsw, why = pick_vswitch(state, min(deficit, cap))
+            if vsw is None:
+                plan.conditions[COND_VSW] = Condition(True, "VSwitchExhausted", why)
+            else:
+                for _ in range(n_create):
+                    take = min(max(deficit, 0), cap, cfg.ips_per_call)
+                    plan.actions.append(CreateENI(vsw, take))
+                    deficit -= cap
+                    slots_used += 1
+        if deficit > 0 and can_attach and slots_used >= max_sec:
+            plan.conditions[COND_LIMIT] = Condition(
+                True, "ENILimit",
+                f"{limits.instance_type} holds at most {max_sec} secondary ENIs x {cap} IPs "
+                f"({max_total} pod IPs); {want_free} free IPs wanted")
+    elif deficit > 0 and headroom <= 0:
+        plan.conditions[COND_LIMIT] = Condition(
+            True, "IPLimit", f"all {max_total} pod IPs of {limits.instance_type} are assigned")
+
+    # 4. Give back what is above the pool's ceiling (mark only: the agent must acknowledge).
+    marked_now: set[str] = set()
+    if deficit <= 0:
+        ceiling = max(cfg.max_pool_size, want_free)
+        unmarked = warm - release
+        excess = len(unmarked) - ceiling
+        if excess > 0:
+            marked_now |= set(_release_order(unmarked, inuse, allocated, state)[:excess])
+        if cfg.idle_ip_reclaim_after > 0 and (
+                now - state.last_idle_reclaim >= cfg.idle_ip_reclaim_interval):
+            rest = unmarked - marked_now
+            floor = max(cfg.min_pool_size, want_free)
+            idle = [ip for ip in _release_order(rest, inuse, allocated, state)
+                    if now - state.free_since.get(ip, now) >= cfg.idle_ip_reclaim_after]
+            n = min(cfg.idle_ip_reclaim_batch_size, len(rest) - floor, len(idle))
+            if n > 0:
+                marked_now |= set(idle[:n])
+                plan.idle_reclaimed = True
+    release_before = set(release)
+    release |= marked_now
+
+    # 5. Unassign what the agent acknowledged and no pod holds (both checked now).
+    done = sorted((release_before & state.acknowledged) - state.allocated, key=_ip_key)
+    by_eni: dict[str, list[str]] = {}
+    for ip in done:
+        by_eni.setdefault(ip_eni[ip], []).append(ip)
+    for eni_id, ips in sorted(by_eni.items()):
+        for i in range(0, len(ips), cfg.ips_per_call):
+            plan.actions.append(UnassignIPs(eni_id, tuple(ips[i:i + cfg.ips_per_call])))
+    # Unassigned IPs stay listed until the executor has actually unassigned them.
+
+    # 6. Detach ENIs that stayed empty, delete detached ones nobody needs.
+    if deficit <= 0 and can_attach:
+        n_sec = len([e for e in live if e.status in (ATTACHING, INUSE)])
+        for e in sorted(inuse, key=lambda e: e.eni_id):
+            if n_sec <= cfg.min_eni:
+                break
+            if (e.managed and not e.ips and e.empty_since is not None
+                    and now - e.empty_since >= cfg.empty_eni_reclaim_after):
+                plan.actions.append(DetachENI(e.eni_id))
+                n_sec -= 1
+    if deficit <= 0:
+        for e in available:
+            if e not in attach:
+                plan.actions.append(DeleteENI(e.eni_id))
+
+    plan.release = frozenset(release)
+    plan.warmed_up = state.warmed_up or (
+        cfg.warm_up_size <= len(all_ips) or len(all_ips) >= max_total)
+    plan.counts = {
+        "enis": len([e for e in live if e.status in (ATTACHING, INUSE)]),
+        "total": len(all_ips),
+        "free": len(free),
+        "allocated": len(allocated),
+        "releasing": len(release),
+        "pending": state.pending,
+    }
+    for cond in (COND_LIMIT, COND_HOTSWAP, COND_VSW):
+        plan.conditions.setdefault(cond, Condition(False, "OK", ""))
+    return plan
+
+
+def _ip_key(ip: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in ip.split("."))
+
+
+def _release_order(ips: set[str], inuse: list[ENIView], allocated: frozenset[str],
+                   state: NodeState) -> list[str]:
+    """Which free IPs to give back first: from the ENI with the fewest pods (so whole ENIs
+    empty and can go), then the longest idle."""
+    eni_of = {ip: e for e in inuse for ip in e.ips}
+    pods = {e.eni_id: len(set(e.ips) & allocated) for e in inuse}
+
+    def key(ip: str) -> tuple[int, str, float, tuple[int, ...]]:
+        e = eni_of[ip]
+        return (pods[e.eni_id], e.eni_id, state.free_since.get(ip, state.now), _ip_key(ip))
+
+    return sorted(ips, key=key)

@@ -1,0 +1,86 @@
+"""Pool configuration: parsing, layering and validation errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cni_plugin import contract
+from eniway_operator.config import (
+    ConfigError,
+    PoolConfig,
+    from_annotation,
+    from_configmap,
+    merge,
+    parse_duration,
+)
+
+
+def test_defaults_are_terways() -> None:
+    cfg = merge()
+    assert cfg == PoolConfig()
+    assert (cfg.min_pool_size, cfg.max_pool_size, cfg.ips_per_call) == (0, 5, 10)
+
+
+@pytest.mark.parametrize("text", [
+    "min_pool_size: 2\nmax_pool_size: 8\nidle_ip_reclaim_after: 5m\n"
+    "vswitches:\n  z1: [vsw-aaaa0001, vsw-bbbb0002]\nsecurity_groups: [sg-abcd1234]\n",
+    json.dumps({"min_pool_size": 2, "max_pool_size": 8, "idle_ip_reclaim_after": 300,
+                "vswitches": {"z1": ["vsw-aaaa0001", "vsw-bbbb0002"]},
+                "security_group_ids": ["sg-abcd1234"]}),
+])
+def test_yaml_and_json_configmap(text: str) -> None:
+    for key in ("config.yaml", "config.json"):
+        cfg = merge((from_configmap({key: text}, "cm"), "cm"))
+        assert cfg.min_pool_size == 2 and cfg.max_pool_size == 8
+        assert cfg.idle_ip_reclaim_after == 300.0
+        assert cfg.vswitches_for("z1") == ("vsw-aaaa0001", "vsw-bbbb0002")
+        assert cfg.security_group_ids == ("sg-abcd1234",)
+
+
+def test_layers_override_in_order() -> None:
+    glob = from_configmap({"config.yaml": "min_pool_size: 1\nmax_pool_size: 9"}, "cm")
+    ann = from_annotation({contract.ANNOTATION_POOL_OVERRIDE: '{"min_pool_size": 3}'}, "node")
+    spec = {"max_pool_size": 4}
+    cfg = merge((glob, "cm"), (ann, "node"), (spec, "enipool"))
+    assert (cfg.min_pool_size, cfg.max_pool_size) == (3, 4)
+    assert cfg.to_status()["min_pool_size"] == 3
+
+
+@pytest.mark.parametrize("raw,needle", [
+    ({"min_pool_size": -1}, "min_pool_size: must be >= 0"),
+    ({"min_pool_size": "many"}, "expected an integer"),
+    ({"max_pool_size": 1, "min_pool_size": 2}, "max_pool_size (1) must be >= min_pool_size"),
+    ({"security_group_ids": [f"sg-aaaa000{i}" for i in range(6)]}, "1 to 5 security groups"),
+    ({"security_group_ids": ["default"]}, "not a security group id"),
+    ({"vswitches": {"z1": []}}, "non-empty list"),
+    ({"vswitches": ["vsw-aaaa0001"]}, "map of zone id"),
+    ({"idle_ip_reclaim_after": "soon"}, "expected a duration"),
+    ({"eni_tags": {"eniway.io/node": "x"}}, "reserved"),
+    ({"ips_per_call": 11}, "between 1 and 10"),
+    ({"min_pol_size": 1}, "unknown key 'min_pol_size'"),
+    ({"vswitch_selection_policy": "random"}, "expected one of"),
+    ({"min_eni": 3, "max_eni": 2}, "min_eni (3) must be <= max_eni (2)"),
+])
+def test_errors_name_the_key(raw: dict[str, object], needle: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        merge((raw, "enipool/n1 spec.config"))
+    assert needle in str(e.value)
+
+
+def test_bad_documents() -> None:
+    with pytest.raises(ConfigError, match="not valid JSON or YAML"):
+        from_configmap({"config.yaml": "a: [1"}, "cm")
+    with pytest.raises(ConfigError, match="map at the top level"):
+        from_configmap({"config.json": "[1, 2]"}, "cm")
+    with pytest.raises(ConfigError, match="only one of"):
+        from_configmap({"config.json": "{}", "config.yaml": ""}, "cm")
+    assert from_configmap(None, "cm") == {}
+    assert from_annotation({}, "node") == {}
+
+
+@pytest.mark.parametrize("value,seconds", [
+    (30, 30.0), ("30s", 30.0), ("5m", 300.0), ("1h", 3600.0), ("250ms", 0.25), (1.5, 1.5)])
+def test_durations(value: object, seconds: float) -> None:
+    assert parse_duration(value, "k") == seconds
