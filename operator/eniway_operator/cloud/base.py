@@ -92,6 +92,7 @@ class CloudError(Exception):
         self.message = message
         self.request_id = request_id
         self.api = api
+        self.status: int | None = None  # HTTP status when the error came from a response
 
 
 class Throttled(CloudError):
@@ -125,6 +126,10 @@ class NotFound(CloudError):
 
 class InvalidParameter(CloudError):
     pass
+
+
+class Unauthorized(CloudError):
+    """Bad or expired credentials, or a missing permission: retrying cannot help."""
 
 
 class CloudProvider(ABC):
@@ -178,3 +183,13 @@ class CloudProvider(ABC):
     @abstractmethod
     def unassign_ips(self, eni_id: str, ips: Sequence[str]) -> None:
         """Unassign 1..10 secondary IPs."""
+
+    def modify_eni(
+        self,
+        eni_id: str,
+        security_group_ids: Sequence[str] | None = None,
+        delete_on_release: bool | None = None,
+        description: str | None = None,
+    ) -> None:
+        """Change an ENI's security groups, DeleteOnRelease flag or description."""
+        raise NotImplementedError

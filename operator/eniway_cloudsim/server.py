@@ -1,0 +1,290 @@
+"""The HTTP front: ECS RPC calls on ``/``, admin JSON under ``/admin/``, instance metadata
+under ``/instances/<id>/latest/`` (or ``/latest/`` with ``X-Eniway-Instance-Id``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from eniway_operator.cloud.ratelimit import Rate
+
+from . import metadata
+from .ecs_api import ACTIONS
+from .engine import EcsError, Engine, Settings
+from .faults import Gate
+from .signing import Verifier
+from .store import Store
+
+log = logging.getLogger("eniway_cloudsim")
+API_VERSION = "2014-05-26"
+
+
+class CloudSim:
+    """One emulated region behind one HTTP listener. ``start()`` serves in a thread;
+    ``serve_forever()`` in the caller's."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, state: str = ":memory:",
+                 settings: Settings | None = None, network: Any = None,
+                 keys: Mapping[str, str] | None = None, auth: bool = True,
+                 seed: int | None = None, throttle: Mapping[str, Rate] | None = None,
+                 tick_interval: float = 0.02) -> None:
+        self.store = Store(state)
+        self.engine = Engine(settings or Settings(), self.store, network)
+        self.engine.save_settings()
+        self.verifier = Verifier(keys if keys is not None else {"eniway": "eniway-secret"},
+                                 enabled=auth)
+        self.gate = Gate(seed, throttle)
+        self.httpd = ThreadingHTTPServer((host, port), _handler(self))
+        self.httpd.daemon_threads = True
+        self.tick_interval = tick_interval
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.httpd.server_address[:2]
+        return str(host), int(port)
+
+    @property
+    def endpoint(self) -> str:
+        """host:port, what the SDK's Config.endpoint wants (with protocol="http")."""
+        host, port = self.address
+        return f"{host}:{port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.endpoint}"
+
+    def _ticker(self) -> None:
+        while not self._stop.wait(self.tick_interval):
+            try:
+                self.engine.tick()
+            except Exception:  # keep ticking: one bad transition must not stop the region
+                log.exception("tick failed")
+
+    def start(self) -> CloudSim:
+        self.engine.rebuild_network()
+        for target in (self.httpd.serve_forever, self._ticker):
+            t = threading.Thread(target=target, daemon=True, name=f"cloudsim-{target.__name__}")
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def serve_forever(self) -> None:
+        self.engine.rebuild_network()
+        t = threading.Thread(target=self._ticker, daemon=True, name="cloudsim-ticker")
+        t.start()
+        self._threads.append(t)
+        try:
+            self.httpd.serve_forever()
+        finally:
+            self._stop.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        for t in self._threads:
+            t.join(timeout=5)
+        self.store.close()
+
+    # --- ECS ---------------------------------------------------------------------------
+
+    def call(self, action: str, params: Mapping[str, str]) -> dict[str, Any]:
+        handler = ACTIONS.get(action)
+        if handler is None:
+            raise EcsError(400, "InvalidAction.NotFound",
+                           f"Specified api {action} is not found.")
+        decision = self.gate.decide(action)
+        if decision.delay > 0:
+            time.sleep(decision.delay)
+        if decision.error is not None and decision.phase == "before":
+            raise decision.error
+        self.engine.check_region(params.get("RegionId"))
+        try:
+            body = handler(self.engine, params)
+        except EcsError as e:
+            self.gate.record_error(action, e.code)
+            raise
+        if decision.error is not None:
+            raise decision.error
+        return body
+
+    # --- admin ---------------------------------------------------------------------------
+
+    def admin(self, method: str, path: str, body: dict[str, Any]) -> Any:
+        e = self.engine
+        parts = [p for p in path.split("/") if p][1:]  # drop "admin"
+        route = (method, *parts[:1])
+        if route == ("GET", "healthz"):
+            return {"ok": True}
+        if route == ("GET", "state"):
+            return e.snapshot()
+        if route == ("POST", "vpcs"):
+            return asdict(e.create_vpc(body.get("cidr", "172.16.0.0/12"), body.get("vpc_id", "")))
+        if route == ("POST", "vswitches"):
+            vsw = e.create_vswitch(body["vpc_id"], body["zone_id"], body["cidr"],
+                                   body.get("name", ""), body.get("vswitch_id", ""))
+            return dict(asdict(vsw), gateway=vsw.gateway, available_ips=e.available_ips(vsw))
+        if route == ("POST", "security-groups"):
+            return asdict(e.create_security_group(body["vpc_id"]))
+        if route == ("POST", "instances") and len(parts) == 1:
+            inst = e.create_instance(
+                body["instance_type"], body["vswitch_id"], body.get("security_group_ids", []),
+                name=body.get("name", ""), netns=body.get("netns", ""),
+                status=body.get("status", "Running"), ram_role=body.get("ram_role", ""),
+                primary_ip=body.get("primary_ip", ""), instance_id=body.get("instance_id", ""))
+            return self._instance_view(inst.instance_id)
+        if route == ("GET", "instances") and len(parts) == 2:
+            return self._instance_view(parts[1])
+        if route == ("POST", "instances") and len(parts) == 3:
+            if parts[2] == "release":
+                return e.release_instance(parts[1])
+            e.set_instance_status(parts[1], parts[2])
+            return self._instance_view(parts[1])
+        if route == ("PUT", "settings"):
+            with e.lock:
+                for k in ("eni_quota", "attach_delay", "detach_delay"):
+                    if k in body:
+                        setattr(e.settings, k, type(getattr(e.settings, k))(body[k]))
+                e.save_settings()
+                return asdict(e.settings)
+        if route == ("GET", "faults"):
+            return self.gate.describe()
+        if route in (("PUT", "faults"), ("POST", "faults")):
+            faults = body.get("faults", {})
+            self.gate.set_faults(faults, body.get("seed"), replace=method == "PUT")
+            return self.gate.describe()
+        if route == ("DELETE", "faults"):
+            self.gate.set_faults({}, None)
+            return self.gate.describe()
+        if route == ("PUT", "throttle"):
+            rates: dict[str, Rate | None] = {}
+            for api, spec in body.get("throttle", {}).items():
+                rates[api] = None if not spec else Rate(float(spec["per_second"]) * 60,
+                                                        int(spec.get("burst", 1)))
+            self.gate.set_throttle(rates)
+            return self.gate.describe()
+        if route == ("GET", "calls"):
+            return self.gate.counts()
+        if route == ("DELETE", "calls"):
+            self.gate.reset_counts()
+            return self.gate.counts()
+        if route == ("POST", "credentials"):
+            self.verifier.keys[body["access_key_id"]] = body["access_key_secret"]
+            return {"ok": True}
+        raise EcsError(404, "NotFound", f"no admin route {method} {path}")
+
+    def _instance_view(self, instance_id: str) -> dict[str, Any]:
+        e = self.engine
+        with e.lock:
+            inst = e._instance(instance_id)
+            out = asdict(inst)
+            out["enis"] = [asdict(n) for n in e.enis_of(instance_id)]
+            out["primary_ip"] = e.enis[inst.primary_eni_id].primary_ip
+            out["metadata_url"] = f"{self.url}/instances/{instance_id}"
+            out["provider_id"] = f"{e.settings.region_id}.{instance_id}"
+            return out
+
+
+def _handler(sim: CloudSim) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "eniway-cloudsim"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("%s " + format, self.address_string(), *args)
+
+        def _send(self, status: int, body: bytes, ctype: str,
+                  headers: Mapping[str, str] | None = None) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, status: int, obj: Any, request_id: str = "") -> None:
+            headers = {"x-acs-request-id": request_id} if request_id else None
+            self._send(status, json.dumps(obj).encode(), "application/json;charset=utf-8",
+                       headers)
+
+        def _body(self) -> bytes:
+            n = int(self.headers.get("Content-Length") or 0)
+            return self.rfile.read(n) if n else b""
+
+        def _handle(self) -> None:
+            raw = self._body()
+            split = urlsplit(self.path)
+            path = split.path
+            try:
+                if path.startswith("/admin/"):
+                    body = json.loads(raw) if raw else {}
+                    self._json(200, sim.admin(self.command, path, body))
+                elif path.startswith(("/instances/", "/latest")):
+                    self._metadata(path)
+                else:
+                    self._ecs(split.query, raw)
+            except EcsError as e:
+                self._json(e.status, {"Code": e.code, "Message": e.message})
+            except (KeyError, ValueError, TypeError) as e:
+                self._json(400, {"Code": "InvalidParameter", "Message": repr(e)})
+
+        def _metadata(self, path: str) -> None:
+            if path.startswith("/instances/"):
+                _, _, rest = path.partition("/instances/")
+                instance_id, _, rest = rest.partition("/")
+            else:
+                instance_id, rest = self.headers.get("X-Eniway-Instance-Id", ""), path[1:]
+            if not rest.startswith("latest"):
+                raise EcsError(404, "NotFound", path)
+            sub = rest[len("latest"):].lstrip("/")
+            if self.command == "PUT" and sub == "api/token":
+                self._send(200, uuid.uuid4().hex.encode(), "text/plain")
+                return
+            try:
+                text = metadata.lookup(sim.engine, sim.verifier, instance_id, sub)
+            except EcsError:
+                self._send(404, b"Not Found", "text/plain")
+                return
+            self._send(200, text.encode(), "text/plain")
+
+        def _ecs(self, query: str, raw: bytes) -> None:
+            request_id = str(uuid.uuid4()).upper()
+            params = dict(parse_qsl(query, keep_blank_values=True))
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            action = headers.get("x-acs-action") or params.get("Action", "")
+            try:
+                sim.verifier.verify(self.command, urlsplit(self.path).path, params, headers, raw)
+                if raw and "form" in headers.get("content-type", ""):
+                    params.update(parse_qsl(raw.decode(), keep_blank_values=True))
+                version = headers.get("x-acs-version") or params.get("Version", API_VERSION)
+                if version != API_VERSION:
+                    raise EcsError(400, "InvalidVersion", f"Specified version {version} "
+                                   "is not valid.")
+                result = sim.call(action, params)
+            except EcsError as e:
+                self._json(e.status, {"RequestId": request_id, "HostId": "ecs.aliyuncs.com",
+                                      "Code": e.code, "Message": e.message,
+                                      "Recommend": "https://api.aliyun.com/troubleshoot?q="
+                                      + e.code}, request_id)
+                return
+            self._json(200, dict(result, RequestId=request_id), request_id)
+
+        def do_GET(self) -> None:
+            self._handle()
+
+        do_POST = do_GET
+        do_PUT = do_GET
+        do_DELETE = do_GET
+
+    return Handler

@@ -1,0 +1,72 @@
+"""Map an ECS error (code, HTTP status) to the typed errors of base.py. Pure."""
+
+from __future__ import annotations
+
+from .base import (
+    CloudError,
+    InvalidParameter,
+    InvalidState,
+    NotFound,
+    QuotaExceeded,
+    ServerError,
+    Throttled,
+    Unauthorized,
+    VSwitchExhausted,
+)
+
+THROTTLING_CODES = frozenset({
+    "Throttling", "Throttling.User", "Throttling.Api", "Throttling.Resource",
+    "RequestLimitExceeded", "ServiceUnavailable.Throttling",
+})
+SERVER_CODES = frozenset({
+    "InternalError", "ServiceUnavailable", "UnknownError", "InternalError.Timeout",
+})
+VSWITCH_EXHAUSTED_CODES = frozenset({"InvalidVSwitchId.IpNotEnough", "QuotaExceeded.IpAddress"})
+QUOTA_CODES = frozenset({
+    "EniPerInstanceLimitExceeded", "QuotaExceeded.PrivateIpAddress", "QuotaExceeded.Eni",
+    "InvalidOperation.EniCountExceeded", "SecurityGroupInstanceLimitExceed",
+})
+STATE_CODES = frozenset({
+    "IncorrectInstanceStatus", "IncorrectStatus", "InvalidOperation.InvalidEniState",
+    "InvalidOperation.InvalidEcsState", "Operation.Conflict", "IncorrectEniStatus",
+    "InvalidOperation.Conflict", "LastTokenProcessing",
+})
+AUTH_CODES = frozenset({
+    "SignatureDoesNotMatch", "InvalidAccessKeyId.NotFound", "InvalidAccessKeyId.Inactive",
+    "InvalidSecurityToken.Expired", "InvalidSecurityToken.Malformed",
+    "InvalidSecurityToken.MismatchWithAccessKey", "Forbidden.RAM", "Forbidden",
+    "Forbidden.SubUser", "NoPermission", "MissingSecurityToken",
+})
+
+
+def error_class(code: str, status: int | None) -> type[CloudError]:
+    """The typed error for an ECS error code; unknown codes fall back on the HTTP status."""
+    if code in THROTTLING_CODES or code.startswith("Throttling"):
+        return Throttled
+    if code in VSWITCH_EXHAUSTED_CODES:
+        return VSwitchExhausted
+    if code in QUOTA_CODES or code.startswith(("QuotaExceed", "QuotaExceeded")):
+        return QuotaExceeded
+    if code in STATE_CODES:
+        return InvalidState
+    if code in AUTH_CODES:
+        return Unauthorized
+    if code in SERVER_CODES:
+        return ServerError
+    if code.endswith(".NotFound") or code in ("InvalidEniId.NotFound", "InvalidIp.IpUnassigned"):
+        return NotFound
+    if status is not None and status >= 500:
+        return ServerError
+    if code.startswith(("Invalid", "Missing", "IdempotentParameterMismatch", "Unsupported")):
+        return InvalidParameter
+    if status == 429:
+        return Throttled
+    return CloudError
+
+
+def make_error(code: str, message: str, status: int | None = None, request_id: str = "",
+               api: str = "") -> CloudError:
+    cls = error_class(code, status)
+    err = cls(code, message, request_id=request_id, api=api)
+    err.status = status
+    return err
