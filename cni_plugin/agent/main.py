@@ -1,8 +1,110 @@
-"""Entry point (not implemented yet)."""
+"""eniway-agent: the per-node daemon behind the CNI shim.
 
+Runs one per node (DaemonSet, hostNetwork). ``--netns NAME`` makes a named network
+namespace play the node's host network while this process stays where it is (so
+several agents, one per emulated node, share one machine and reach the API server
+on 127.0.0.1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
 import sys
+import threading
+
+from cni_plugin import contract
+from cni_plugin.agent.core import AgentConfig, NodeAgent
+from cni_plugin.agent.datapath import Datapath
+from cni_plugin.agent.kube import Kube, load_kubeconfig
+from cni_plugin.agent.kubesync import KubeSync
+from cni_plugin.agent.metrics import Metrics, serve
+from cni_plugin.agent.server import ShimServer
+from cni_plugin.agent.store import StoreLocked
+
+log = logging.getLogger("eniway.agent")
 
 
-def main() -> int:
-    print("not implemented yet", file=sys.stderr)
-    return 1
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="eniway-agent", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--node-name", default=os.environ.get("NODE_NAME"),
+                   help="this node's name (default $NODE_NAME)")
+    p.add_argument("--kubeconfig", default=None,
+                   help="kubeconfig (default $KUBECONFIG, else in-cluster)")
+    p.add_argument("--socket", default=contract.DEFAULT_SOCKET,
+                   help="unix socket for the CNI shim (default %(default)s)")
+    p.add_argument("--state-dir", default=contract.DEFAULT_STATE_DIR,
+                   help="allocation store (default %(default)s)")
+    p.add_argument("--netns", default=None, metavar="NAME",
+                   help="manage a node whose host network is this named netns")
+    p.add_argument("--mtu", type=int, default=None,
+                   help="pod MTU (default: the ENI's spec.mtu, else 1500)")
+    p.add_argument("--cooldown", type=float, default=30.0,
+                   help="seconds a released IP rests before reuse (default %(default)s)")
+    p.add_argument("--gc-interval", type=float, default=60.0,
+                   help="seconds between GC/repair passes (default %(default)s)")
+    p.add_argument("--gc-grace", type=float, default=120.0,
+                   help="minimum age of an allocation before GC may reclaim it "
+                        "(default %(default)s)")
+    p.add_argument("--heartbeat-interval", type=float, default=30.0,
+                   help="seconds between status.agent heartbeats (default %(default)s)")
+    p.add_argument("--resync-interval", type=float, default=30.0,
+                   help="seconds between ENI link/table re-checks (default %(default)s)")
+    p.add_argument("--metrics-addr", default="127.0.0.1:9901",
+                   help="host:port for /metrics, /healthz, /readyz ('' to disable; "
+                        "default %(default)s)")
+    p.add_argument("--workers", type=int, default=16, help="CNI request worker threads")
+    p.add_argument("--log-level", default=os.environ.get("ENIWAY_LOG_LEVEL", "INFO"))
+    args = p.parse_args(argv)
+    if not args.node_name:
+        p.error("--node-name (or $NODE_NAME) is required")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = AgentConfig(
+        node_name=args.node_name, state_dir=args.state_dir, socket_path=args.socket,
+        host_netns=args.netns, mtu=args.mtu, cooldown=args.cooldown,
+        gc_interval=args.gc_interval, gc_grace=args.gc_grace,
+        heartbeat_interval=args.heartbeat_interval, resync_interval=args.resync_interval)
+    if args.netns and not os.path.exists(f"/run/netns/{args.netns}"):
+        print(f"eniway-agent: netns {args.netns!r} does not exist (/run/netns/{args.netns})",
+              file=sys.stderr)
+        return 2
+    metrics = Metrics()
+    agent = NodeAgent(cfg, Datapath(args.netns), metrics)
+    try:
+        agent.start()
+    except StoreLocked as e:
+        print(f"eniway-agent: {e}", file=sys.stderr)
+        return 1
+    kube = Kube(load_kubeconfig(args.kubeconfig))
+    sync = KubeSync(agent, kube)
+    server = ShimServer(args.socket, agent.handle, args.workers)
+    server.bind()
+    server.start()
+    if args.metrics_addr:
+        serve(metrics, args.metrics_addr, healthy=lambda: True, ready=lambda: agent.ready)
+    sync.start()
+    log.info("eniway-agent for node %s serving %s (state %s, host netns %s)", cfg.node_name,
+             args.socket, args.state_dir, args.netns or "current")
+
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    log.info("shutting down")
+    sync.stop.set()
+    server.close()
+    agent.store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,305 @@
+"""The node datapath (DESIGN.md §6): ENI links and tables, pod veths, routes and rules.
+
+Pod netns: ``<ifname>`` with ``podIP/32``, ``default via 169.254.1.1 onlink`` and a
+permanent neighbour 169.254.1.1 -> host veth MAC. Host ("node") netns: the veth's
+host end (created there directly, its peer created straight into the pod netns),
+``podIP/32 dev <veth> scope link`` in main, rule 512 ``to podIP lookup main``, rule
+2048 ``from podIP lookup <1000 + ENI ifindex>``; that table holds
+``default via <vSwitch gateway> dev <eni> onlink``.
+
+Every call is idempotent; ``teardown_pod`` never fails because something is gone.
+Netlink sockets are per thread (pyroute2 objects are not thread-safe); the host's
+is kept for the thread's life, a pod's is opened per call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from cni_plugin import contract
+from cni_plugin.agent import netns
+
+RT_TABLE_MAIN = 254
+RT_SCOPE_LINK = 253
+RTNH_F_ONLINK = 4
+NUD_PERMANENT = 0x80
+
+
+class DatapathError(Exception):
+    """A netlink step failed; ``step`` says which, for the CNI error message."""
+
+    def __init__(self, step: str, err: BaseException) -> None:
+        super().__init__(f"{step}: {err}")
+        self.step = step
+
+
+@dataclass(frozen=True)
+class EniLink:
+    ifname: str
+    index: int
+    table: int
+    mtu: int
+
+
+@dataclass(frozen=True)
+class PodLink:
+    """What ADD reports: the two ends of the pod's veth."""
+
+    host_veth: str
+    host_mac: str
+    pod_mac: str
+    mtu: int
+
+
+def _ignore(*codes: int) -> Any:
+    """Suppress NetlinkErrors with these errnos (gone already, exists already)."""
+    class _Ctx(contextlib.AbstractContextManager[None]):
+        def __exit__(self, et: Any, ev: Any, tb: Any) -> bool:
+            return isinstance(ev, NetlinkError) and ev.code in codes
+    return _Ctx()
+
+
+class Datapath:
+    def __init__(self, host_netns: str | None = None) -> None:
+        self.host_netns = host_netns
+        self.host_path = netns.netns_path(host_netns) if host_netns else None
+        self._local = threading.local()
+
+    # -- sockets -------------------------------------------------------------------------
+
+    def host(self) -> IPRoute:
+        ipr: IPRoute | None = getattr(self._local, "ipr", None)
+        if ipr is None:
+            ipr = IPRoute(use_socket=netns.netlink_socket(self.host_path))
+            self._local.ipr = ipr
+        return ipr
+
+    def _drop_host_socket(self) -> None:
+        ipr = getattr(self._local, "ipr", None)
+        if ipr is not None:
+            with contextlib.suppress(Exception):
+                ipr.close()
+            self._local.ipr = None
+
+    @contextlib.contextmanager
+    def _pod(self, netns_path: str) -> Iterator[IPRoute]:
+        ipr = IPRoute(use_socket=netns.netlink_socket(netns_path))
+        try:
+            yield ipr
+        finally:
+            ipr.close()
+
+    # -- node ----------------------------------------------------------------------------
+
+    def enable_forwarding(self) -> None:
+        netns.write_sysctl(self.host_path, "net/ipv4/ip_forward", "1")
+
+    def find_link_by_mac(self, mac: str) -> tuple[str, int] | None:
+        mac = mac.lower()
+        for link in self.host().get_links():
+            if (link.get("address") or "").lower() == mac:
+                return str(link.get("ifname")), int(link["index"])
+        return None
+
+    def ensure_eni(self, mac: str, mtu: int, gateway: str) -> EniLink | None:
+        """Bring the ENI with this MAC up with ``mtu``, turn rp_filter off on it and
+        keep its table's default route. None if no such link (attach in progress)."""
+        found = self.find_link_by_mac(mac)
+        if found is None:
+            return None
+        ifname, index = found
+        ipr = self.host()
+        try:
+            ipr.link("set", index=index, mtu=mtu, state="up")
+            # Replies to pods arrive on a secondary ENI whose subnet's connected route
+            # points at the primary: strict reverse-path filtering would drop them.
+            strict = netns.read_sysctl(self.host_path, "net/ipv4/conf/all/rp_filter") == "1"
+            netns.write_sysctl(self.host_path, f"net/ipv4/conf/{ifname}/rp_filter",
+                               "2" if strict else "0")
+            table = contract.eni_table(index)
+            ipr.route("replace", dst="0.0.0.0/0", gateway=gateway, oif=index, table=table,
+                      flags=RTNH_F_ONLINK)
+        except (NetlinkError, OSError) as e:
+            raise DatapathError(f"set up ENI {ifname} ({mac})", e) from e
+        return EniLink(ifname, index, table, mtu)
+
+    # -- pods ----------------------------------------------------------------------------
+
+    def setup_pod(self, netns_path: str, ifname: str, veth: str, ip: str, table: int,
+                  mtu: int) -> PodLink:
+        """Wire one pod interface. On failure raise DatapathError; the caller rolls
+        back with ``teardown_pod`` (deleting the host veth removes its peer too)."""
+        host = self.host()
+        step = "open pod netns"
+        try:
+            ns_fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise DatapathError(step, e) from e
+        try:
+            step = f"delete stale host veth {veth}"
+            with _ignore(errno.ENODEV):
+                host.link("del", ifname=veth)
+            step = f"create veth {veth} <-> {ifname}"
+            host.link("add", ifname=veth, kind="veth", mtu=mtu,
+                      peer={"ifname": ifname, "net_ns_fd": ns_fd, "mtu": mtu})
+        except (NetlinkError, OSError) as e:
+            raise DatapathError(step, e) from e
+        finally:
+            os.close(ns_fd)
+        try:
+            step = f"bring up {veth}"
+            link = host.link("get", ifname=veth)[0]
+            host_idx, host_mac = int(link["index"]), str(link.get("address"))
+            host.link("set", index=host_idx, state="up")
+            with self._pod(netns_path) as pod:
+                step = f"configure {ifname} in {netns_path}"
+                idx = pod.link_lookup(ifname=ifname)[0]
+                pod_mac = str(pod.link("get", index=idx)[0].get("address"))
+                pod.addr("add", index=idx, address=ip, prefixlen=32)
+                pod.link("set", index=idx, state="up")
+                for lo in pod.link_lookup(ifname="lo"):
+                    pod.link("set", index=lo, state="up")
+                pod.neigh("replace", dst=contract.POD_GATEWAY, lladdr=host_mac, ifindex=idx,
+                          state=NUD_PERMANENT)
+                pod.route("replace", dst="0.0.0.0/0", gateway=contract.POD_GATEWAY, oif=idx,
+                          flags=RTNH_F_ONLINK)
+            step = "host route and rules"
+            self._host_routes(host, host_idx, ip, table)
+        except (NetlinkError, OSError, IndexError) as e:
+            raise DatapathError(step, e) from e
+        return PodLink(veth, host_mac, pod_mac, mtu)
+
+    def _host_routes(self, host: IPRoute, host_idx: int, ip: str, table: int) -> None:
+        host.route("replace", dst=f"{ip}/32", oif=host_idx, scope=RT_SCOPE_LINK)
+        with _ignore(errno.EEXIST):
+            host.rule("add", family=socket.AF_INET, priority=contract.RULE_PRIORITY_TO_POD,
+                      dst=ip, dst_len=32, table=RT_TABLE_MAIN)
+        for rule in self._rules(host, contract.RULE_PRIORITY_FROM_POD, src=ip):
+            if rule.get("table") != table:  # the ENI was re-attached: new ifindex
+                self._del_rule(host, rule)
+        with _ignore(errno.EEXIST):
+            host.rule("add", family=socket.AF_INET, priority=contract.RULE_PRIORITY_FROM_POD,
+                      src=ip, src_len=32, table=table)
+
+    def repair_host(self, veth: str, ip: str, table: int) -> bool:
+        """Re-add a live pod's host route and rules if missing; False if its veth is gone."""
+        host = self.host()
+        idx = host.link_lookup(ifname=veth)
+        if not idx:
+            return False
+        self._host_routes(host, idx[0], ip, table)
+        return True
+
+    def teardown_pod(self, veth: str, ip: str) -> None:
+        """Remove the pod's veth (its peer and host route go with it) and both rules."""
+        host = self.host()
+        try:
+            with _ignore(errno.ENODEV):
+                host.link("del", ifname=veth)
+            with _ignore(errno.ESRCH, errno.ENOENT):
+                host.route("del", dst=f"{ip}/32", table=RT_TABLE_MAIN)
+            for prio, key in ((contract.RULE_PRIORITY_TO_POD, "dst"),
+                              (contract.RULE_PRIORITY_FROM_POD, "src")):
+                for rule in self._rules(host, prio, **{key: ip}):
+                    self._del_rule(host, rule)
+        except (NetlinkError, OSError) as e:
+            self._drop_host_socket()
+            raise DatapathError(f"tear down {veth} ({ip})", e) from e
+
+    def check_pod(self, netns_path: str, ifname: str, veth: str, ip: str,
+                  table: int) -> list[str]:
+        """What is missing or wrong for this pod (empty list: all in place)."""
+        problems: list[str] = []
+        host = self.host()
+        idx = host.link_lookup(ifname=veth)
+        if not idx:
+            return [f"host veth {veth} missing"]
+        if not [r for r in host.get_routes(family=socket.AF_INET, dst=ip, table=RT_TABLE_MAIN)
+                if r.get("oif") == idx[0] and r["dst_len"] == 32]:
+            problems.append(f"host route {ip}/32 dev {veth} missing")
+        if not self._rules(host, contract.RULE_PRIORITY_TO_POD, dst=ip):
+            problems.append(f"rule {contract.RULE_PRIORITY_TO_POD} to {ip} missing")
+        if not [r for r in self._rules(host, contract.RULE_PRIORITY_FROM_POD, src=ip)
+                if r.get("table") == table]:
+            problems.append(f"rule {contract.RULE_PRIORITY_FROM_POD} from {ip} "
+                            f"lookup {table} missing")
+        if not os.path.exists(netns_path):
+            return [*problems, f"netns {netns_path} missing"]
+        with self._pod(netns_path) as pod:
+            pidx = pod.link_lookup(ifname=ifname)
+            if not pidx:
+                return [*problems, f"{ifname} missing in {netns_path}"]
+            addrs = [a.get("address") for a in pod.get_addr(index=pidx[0], family=socket.AF_INET)]
+            if ip not in addrs:
+                problems.append(f"{ifname} lacks {ip}/32 (has {addrs})")
+            if not [r for r in pod.get_routes(family=socket.AF_INET, table=RT_TABLE_MAIN)
+                    if r["dst_len"] == 0 and r.get("gateway") == contract.POD_GATEWAY]:
+                problems.append(f"default route via {contract.POD_GATEWAY} missing")
+        return problems
+
+    # -- inventory (GC) ------------------------------------------------------------------
+
+    def pod_rule_ips(self) -> set[str]:
+        """IPs that have a rule at priority 512 or 2048 in the host netns."""
+        ips: set[str] = set()
+        for rule in self.host().get_rules(family=socket.AF_INET):
+            prio = rule.get("priority")
+            if prio == contract.RULE_PRIORITY_TO_POD and rule["dst_len"] == 32:
+                ips.add(str(rule.get("dst")))
+            elif prio == contract.RULE_PRIORITY_FROM_POD and rule["src_len"] == 32:
+                ips.add(str(rule.get("src")))
+        return ips
+
+    def pod_veths(self) -> dict[str, int]:
+        """Host veths named like ours (``eni`` + 11 hex chars): name -> ifindex."""
+        names: dict[str, int] = {}
+        for link in self.host().get_links():
+            name = str(link.get("ifname") or "")
+            if (len(name) == len(contract.VETH_PREFIX) + 11
+                    and name.startswith(contract.VETH_PREFIX)
+                    and all(c in "0123456789abcdef" for c in name[len(contract.VETH_PREFIX):])):
+                names[name] = int(link["index"])
+        return names
+
+    def delete_link_index(self, index: int) -> None:
+        with _ignore(errno.ENODEV):
+            self.host().link("del", index=index)
+
+    def delete_rules_for(self, ip: str) -> None:
+        host = self.host()
+        for prio, key in ((contract.RULE_PRIORITY_TO_POD, "dst"),
+                          (contract.RULE_PRIORITY_FROM_POD, "src")):
+            for rule in self._rules(host, prio, **{key: ip}):
+                self._del_rule(host, rule)
+
+    # -- helpers -------------------------------------------------------------------------
+
+    @staticmethod
+    def _rules(host: IPRoute, priority: int, **match: str) -> list[Any]:
+        out = []
+        for rule in host.get_rules(family=socket.AF_INET):
+            if rule.get("priority") != priority:
+                continue
+            if all(rule.get(k) == v and rule[f"{k}_len"] == 32 for k, v in match.items()):
+                out.append(rule)
+        return out
+
+    @staticmethod
+    def _del_rule(host: IPRoute, rule: Any) -> None:
+        kw: dict[str, Any] = {"family": socket.AF_INET, "priority": rule.get("priority"),
+                              "table": rule.get("table")}
+        for k in ("src", "dst"):
+            if rule[f"{k}_len"]:
+                kw[k], kw[f"{k}_len"] = rule.get(k), rule[f"{k}_len"]
+        with _ignore(errno.ENOENT, errno.ESRCH):
+            host.rule("del", **kw)
