@@ -27,8 +27,11 @@ def _atomic_write(path: Path, data: str, mode: int) -> None:
 
 
 def conflist(mtu: int | None = None, socket: str = contract.DEFAULT_SOCKET,
-             chain: list[dict[str, object]] | None = None) -> dict[str, object]:
+             chain: list[dict[str, object]] | None = None,
+             state_dir: str | None = None) -> dict[str, object]:
     plugin: dict[str, object] = {"type": contract.CNI_BINARY_NAME, "socket": socket}
+    if state_dir and state_dir != contract.DEFAULT_STATE_DIR:
+        plugin["stateDir"] = state_dir  # where DEL finds allocations when the agent is down
     if mtu:
         plugin["mtu"] = mtu
     plugins: list[dict[str, object]] = [plugin]
@@ -39,7 +42,8 @@ def conflist(mtu: int | None = None, socket: str = contract.DEFAULT_SOCKET,
 
 
 def install_cni(bin_dir: Path, conf_dir: Path, lib_dir: Path, python: str,
-                mtu: int | None, socket: str, chain: list[dict[str, object]] | None) -> None:
+                mtu: int | None, socket: str, chain: list[dict[str, object]] | None,
+                state_dir: str | None = None) -> None:
     """Install the shim's modules under ``lib_dir`` and a launcher named ``eniway``
     in ``bin_dir`` that runs them with ``python -IS`` (isolated, no site: fast)."""
     pkg = lib_dir / "lib" / "cni_plugin"
@@ -55,7 +59,7 @@ def install_cni(bin_dir: Path, conf_dir: Path, lib_dir: Path, python: str,
     )
     _atomic_write(bin_dir / contract.CNI_BINARY_NAME, launcher, 0o755)
     _atomic_write(conf_dir / contract.CNI_CONFLIST_NAME,
-                  json.dumps(conflist(mtu, socket, chain), indent=2) + "\n", 0o644)
+                  json.dumps(conflist(mtu, socket, chain, state_dir), indent=2) + "\n", 0o644)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,13 +75,16 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: this one, %(default)s)")
     p.add_argument("--mtu", type=int, default=None, help="pod MTU (default: the ENI's)")
     p.add_argument("--socket", default=contract.DEFAULT_SOCKET, help="agent socket")
+    p.add_argument("--state-dir", default=contract.DEFAULT_STATE_DIR,
+                   help="the agent's --state-dir (DEL reads it when the agent is down)")
     p.add_argument("--chain", default=None,
                    help="JSON list of plugins chained after eniway (default: portmap)")
     args = parser.parse_args(argv)
     if args.command == "install-cni":
         py = shutil.which(args.python) or args.python
         chain = json.loads(args.chain) if args.chain else None
-        install_cni(args.bin_dir, args.conf_dir, args.lib_dir, py, args.mtu, args.socket, chain)
+        install_cni(args.bin_dir, args.conf_dir, args.lib_dir, py, args.mtu, args.socket, chain,
+                    args.state_dir)
         print(f"installed {args.bin_dir / contract.CNI_BINARY_NAME} and "
               f"{args.conf_dir / contract.CNI_CONFLIST_NAME}")
         return 0
