@@ -1,0 +1,122 @@
+"""Install the RBAC part of the Helm chart into a cluster and hand back ServiceAccount
+kubeconfigs, so the operator and the agent can run as processes with exactly the rights the
+chart grants them.
+
+    rbac = install_chart_rbac(cluster)               # namespace eniway-system, release eniway
+    run_operator(kubeconfig=rbac.operator_kubeconfig, namespace=rbac.namespace,
+                 configmap=rbac.configmap, peering=rbac.peering)
+    run_agent(kubeconfig=rbac.agent_kubeconfig)
+    rbac.uninstall(cluster)
+
+What is applied is what ``helm template`` renders from charts/eniway (ServiceAccounts,
+ClusterRoles, Roles and their bindings; optionally the pool ConfigMap and the kopf peering
+object), with the same values a real install would use.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from localcluster import BIN, LocalCluster
+
+REPO = Path(__file__).resolve().parent.parent
+CHART = REPO / "charts" / "eniway"
+RBAC_TEMPLATES = ("templates/serviceaccounts.yaml", "templates/rbac-operator.yaml",
+                  "templates/rbac-agent.yaml")
+CONFIG_TEMPLATE = "templates/configmap.yaml"
+
+
+def helm(*args: str, kubeconfig: Path | None = None,
+         check: bool = True) -> subprocess.CompletedProcess[str]:
+    cmd = [str(BIN / "helm"), *args]
+    if kubeconfig is not None:
+        cmd.append(f"--kubeconfig={kubeconfig}")
+    return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=300)
+
+
+def _value_args(values: dict[str, Any] | None) -> list[str]:
+    return ["--values", "-"] if values else []
+
+
+def render(release: str = "eniway", namespace: str = "eniway-system",
+           values: dict[str, Any] | None = None, show_only: tuple[str, ...] = (),
+           extra: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """``helm template`` of the chart; the documents, parsed."""
+    cmd = [str(BIN / "helm"), "template", release, str(CHART), "--namespace", namespace,
+           *_value_args(values), *extra]
+    for name in show_only:
+        cmd += ["--show-only", name]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=120,
+                         input=json.dumps(values) if values else None)
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+@dataclass
+class ChartRBAC:
+    release: str
+    namespace: str
+    operator_serviceaccount: str
+    agent_serviceaccount: str
+    operator_kubeconfig: Path
+    agent_kubeconfig: Path
+    configmap: str | None  # the pool/cloud ConfigMap, when installed
+    peering: str | None  # the ClusterKopfPeering the operator must join, when installed
+    objects: list[dict[str, Any]]
+
+    def uninstall(self, cluster: LocalCluster) -> None:
+        """Delete everything install_chart_rbac applied (the namespace stays)."""
+        if self.objects:
+            cluster.kubectl("delete", "--ignore-not-found", "--wait=false", "-f", "-",
+                            input=json.dumps({"apiVersion": "v1", "kind": "List",
+                                              "items": self.objects}))
+
+
+def install_chart_rbac(cluster: LocalCluster, namespace: str = "eniway-system",
+                       release: str = "eniway", values: dict[str, Any] | None = None,
+                       with_config: bool = True, with_peering: bool = True) -> ChartRBAC:
+    """Apply the chart's ServiceAccounts and RBAC (plus, by default, its ConfigMap and the
+    kopf peering object the operator joins) and return kubeconfigs for both accounts."""
+    templates = RBAC_TEMPLATES + ((CONFIG_TEMPLATE,) if with_config else ())
+    docs = render(release, namespace, values, templates)
+    peering = None
+    if with_peering:
+        merged = _merged_values(values)
+        if merged["operator"]["peering"]["enabled"]:
+            peering = str(merged["operator"]["peering"]["name"])
+            docs.append({"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering",
+                         "metadata": {"name": peering,
+                                      "labels": {"app.kubernetes.io/instance": release}}})
+    code, body = cluster.request("POST", "/api/v1/namespaces", {
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+    if code not in (201, 409):
+        raise RuntimeError(f"namespace {namespace}: {code} {body}")
+    cluster.kubectl("apply", "-f", "-",
+                    input=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
+    sas = {d["metadata"]["labels"]["app.kubernetes.io/component"]: d["metadata"]["name"]
+           for d in docs if d["kind"] == "ServiceAccount"}
+    configmap = next((d["metadata"]["name"] for d in docs if d["kind"] == "ConfigMap"), None)
+    return ChartRBAC(
+        release=release, namespace=namespace,
+        operator_serviceaccount=sas["operator"], agent_serviceaccount=sas["agent"],
+        operator_kubeconfig=cluster.serviceaccount_kubeconfig(namespace, sas["operator"]),
+        agent_kubeconfig=cluster.serviceaccount_kubeconfig(namespace, sas["agent"]),
+        configmap=configmap, peering=peering, objects=docs,
+    )
+
+
+def _merged_values(values: dict[str, Any] | None) -> dict[str, Any]:
+    """The chart's values.yaml overlaid with ``values`` (as Helm merges maps)."""
+    base: dict[str, Any] = yaml.safe_load((CHART / "values.yaml").read_text())
+
+    def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+        for k, v in b.items():
+            a[k] = merge(a[k], v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
+        return a
+
+    return merge(base, values or {})

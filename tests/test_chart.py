@@ -1,0 +1,225 @@
+"""The Helm chart, offline: lint, rendering with default and other values, schema, the
+ConfigMap against the operator's own parser."""
+
+from __future__ import annotations
+
+import filecmp
+import subprocess
+import tomllib
+from typing import Any
+
+import pytest
+import yaml
+from chart_rbac import CHART, REPO, helm, render
+
+from eniway_operator import config as pool_config
+from localcluster import BIN
+
+
+def _by_kind(docs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+
+def _container(pod_spec: dict[str, Any], name: str, init: bool = False) -> dict[str, Any]:
+    key = "initContainers" if init else "containers"
+    return next(c for c in pod_spec[key] if c["name"] == name)
+
+
+def _env(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def test_versions_pinned_together() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert chart["version"] == chart["appVersion"] == project == "0.1.0"
+
+
+def test_chart_crds_identical_to_repo_crds() -> None:
+    """The chart ships exactly the files of crds/ (same names, same bytes)."""
+    cmp = filecmp.dircmp(REPO / "crds", CHART / "crds")
+    assert cmp.left_only == [] and cmp.right_only == [], (cmp.left_only, cmp.right_only)
+    match, mismatch, errors = filecmp.cmpfiles(REPO / "crds", CHART / "crds",
+                                               cmp.common_files, shallow=False)
+    assert mismatch == [] and errors == [], f"{mismatch + errors}: cp crds/* charts/eniway/crds/"
+    assert len(match) >= 4
+
+
+@pytest.mark.parametrize("extra", [[], ["--set", "cloud.provider=cloudsim"],
+                                   ["--set", "cloud.credentials.existingSecret=ak",
+                                    "--set", "operator.peering.enabled=false"]])
+def test_helm_lint_clean(extra: list[str]) -> None:
+    out = helm("lint", "--strict", str(CHART), *extra, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "[WARNING]" not in out.stdout and "[ERROR]" not in out.stdout, out.stdout
+
+
+def test_defaults_render_what_a_cluster_needs() -> None:
+    docs = render()
+    objs = _by_kind(docs)
+    kinds = sorted({d["kind"] for d in docs})
+    assert kinds == ["ClusterKopfPeering", "ClusterRole", "ClusterRoleBinding", "ConfigMap",
+                     "DaemonSet", "Deployment", "Role", "RoleBinding", "ServiceAccount"]
+    assert all(d["metadata"].get("namespace") == "eniway-system" for d in docs
+               if d["kind"] in ("ConfigMap", "DaemonSet", "Deployment", "Role", "RoleBinding",
+                                "ServiceAccount"))
+    app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    image = f"ghcr.io/eniway/eniway:{app_version}"
+
+    dep = objs[("Deployment", "eniway-operator")]
+    assert dep["spec"]["replicas"] == 2
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "eniway-operator"
+    assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "Default"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    op = _container(pod, "operator")
+    assert op["image"] == image
+    assert op["securityContext"] == {"allowPrivilegeEscalation": False,
+                                     "readOnlyRootFilesystem": True,
+                                     "capabilities": {"drop": ["ALL"]}}
+    ports = {p["name"]: p["containerPort"] for p in op["ports"]}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert op[probe]["httpGet"]["port"] == "health" and ports["health"] == 9441
+    assert "--peering=eniway" in op["args"]
+    assert op["resources"]["requests"] and op["resources"]["limits"]["memory"]
+    env = _env(op)
+    assert env["ENIWAY_CLOUD_PROVIDER"] == "aliyun" and "ENIWAY_CLOUD_ENDPOINT" not in env
+    assert "ALIBABA_CLOUD_ACCESS_KEY_ID" not in env
+    assert {"name": "config", "mountPath": "/etc/eniway", "readOnly": True} in op["volumeMounts"]
+    assert objs[("ClusterKopfPeering", "eniway")]
+
+    ds = objs[("DaemonSet", "eniway-agent")]
+    assert ds["spec"]["updateStrategy"] == {"type": "RollingUpdate",
+                                            "rollingUpdate": {"maxUnavailable": 1}}
+    pod = ds["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True
+    assert pod["priorityClassName"] == "system-node-critical"
+    assert pod["serviceAccountName"] == "eniway-agent"
+    assert pod["tolerations"] == [{"operator": "Exists"}]
+    agent = _container(pod, "agent")
+    assert agent["image"] == image
+    sc = agent["securityContext"]
+    assert sc["privileged"] is False and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW", "SYS_ADMIN"]}
+    assert sc["readOnlyRootFilesystem"] is True and sc["runAsUser"] == 0
+    host_paths = {v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    assert host_paths == {"/run/eniway", "/var/lib/eniway", "/var/run/netns", "/opt/cni/bin",
+                          "/etc/cni/net.d", "/opt/eniway", "/proc/sys/net"}
+    netns = next(m for m in agent["volumeMounts"] if m["name"] == "netns")
+    assert netns["mountPropagation"] == "HostToContainer"
+    init = _container(pod, "install-cni", init=True)
+    assert init["image"] == image
+    flat = " ".join(init["args"][0].replace("\\\n", " ").split())
+    assert ("eniway install-cni --bin-dir /opt/cni/bin --conf-dir /etc/cni/net.d --lib-dir "
+            "/opt/eniway --python /opt/eniway/python/bin/python3 --socket /run/eniway/eniway.sock"
+            ) in flat
+    mounts = {m["mountPath"] for m in init["volumeMounts"]}
+    assert mounts == {"/opt/cni/bin", "/etc/cni/net.d", "/opt/eniway"}
+    assert init["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert not any(d["kind"] == "Service" for d in docs), "cloudsim is off by default"
+
+
+def test_other_values_render_cloudsim_credentials_and_paths() -> None:
+    values = {
+        "cloud": {"provider": "cloudsim", "region": "cn-beijing",
+                  "credentials": {"existingSecret": "ecs-ak"}},
+        "operator": {"replicas": 3, "peering": {"enabled": False, "name": "eniway"},
+                     "hostNetwork": False},
+        "agent": {"mtu": 1400, "cniChain": [{"type": "bandwidth", "capabilities": {
+                  "bandwidth": True}}], "updateStrategy": {"maxUnavailable": "20%"},
+                  "installCNI": {"enabled": True, "binDir": "/home/kubernetes/bin",
+                                 "confDir": "/etc/cni/net.d", "libDir": "/opt/eniway"}},
+        "image": {"repository": "registry.example/eniway", "digest": "sha256:" + "a" * 64},
+        "fullnameOverride": "net",
+    }
+    docs = render(release="r1", namespace="kube-system", values=values)
+    objs = _by_kind(docs)
+    assert ("ClusterKopfPeering", "eniway") not in objs
+    op_rules = objs[("ClusterRole", "net-operator")]["rules"]
+    assert not any("kopf.dev" in r["apiGroups"] for r in op_rules)
+    role = objs[("Role", "net-operator")]
+    assert {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["ecs-ak"],
+            "verbs": ["get"]} in role["rules"]
+
+    dep = objs[("Deployment", "net-operator")]
+    assert dep["spec"]["replicas"] == 3
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is False and pod["dnsPolicy"] == "ClusterFirst"
+    op = _container(pod, "operator")
+    assert op["image"] == "registry.example/eniway@sha256:" + "a" * 64
+    assert "--standalone" in op["args"]
+    assert "host" not in op["livenessProbe"]["httpGet"]
+    env = _env(op)
+    assert env["ALIBABA_CLOUD_ACCESS_KEY_ID"] == {
+        "secretKeyRef": {"name": "ecs-ak", "key": "access-key-id"}}
+    assert env["ENIWAY_CLOUD_REGION"] == "cn-beijing"
+
+    # The emulator: a Service whose link variables carry the endpoint into the operator.
+    svc = objs[("Service", "net-cloudsim")]
+    assert {p["name"] for p in svc["spec"]["ports"]} == {"api", "metadata"}
+    assert objs[("Deployment", "net-cloudsim")]["spec"]["template"]["spec"]["hostNetwork"]
+    assert env["ENIWAY_CLOUD_ENDPOINT"] == \
+        "http://$(NET_CLOUDSIM_SERVICE_HOST):$(NET_CLOUDSIM_SERVICE_PORT_API)"
+    agent_pod = objs[("DaemonSet", "net-agent")]["spec"]["template"]["spec"]
+    assert _env(_container(agent_pod, "agent"))["ENIWAY_METADATA_ENDPOINT"] == \
+        "http://$(NET_CLOUDSIM_SERVICE_HOST):$(NET_CLOUDSIM_SERVICE_PORT_METADATA)"
+
+    ds = objs[("DaemonSet", "net-agent")]
+    assert ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"] == "20%"
+    script = _container(agent_pod, "install-cni", init=True)["args"][0]
+    assert "--bin-dir /home/kubernetes/bin" in script and "--mtu 1400" in script
+    assert """--chain '[{"capabilities":{"bandwidth":true},"type":"bandwidth"}]'""" in script
+    assert {v["hostPath"]["path"] for v in agent_pod["volumes"] if "hostPath" in v} >= {
+        "/home/kubernetes/bin"}
+
+
+def test_configmap_is_accepted_by_the_operator() -> None:
+    """The rendered config.yaml goes through the operator's real parser, defaults and not."""
+    docs = render(show_only=("templates/configmap.yaml",))
+    cfg = pool_config.merge((pool_config.from_configmap(docs[0]["data"], "cm"), "cm"))
+    assert cfg == pool_config.PoolConfig()  # chart defaults == operator defaults
+    values = {"pool": {"min_pool_size": 2, "max_pool_size": 12, "idle_ip_reclaim_after": "10m",
+                       "vswitches": {"cn-hangzhou-i": ["vsw-aaaa1", "vsw-bbbb2"]},
+                       "vswitch_selection_policy": "ordered",
+                       "security_group_ids": ["sg-web01", "sg-db002"],
+                       "eni_tags": {"team": "net"}, "ip_cooldown": 45}}
+    docs = render(values=values, show_only=("templates/configmap.yaml",))
+    cfg = pool_config.merge((pool_config.from_configmap(docs[0]["data"], "cm"), "cm"))
+    assert (cfg.min_pool_size, cfg.max_pool_size, cfg.idle_ip_reclaim_after) == (2, 12, 600.0)
+    assert cfg.vswitches_for("cn-hangzhou-i") == ("vsw-aaaa1", "vsw-bbbb2")
+    assert cfg.vswitch_selection_policy == "ordered" and cfg.ip_cooldown == 45.0
+    assert cfg.security_group_ids == ("sg-web01", "sg-db002") and cfg.eni_tags == {"team": "net"}
+    cloud = yaml.safe_load(docs[0]["data"]["cloud.yaml"])
+    assert cloud["provider"] == "aliyun" and cloud["clusterId"] == "eniway"
+
+
+def test_every_pool_knob_in_values_is_known_to_the_operator() -> None:
+    pool = yaml.safe_load((CHART / "values.yaml").read_text())["pool"]
+    assert set(pool) == set(pool_config.PoolConfig.__dataclass_fields__)
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--set", "pool.vswitch_selection_policy=random"], "vswitch_selection_policy"),
+    (["--set", "pool.max_eni=65"], "max_eni"),
+    (["--set", "pool.ips_per_call=11"], "ips_per_call"),
+    (["--set", "pool.bogus=1"], "bogus"),
+    (["--set", "pool.ip_cooldown=soon"], "ip_cooldown"),
+    (["--set-json", 'pool.security_group_ids=["sg-1a2b","sg-2a2b","sg-3a2b","sg-4a2b",'
+                    '"sg-5a2b","sg-6a2b"]'], "security_group_ids"),
+    (["--set-json", 'pool.vswitches={"cn-hangzhou-i":["subnet-1"]}'], "vswitches"),
+    (["--set-json", 'pool.eni_tags={"eniway.io/cluster":"x"}'], "eni_tags"),
+    (["--set", "cloud.provider=aws"], "cloud.provider"),
+    (["--set", "cloud.endpoint=ecs.example.com"], "cloud.endpoint"),
+    (["--set", "operator.replicas=0"], "operator.replicas"),
+    (["--set", "agent.mtu=100"], "agent.mtu"),
+    (["--set", "agent.healthPort=70000"], "agent.healthPort"),
+    (["--set", "agent.updateStrategy.maxUnavailable=0"], "maxUnavailable"),
+    (["--set", "agent.installCNI.binDir=relative/bin"], "binDir"),
+    (["--set", "image.digest=latest"], "image.digest"),
+])
+def test_schema_rejects_bad_values(flags: list[str], message: str) -> None:
+    out = subprocess.run([str(BIN / "helm"), "template", "x",
+                          str(CHART), *flags], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0, f"accepted {flags}"
+    assert "schema" in out.stderr and message in out.stderr, out.stderr
