@@ -36,3 +36,45 @@ def cluster() -> Iterator[LocalCluster]:
 @pytest.fixture
 def root() -> None:
     _require_root()
+
+
+@pytest.fixture
+def cloudsim() -> Iterator[object]:
+    """A fresh eniway-cloudsim in this process on a free loopback port (in-memory state,
+    attach/detach delays 0.05 s, no network mode). A SimHandle: .endpoint (host:port),
+    .url, .region, .admin (CloudSimAdmin), .sim (the CloudSim), .access_key_id/_secret,
+    .client() (official SDK client), .provider(**kw) (AliyunProvider). See docs/cloudsim.md."""
+    from eniway_cloudsim.testing import start_in_process
+
+    handle = start_in_process()
+    try:
+        yield handle
+    finally:
+        handle.close()
+
+
+@pytest.fixture
+def cloudsim_factory() -> Iterator[object]:
+    """Start emulators with options: factory(state=..., network=NetMode(), attach_delay=...,
+    eni_quota=..., seed=...) or factory.subprocess([cli args]); all stopped (and their
+    namespaces removed) at teardown."""
+    from eniway_cloudsim import testing
+
+    handles: list[testing.SimHandle] = []
+
+    class Factory:
+        def __call__(self, **kwargs: object) -> testing.SimHandle:
+            h = testing.start_in_process(**kwargs)  # type: ignore[arg-type]
+            handles.append(h)
+            return h
+
+        def subprocess(self, args: list[str] | tuple[str, ...] = ()) -> testing.SimHandle:
+            h = testing.start_subprocess(args)
+            handles.append(h)
+            return h
+
+    try:
+        yield Factory()
+    finally:
+        for h in reversed(handles):
+            h.close()
