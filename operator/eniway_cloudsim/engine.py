@@ -367,9 +367,9 @@ class Engine:
         return vsw.capacity - len(self.used.get(vsw.vswitch_id, ()))
 
     def _is_assignable(self, vsw: VSwitch, ip: str) -> bool:
-        net = ipaddress.ip_network(vsw.cidr)
+        net = ipaddress.IPv4Network(vsw.cidr)
         try:
-            addr = ipaddress.ip_address(ip)
+            addr = ipaddress.IPv4Address(ip)
         except ValueError:
             return False
         first = net.network_address + RESERVED_HEAD
@@ -392,7 +392,7 @@ class Engine:
         if self.available_ips(vsw) < count:
             raise EcsError(403, "InvalidVSwitchId.IpNotEnough",
                            f"The specified VSwitch {vsw.vswitch_id} has not enough IP addresses.")
-        net = ipaddress.ip_network(vsw.cidr)
+        net = ipaddress.IPv4Network(vsw.cidr)
         out: list[str] = []
         addr = net.network_address + RESERVED_HEAD
         last = net.broadcast_address - RESERVED_TAIL
@@ -465,7 +465,7 @@ class Engine:
     def create_vpc(self, cidr: str = "172.16.0.0/12", vpc_id: str = "") -> Vpc:
         with self.lock:
             try:
-                net = ipaddress.ip_network(cidr)
+                net = ipaddress.IPv4Network(cidr)
             except ValueError as e:
                 raise EcsError(400, "InvalidCidrBlock.Malformed", str(e)) from None
             vpc = Vpc(vpc_id or _rand_id("vpc-", 21), str(net), self.clock())
@@ -482,10 +482,10 @@ class Engine:
             if vpc is None:
                 raise EcsError(404, "InvalidVpcId.NotFound", f"VPC {vpc_id} does not exist.")
             try:
-                net = ipaddress.ip_network(cidr)
+                net = ipaddress.IPv4Network(cidr)
             except ValueError as e:
                 raise EcsError(400, "InvalidCidrBlock.Malformed", str(e)) from None
-            if not net.subnet_of(ipaddress.ip_network(vpc.cidr)):  # type: ignore[arg-type]
+            if not net.subnet_of(ipaddress.IPv4Network(vpc.cidr)):
                 raise EcsError(400, "InvalidCidrBlock.Malformed",
                                f"{cidr} is not inside the VPC CIDR {vpc.cidr}.")
             if not 16 <= net.prefixlen <= 29:

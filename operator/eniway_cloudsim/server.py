@@ -88,13 +88,24 @@ class CloudSim:
         finally:
             self._stop.set()
 
-    def stop(self) -> None:
+    def stop(self, teardown_network: bool = False) -> None:
+        """Stop serving. ``teardown_network`` also removes the namespaces network mode
+        built (keep them to restart on the same state file)."""
         self._stop.set()
         self.httpd.shutdown()
         self.httpd.server_close()
         for t in self._threads:
             t.join(timeout=5)
+        if teardown_network:
+            self.teardown_network()
         self.store.close()
+
+    def teardown_network(self) -> None:
+        net = self.engine.net
+        if hasattr(net, "teardown"):
+            with self.engine.lock:
+                net.teardown(list(self.engine.vpcs.values()),
+                             list(self.engine.instances.values()))
 
     # --- ECS ---------------------------------------------------------------------------
 

@@ -153,6 +153,7 @@ class CloudProvider(ABC):
         description: str = "",
         secondary_ip_count: int = 0,
         client_token: str = "",
+        delete_on_release: bool = False,
     ) -> NetworkInterface: ...
 
     @abstractmethod

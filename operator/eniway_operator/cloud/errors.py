@@ -35,7 +35,8 @@ AUTH_CODES = frozenset({
     "SignatureDoesNotMatch", "InvalidAccessKeyId.NotFound", "InvalidAccessKeyId.Inactive",
     "InvalidSecurityToken.Expired", "InvalidSecurityToken.Malformed",
     "InvalidSecurityToken.MismatchWithAccessKey", "Forbidden.RAM", "Forbidden",
-    "Forbidden.SubUser", "NoPermission", "MissingSecurityToken",
+    "Forbidden.SubUser", "NoPermission", "MissingSecurityToken", "InvalidCredentials",
+    "IncompleteSignature",
 })
 
 

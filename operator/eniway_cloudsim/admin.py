@@ -1,0 +1,151 @@
+"""A small client for the emulator's admin API (stdlib only), for tests and demos."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class AdminError(RuntimeError):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class Topology:
+    """What ``CloudSimAdmin.bootstrap`` made: one VPC, vSwitches per zone, one SG."""
+
+    vpc_id: str
+    security_group_id: str
+    vswitches: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # zone -> vsws
+
+    def vswitch_ids(self, zone: str) -> list[str]:
+        return [v["vswitch_id"] for v in self.vswitches[zone]]
+
+
+class CloudSimAdmin:
+    def __init__(self, endpoint: str, timeout: float = 30.0) -> None:
+        self.url = endpoint if endpoint.startswith("http") else f"http://{endpoint}"
+        self.timeout = timeout
+
+    def _call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
+        data = json.dumps(body or {}).encode() if method != "GET" else None
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                return json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as e:
+            payload = e.read()
+            try:
+                err = json.loads(payload)
+            except ValueError:
+                err = {"Code": "HTTPError", "Message": payload.decode(errors="replace")}
+            raise AdminError(e.code, err.get("Code", ""), err.get("Message", "")) from None
+
+    # topology
+    def state(self) -> dict[str, Any]:
+        return self._call("GET", "/admin/state")
+
+    def healthy(self) -> bool:
+        try:
+            return bool(self._call("GET", "/admin/healthz").get("ok"))
+        except (OSError, AdminError):
+            return False
+
+    def create_vpc(self, cidr: str = "172.16.0.0/12") -> dict[str, Any]:
+        return self._call("POST", "/admin/vpcs", {"cidr": cidr})
+
+    def create_vswitch(self, vpc_id: str, zone_id: str, cidr: str, name: str = ""
+                       ) -> dict[str, Any]:
+        return self._call("POST", "/admin/vswitches",
+                          {"vpc_id": vpc_id, "zone_id": zone_id, "cidr": cidr, "name": name})
+
+    def create_security_group(self, vpc_id: str) -> dict[str, Any]:
+        return self._call("POST", "/admin/security-groups", {"vpc_id": vpc_id})
+
+    def bootstrap(self, zones: Mapping[str, Sequence[str]] | None = None,
+                  vpc_cidr: str = "10.0.0.0/8") -> Topology:
+        """A VPC, vSwitches (zone -> CIDRs) and one security group in one call."""
+        zones = zones or {"cn-hangzhou-i": ["10.0.0.0/24"]}
+        vpc = self.create_vpc(vpc_cidr)
+        sg = self.create_security_group(vpc["vpc_id"])
+        topo = Topology(vpc["vpc_id"], sg["security_group_id"])
+        for zone, cidrs in zones.items():
+            topo.vswitches[zone] = [self.create_vswitch(vpc["vpc_id"], zone, c) for c in cidrs]
+        return topo
+
+    # instances
+    def create_instance(self, instance_type: str, vswitch_id: str,
+                        security_group_ids: Sequence[str], name: str = "", netns: str = "",
+                        status: str = "Running", ram_role: str = "", primary_ip: str = ""
+                        ) -> dict[str, Any]:
+        """Returns the instance with its ENIs, ``provider_id`` (<region>.<id>) and
+        ``metadata_url`` (the base the agent appends /latest/meta-data/... to)."""
+        return self._call("POST", "/admin/instances", {
+            "instance_type": instance_type, "vswitch_id": vswitch_id,
+            "security_group_ids": list(security_group_ids), "name": name, "netns": netns,
+            "status": status, "ram_role": ram_role, "primary_ip": primary_ip})
+
+    def instance(self, instance_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/admin/instances/{instance_id}")
+
+    def stop(self, instance_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/admin/instances/{instance_id}/stop")
+
+    def start(self, instance_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/admin/instances/{instance_id}/start")
+
+    def release(self, instance_id: str) -> dict[str, Any]:
+        """ECS DeleteInstance: returns {"deleted": [eni ids], "detached": [eni ids]}."""
+        return self._call("POST", f"/admin/instances/{instance_id}/release")
+
+    # behaviour
+    def set_settings(self, **settings: Any) -> dict[str, Any]:
+        """eni_quota, attach_delay, detach_delay."""
+        return self._call("PUT", "/admin/settings", settings)
+
+    def set_quota(self, eni_quota: int) -> dict[str, Any]:
+        return self.set_settings(eni_quota=eni_quota)
+
+    def set_faults(self, faults: Mapping[str, Mapping[str, Any]], seed: int | None = None
+                   ) -> dict[str, Any]:
+        """Replace all faults. Per API (or "*"): error_rate, count, code, status, message,
+        phase ("before" | "after"), latency_ms, jitter_ms."""
+        return self._call("PUT", "/admin/faults", {"faults": faults, "seed": seed})
+
+    def add_fault(self, api: str, seed: int | None = None, **spec: Any) -> dict[str, Any]:
+        return self._call("POST", "/admin/faults", {"faults": {api: spec}, "seed": seed})
+
+    def clear_faults(self) -> dict[str, Any]:
+        return self._call("DELETE", "/admin/faults")
+
+    def set_throttle(self, api: str, per_second: float | None, burst: int = 1
+                     ) -> dict[str, Any]:
+        """Token bucket for ``api`` ("*": every API without its own); None removes it."""
+        spec = None if per_second is None else {"per_second": per_second, "burst": burst}
+        return self._call("PUT", "/admin/throttle", {"throttle": {api: spec}})
+
+    def call_counts(self) -> dict[str, Any]:
+        """{"calls": {api: n}, "total": n, "errors": {api: {code: n}}}."""
+        return self._call("GET", "/admin/calls")
+
+    def reset_call_counts(self) -> dict[str, Any]:
+        return self._call("DELETE", "/admin/calls")
+
+    def add_access_key(self, access_key_id: str, access_key_secret: str) -> None:
+        self._call("POST", "/admin/credentials", {"access_key_id": access_key_id,
+                                                  "access_key_secret": access_key_secret})
+
+    def metadata(self, instance_id: str, path: str) -> str:
+        """GET <metadata_url>/latest/<path>, e.g. path="meta-data/instance-id"."""
+        req = urllib.request.Request(f"{self.url}/instances/{instance_id}/latest/{path}")
+        with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            return resp.read().decode()
