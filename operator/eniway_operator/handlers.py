@@ -1,0 +1,180 @@
+"""kopf handlers: they only translate events into reconcile requests.
+
+Indices (kept by kopf, fully listed before any handler runs) give each node's pending pods
+and PodIPs, so a round never lists every pod in the cluster. The work itself happens in
+``reconcile.Reconciler`` on a thread pool, scheduled by ``scheduler.Scheduler``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from cni_plugin import contract
+from eniway_operator.gc import GarbageCollector
+from eniway_operator.reconcile import Demand, Reconciler
+from eniway_operator.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """Everything the handlers need; set by main before kopf starts."""
+
+    scheduler: Scheduler
+    reconciler: Reconciler
+    gc: GarbageCollector
+    gc_interval: float = 60.0
+    debounce: float = 0.3
+    indices: dict[str, Any] = field(default_factory=dict)
+    digests: dict[str, str] = field(default_factory=dict)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+RUNTIME: Runtime | None = None
+
+
+def _rt() -> Runtime:
+    assert RUNTIME is not None, "eniway_operator.handlers.RUNTIME is not set"
+    return RUNTIME
+
+
+def demand_of(node: str) -> Demand:
+    """The node's pending pods and PodIPs, from the kopf indices (event loop thread)."""
+    idx = _rt().indices
+    pods: dict[str, tuple[str, str, str]] = {}
+    have: set[str] = set()
+    podips = idx.get("pod_ips")
+    if podips is not None and node in podips:
+        for ip, ns, name, uid in podips[node]:
+            if ip:
+                pods[ip] = (ns, name, uid)
+            have.add(f"{ns}/{name}")
+    pending = 0
+    pend = idx.get("pending_pods")
+    if pend is not None and node in pend:
+        pending = len({p for p in pend[node] if p not in have})
+    return Demand(pending=pending, pods=pods)
+
+
+# -- indices -------------------------------------------------------------------------------
+
+@kopf.index("pods")
+def pending_pods(spec: kopf.Spec, status: kopf.Status, name: str, namespace: str | None,
+                 **_: Any) -> dict[str, str] | None:
+    """Pods bound to a node, on the pod network, not started yet."""
+    node = spec.get("nodeName")
+    if not node or spec.get("hostNetwork") or status.get("phase") != "Pending":
+        return None
+    return {node: f"{namespace}/{name}"}
+
+
+@kopf.index(contract.GROUP, contract.VERSION, contract.PLURAL_PODIP)
+def pod_ips(spec: kopf.Spec, name: str, namespace: str | None,
+            **_: Any) -> dict[str, tuple[str, str, str, str]] | None:
+    node = spec.get("nodeName")
+    if not node:
+        return None
+    return {node: (spec.get("ip", ""), namespace or "", name, spec.get("podUID", ""))}
+
+
+# -- lifecycle -----------------------------------------------------------------------------
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.batching.worker_limit = 64
+    settings.persistence.finalizer = contract.FINALIZER
+    rt = _rt()
+    rt.tasks.append(asyncio.create_task(rt.scheduler.run(), name="scheduler"))
+    rt.tasks.append(asyncio.create_task(_gc_loop(rt), name="gc"))
+
+
+@kopf.on.cleanup()
+async def cleanup(**_: Any) -> None:
+    rt = _rt()
+    for t in rt.tasks:
+        t.cancel()
+    await asyncio.get_running_loop().run_in_executor(None, rt.scheduler.stop)
+
+
+async def _gc_loop(rt: Runtime) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(rt.gc_interval)
+        try:
+            report = await loop.run_in_executor(rt.scheduler.pool, rt.gc.collect)
+        except Exception:
+            log.exception("garbage collection failed")
+            continue
+        for node in report["orphans"]:
+            rt.scheduler.poke(node)
+        if report["deleted"]:
+            log.info("gc: %s", report)
+
+
+def _capture(kwargs: dict[str, Any]) -> None:
+    idx = _rt().indices
+    for key in ("pending_pods", "pod_ips"):
+        if key in kwargs:
+            idx[key] = kwargs[key]
+
+
+# -- events --------------------------------------------------------------------------------
+
+@kopf.on.event("nodes")
+async def node_event(name: str, type: str | None, **kw: Any) -> None:
+    _capture(kw)
+    _rt().scheduler.poke(name, 0.0 if type in (None, "DELETED", "ADDED") else 0.1)
+
+
+@kopf.on.event("pods")
+async def pod_event(spec: kopf.Spec, **kw: Any) -> None:
+    _capture(kw)
+    node = spec.get("nodeName")
+    if node and not spec.get("hostNetwork"):
+        _rt().scheduler.poke(node, _rt().debounce)
+
+
+@kopf.on.event(contract.GROUP, contract.VERSION, contract.PLURAL_PODIP)
+async def podip_event(spec: kopf.Spec, **kw: Any) -> None:
+    _capture(kw)
+    _rt().scheduler.poke(spec.get("nodeName", ""), _rt().debounce)
+
+
+@kopf.on.event(contract.GROUP, contract.VERSION, contract.PLURAL_ENIPOOL)
+async def pool_event(name: str, type: str | None, body: kopf.Body,
+                     **kw: Any) -> None:
+    """Only what others write matters here (spec, the agent's acknowledgements): the
+    operator's own status writes would otherwise wake it in a loop."""
+    _capture(kw)
+    rt = _rt()
+    if type == "DELETED":
+        rt.digests.pop(name, None)
+        rt.scheduler.poke(name, 0.5)
+        return
+    status = body.get("status") or {}
+    digest = hashlib.sha1(json.dumps(
+        [dict(body.get("spec") or {}), dict(status.get("agent") or {})],
+        sort_keys=True).encode()).hexdigest()
+    if rt.digests.get(name) != digest:
+        rt.digests[name] = digest
+        rt.scheduler.poke(name, 0.05)
+
+
+@kopf.on.event(contract.GROUP, contract.VERSION, contract.PLURAL_ENI)
+async def eni_event(spec: kopf.Spec, meta: kopf.Meta, type: str | None,
+                    **kw: Any) -> None:
+    """A deleted ENI resource: its node's round runs the finalizer (cloud cleanup)."""
+    _capture(kw)
+    if type == "DELETED" or meta.get("deletionTimestamp"):
+        _rt().scheduler.poke(spec.get("nodeName", ""), 0.0)

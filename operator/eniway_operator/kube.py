@@ -1,0 +1,244 @@
+"""Kubernetes access for the reconciler: ENI and ENIPool objects, Nodes, the config map,
+and Events on Nodes. Synchronous (called from worker threads), one place for the paths."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import threading
+from collections.abc import Mapping
+from typing import Any, cast
+
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from cni_plugin import contract
+
+log = logging.getLogger(__name__)
+JSON = dict[str, Any]
+COMPONENT = "eniway-operator"
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def load_config(kubeconfig: str | None) -> client.ApiClient:
+    if kubeconfig:
+        return config.new_client_from_config(config_file=kubeconfig)
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+def is_status(e: BaseException, *codes: int) -> bool:
+    return isinstance(e, ApiException) and e.status in codes
+
+
+class Kube:
+    """The calls the operator makes. ENI and ENIPool are cluster scoped custom objects."""
+
+    def __init__(self, api: client.ApiClient, namespace: str = "kube-system") -> None:
+        self.api = api
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+        self.coord = client.CoordinationV1Api(api)
+        self.namespace = namespace
+        self._events: dict[str, tuple[str, int]] = {}
+        self._events_lock = threading.Lock()
+
+    # -- nodes --------------------------------------------------------------------------
+    def get_node(self, name: str) -> JSON | None:
+        try:
+            node: JSON = self.api.sanitize_for_serialization(self.core.read_node(name))
+            return node
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def annotate_node(self, name: str, annotations: Mapping[str, str | None]) -> None:
+        self.core.patch_node(name, {"metadata": {"annotations": dict(annotations)}})
+
+    def node_names(self) -> set[str]:
+        return {str(n.metadata.name) for n in self.core.list_node().items if n.metadata}
+
+    # -- config map ---------------------------------------------------------------------
+    def get_configmap(self, namespace: str, name: str) -> Mapping[str, str] | None:
+        try:
+            cm = self.core.read_namespaced_config_map(name, namespace)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return dict(cm.data or {})
+
+    # -- ENIPool ------------------------------------------------------------------------
+    def _pool_args(self) -> tuple[str, str, str]:
+        return contract.GROUP, contract.VERSION, contract.PLURAL_ENIPOOL
+
+    def get_pool(self, name: str) -> JSON | None:
+        try:
+            return cast(JSON, self.custom.get_cluster_custom_object(*self._pool_args(), name))
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def list_pools(self) -> list[JSON]:
+        got = cast(JSON, self.custom.list_cluster_custom_object(*self._pool_args()))
+        return cast(list[JSON], got["items"])
+
+    def create_pool(self, name: str, spec: JSON, owner: JSON | None) -> JSON:
+        meta: JSON = {"name": name, "labels": {contract.LABEL_NODE: name}}
+        if owner:
+            meta["ownerReferences"] = [{
+                "apiVersion": "v1", "kind": "Node", "name": owner["metadata"]["name"],
+                "uid": owner["metadata"]["uid"]}]
+        body = {"apiVersion": contract.API_VERSION, "kind": contract.KIND_ENIPOOL,
+                "metadata": meta, "spec": spec}
+        try:
+            return cast(JSON, self.custom.create_cluster_custom_object(*self._pool_args(), body))
+        except ApiException as e:
+            if e.status == 409:
+                got = self.get_pool(name)
+                if got is not None:
+                    return got
+            raise
+
+    def patch_pool(self, name: str, patch: JSON) -> JSON:
+        return cast(JSON, self.custom.patch_cluster_custom_object(*self._pool_args(), name, patch))
+
+    def patch_pool_status(self, name: str, status: JSON) -> None:
+        self.custom.patch_cluster_custom_object_status(
+            *self._pool_args(), name, {"status": status})
+
+    def delete_pool(self, name: str) -> None:
+        try:
+            self.custom.delete_cluster_custom_object(*self._pool_args(), name)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    # -- ENI ----------------------------------------------------------------------------
+    def _eni_args(self) -> tuple[str, str, str]:
+        return contract.GROUP, contract.VERSION, contract.PLURAL_ENI
+
+    def list_enis(self, node: str | None = None) -> list[JSON]:
+        selector = f"{contract.LABEL_NODE}={node}" if node else None
+        got = cast(JSON, self.custom.list_cluster_custom_object(
+            *self._eni_args(), label_selector=selector))
+        return cast(list[JSON], got["items"])
+
+    def get_eni(self, name: str) -> JSON | None:
+        try:
+            return cast(JSON, self.custom.get_cluster_custom_object(*self._eni_args(), name))
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def create_eni(self, name: str, node: str, spec: JSON, status: JSON) -> JSON:
+        body = {"apiVersion": contract.API_VERSION, "kind": contract.KIND_ENI,
+                "metadata": {"name": name, "finalizers": [contract.FINALIZER],
+                             "labels": {contract.LABEL_NODE: node}},
+                "spec": spec}
+        try:
+            obj = cast(JSON, self.custom.create_cluster_custom_object(*self._eni_args(), body))
+        except ApiException as e:
+            if e.status != 409:
+                raise
+            obj = self.get_eni(name) or {}
+        self.patch_eni_status(name, status)
+        return obj
+
+    def patch_eni_status(self, name: str, status: JSON) -> None:
+        self.custom.patch_cluster_custom_object_status(
+            *self._eni_args(), name, {"status": status})
+
+    def release_eni(self, name: str) -> None:
+        """Drop our finalizer and delete the resource (the cloud side is already done)."""
+        obj = self.get_eni(name)
+        if obj is None:
+            return
+        fins = [f for f in obj["metadata"].get("finalizers") or [] if f != contract.FINALIZER]
+        if len(fins) != len(obj["metadata"].get("finalizers") or []):
+            try:
+                self.custom.patch_cluster_custom_object(
+                    *self._eni_args(), name,
+                    {"metadata": {"finalizers": fins,
+                                  "resourceVersion": obj["metadata"]["resourceVersion"]}})
+            except ApiException as e:
+                if e.status not in (404, 409):
+                    raise
+                if e.status == 409:
+                    return self.release_eni(name)
+        try:
+            self.custom.delete_cluster_custom_object(*self._eni_args(), name)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    def delete_eni(self, name: str) -> None:
+        try:
+            self.custom.delete_cluster_custom_object(*self._eni_args(), name)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    # -- events -------------------------------------------------------------------------
+    def node_event(self, node: str, reason: str, message: str, warning: bool = True,
+                   uid: str = "") -> None:
+        """An Event on the Node (namespace default, as the kubelet does); repeats of the
+        same reason and message bump the count instead of piling up."""
+        key = hashlib.sha1(f"{node}/{reason}/{message}".encode()).hexdigest()[:12]
+        name = f"{node}.eniway.{key}"
+        ts = now_iso()
+        with self._events_lock:
+            _, count = self._events.get(name, ("", 0))
+            count += 1
+            self._events[name] = (ts, count)
+        ns = "default"
+        try:
+            if count > 1:
+                try:
+                    self.core.patch_namespaced_event(
+                        name, ns, {"count": count, "lastTimestamp": ts})
+                    return
+                except ApiException as e:
+                    if e.status != 404:
+                        raise
+            body = {
+                "metadata": {"name": name, "namespace": ns},
+                "involvedObject": {"kind": "Node", "name": node, "uid": uid or node,
+                                   "apiVersion": "v1"},
+                "reason": reason, "message": message[:1000],
+                "type": "Warning" if warning else "Normal",
+                "source": {"component": COMPONENT},
+                "firstTimestamp": ts, "lastTimestamp": ts, "count": count,
+                "reportingComponent": COMPONENT, "reportingInstance": COMPONENT,
+            }
+            try:
+                self.core.create_namespaced_event(ns, body)  # type: ignore[arg-type]
+            except ApiException as e:
+                if e.status != 409:
+                    raise
+                self.core.patch_namespaced_event(name, ns, {"count": count, "lastTimestamp": ts})
+        except Exception as e:  # an Event is best effort: never fail a reconcile for it
+            log.warning("event %s on node %s not recorded: %s", reason, node, e)

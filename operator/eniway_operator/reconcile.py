@@ -1,0 +1,764 @@
+"""One node's reconcile: read Kubernetes and the cloud, plan, execute, record.
+
+Runs in a worker thread (the SDK and the Kubernetes client are synchronous), one node at a
+time per node (a lock per node). The cloud is the truth for which ENIs and IPs exist; the
+ENI resources are the truth for what eniway recorded about each IP (state, since), and are
+rewritten from the cloud view after every round, so an IP the cloud has but no resource
+records is picked up on the next resync, and a resource whose cloud ENI is gone is dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from cni_plugin import contract
+from eniway_operator import config as pool_config
+from eniway_operator import metrics
+from eniway_operator.cloud.base import (
+    CloudError,
+    CloudProvider,
+    InstanceInfo,
+    InstanceLimits,
+    InvalidState,
+    NetworkInterface,
+    NotFound,
+    QuotaExceeded,
+    Throttled,
+    VSwitch,
+    VSwitchExhausted,
+)
+from eniway_operator.kube import JSON, Kube, iso, now_iso, parse_time
+from eniway_operator.plan import (
+    ATTACHING,
+    AVAILABLE,
+    COND_CLOUD,
+    COND_CONFIG,
+    COND_HOTSWAP,
+    COND_LIMIT,
+    COND_QUOTA,
+    COND_READY,
+    COND_THROTTLED,
+    COND_VSW,
+    COND_WARM,
+    DETACHING,
+    INUSE,
+    Action,
+    AssignIPs,
+    AttachENI,
+    Condition,
+    CreateENI,
+    DeleteENI,
+    DetachENI,
+    ENIView,
+    NodeState,
+    UnassignIPs,
+    plan_node,
+)
+
+log = logging.getLogger(__name__)
+
+PHASE_OF = {AVAILABLE: contract.PHASE_CREATING, ATTACHING: contract.PHASE_ATTACHING,
+            INUSE: contract.PHASE_INUSE, DETACHING: contract.PHASE_DETACHING}
+ERROR_CONDITIONS = (COND_QUOTA, COND_THROTTLED, COND_CLOUD, COND_CONFIG)
+
+
+@dataclass(frozen=True)
+class Demand:
+    """What pods want on a node, snapshot from the kopf indices on the event loop."""
+
+    pending: int = 0
+    pods: Mapping[str, tuple[str, str, str]] = field(default_factory=dict)  # ip -> ns,name,uid
+
+
+@dataclass(frozen=True)
+class Settings:
+    cluster_id: str
+    config_namespace: str = "kube-system"
+    config_name: str = "eniway-config"
+    resync: float = 60.0  # full cloud describe at least this often per node
+    instance_ttl: float = 60.0
+    vswitch_ttl: float = 30.0
+    config_ttl: float = 5.0
+    poll: float = 1.0  # while an ENI attaches or detaches
+    backoff_base: float = 2.0
+    backoff_max: float = 120.0
+    idle_requeue: float = 30.0
+
+
+@dataclass
+class NodeMemory:
+    """What the operator remembers about a node between rounds (lost on restart: every item
+    is re-derived from the cloud and the resources)."""
+
+    view: dict[str, NetworkInterface] = field(default_factory=dict)
+    view_at: float = 0.0
+    dirty: bool = True
+    info: InstanceInfo | None = None
+    info_at: float = 0.0
+    vswitches: tuple[VSwitch, ...] = ()
+    vsw_at: float = 0.0
+    vsw_key: tuple[str, ...] = ()
+    blocked: dict[str, float] = field(default_factory=dict)
+    freed_at: dict[str, float] = field(default_factory=dict)
+    last_idle_reclaim: float = 0.0
+    failures: int = 0
+    throttled: bool = False
+    last_pool_status: JSON = field(default_factory=dict)
+    last_reconciled_at: float = 0.0
+
+
+class RoundErrors:
+    """Failures of one round, turned into conditions and Events."""
+
+    def __init__(self) -> None:
+        self.conditions: dict[str, Condition] = {}
+        self.any = False
+        self.throttled = False
+
+    def add(self, cond: str, reason: str, message: str) -> None:
+        self.any = True
+        self.conditions[cond] = Condition(True, reason, message)
+
+
+class Reconciler:
+    def __init__(self, kube: Kube, cloud: CloudProvider, settings: Settings,
+                 clock: Any = time.time) -> None:
+        self.kube = kube
+        self.cloud = cloud
+        self.settings = settings
+        self.clock = clock
+        self.memory: dict[str, NodeMemory] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._limits: dict[str, InstanceLimits] = {}
+        self._cm: tuple[float, Mapping[str, Any] | Exception] = (0.0, {})
+
+    # -- helpers -------------------------------------------------------------------------
+    def lock(self, node: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(node, threading.Lock())
+
+    def tags_for(self, node: str, instance_id: str, extra: Mapping[str, str]) -> dict[str, str]:
+        return {**extra, contract.TAG_CREATOR: contract.TAG_CREATOR_VALUE,
+                contract.TAG_CLUSTER: self.settings.cluster_id,
+                contract.TAG_NODE: node, contract.TAG_INSTANCE: instance_id}
+
+    def managed(self, eni: NetworkInterface) -> bool:
+        """Ours: tagged by eniway for this cluster. Nothing else is ever modified."""
+        return (eni.tags.get(contract.TAG_CREATOR) == contract.TAG_CREATOR_VALUE
+                and eni.tags.get(contract.TAG_CLUSTER) == self.settings.cluster_id)
+
+    def global_config(self) -> Mapping[str, Any]:
+        at, value = self._cm
+        if self.clock() - at > self.settings.config_ttl:
+            try:
+                data = self.kube.get_configmap(self.settings.config_namespace,
+                                               self.settings.config_name)
+                src = f"configmap {self.settings.config_namespace}/{self.settings.config_name}"
+                value = pool_config.from_configmap(data, src)
+            except pool_config.ConfigError as e:
+                value = e
+            self._cm = (self.clock(), value)
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    def limits(self, instance_type: str) -> InstanceLimits:
+        if instance_type not in self._limits:
+            self._limits[instance_type] = self.cloud.instance_limits(instance_type)
+        return self._limits[instance_type]
+
+    # -- the round -----------------------------------------------------------------------
+    def reconcile(self, node_name: str, demand: Demand) -> float | None:
+        """One round for a node; returns when to come back (None: forget the node)."""
+        t0 = time.monotonic()
+        result = "ok"
+        try:
+            with self.lock(node_name):
+                return self._reconcile(node_name, demand)
+        except Exception:
+            result = "error"
+            raise
+        finally:
+            metrics.RECONCILE.labels(result).observe(time.monotonic() - t0)
+
+    def _reconcile(self, name: str, demand: Demand) -> float | None:
+        node = self.kube.get_node(name)
+        if node is None or node["metadata"].get("deletionTimestamp"):
+            return self._teardown(name)
+        mem = self.memory.setdefault(name, NodeMemory())
+        now = self.clock()
+        instance_id = instance_of(node)
+        if not instance_id:
+            self.kube.node_event(name, "NoInstanceID",
+                                 "spec.providerID is not <region>.<instance-id>: not managed",
+                                 uid=node["metadata"].get("uid", ""))
+            return 60.0
+        pool = self.kube.get_pool(name)
+        if pool is None:
+            pool = self.kube.create_pool(name, {"nodeName": name, "instanceId": instance_id},
+                                         node)
+        errors = RoundErrors()
+
+        # Instance and limits
+        try:
+            info = self._instance(mem, instance_id, now)
+            limits = self.limits(info.instance_type)
+        except CloudError as e:
+            self._cloud_failure(name, node, mem, errors, "DescribeInstance", e)
+            self._write_pool_status(name, pool, mem, None, None, None, errors, now)
+            return self._backoff(mem, errors)
+
+        spec_want = {"nodeName": name, "instanceId": instance_id,
+                     "instanceType": info.instance_type, "zoneId": info.zone_id,
+                     "vpcId": info.vpc_id}
+        if any(pool["spec"].get(k) != v for k, v in spec_want.items()):
+            pool = self.kube.patch_pool(name, {"spec": spec_want})
+
+        # Configuration in effect
+        try:
+            cfg = pool_config.merge(
+                (self.global_config(), "configmap"),
+                (pool_config.from_annotation(node["metadata"].get("annotations"),
+                                             f"node {name}"), f"node {name} annotation"),
+                (pool["spec"].get("config") or {}, f"enipool {name} spec.config"))
+        except pool_config.ConfigError as e:
+            errors.add(COND_CONFIG, "ConfigInvalid", str(e))
+            self.kube.node_event(name, "ConfigInvalid", str(e), uid=node["metadata"]["uid"])
+            self._write_pool_status(name, pool, mem, limits, None, None, errors, now)
+            return 30.0
+
+        # Cloud view and the ENI resources
+        resources = {r["metadata"]["name"]: r for r in self.kube.list_enis(name)}
+        try:
+            if mem.dirty or now - mem.view_at >= self.settings.resync:
+                self._refresh_view(name, mem, instance_id, resources)
+            self._cleanup_deleting(name, mem, resources)
+            vswitches = self._vswitches(mem, cfg, info.zone_id, now)
+        except CloudError as e:
+            self._cloud_failure(name, node, mem, errors, "DescribeNetworkInterfaces", e)
+            self._write_pool_status(name, pool, mem, limits, cfg, None, errors, now)
+            return self._backoff(mem, errors)
+        self._ensure_resources(name, mem, instance_id, resources, vswitches, cfg)
+
+        # Plan
+        agent = (pool.get("status") or {}).get("agent") or {}
+        allocated = set(demand.pods) | set(agent.get("allocated") or [])
+        states = self._ip_states(mem, resources, allocated, set(self._release(pool)), now)
+        cooling = frozenset(ip for ip, t in mem.freed_at.items()
+                            if now - t < cfg.ip_cooldown)
+        mem.freed_at = {ip: t for ip, t in mem.freed_at.items() if now - t < cfg.ip_cooldown}
+        free_since = {ip: s[1] for ip, s in states.items() if s[0] == contract.IP_FREE}
+        warmed = _condition_true(pool, COND_WARM)
+        state = NodeState(
+            limits=limits, config=cfg, now=now, zone_id=info.zone_id,
+            instance_running=info.status != "Stopped",
+            enis=tuple(self._views(mem, resources, now)),
+            allocated=frozenset(allocated), free_since=free_since, cooling=cooling,
+            release=frozenset(self._release(pool)),
+            acknowledged=frozenset(agent.get("acknowledged") or []),
+            pending=demand.pending, vswitches=vswitches,
+            default_vswitch=info.vswitch_id, blocked_vswitches=dict(mem.blocked),
+            warmed_up=warmed, last_idle_reclaim=mem.last_idle_reclaim)
+        plan = plan_node(state)
+        if plan.idle_reclaimed:
+            mem.last_idle_reclaim = now
+
+        # Execute: release marks first, so the agent sees them; then the cloud calls.
+        if plan.release != state.release:
+            self._set_release(name, pool, plan.release, state.release)
+        for action in plan.actions:
+            try:
+                self._do(action, name, node, mem, instance_id, cfg, demand, resources)
+            except CloudError as e:
+                self._cloud_failure(name, node, mem, errors, type(action).__name__, e, action,
+                                    cfg.vswitch_block_duration)
+                if isinstance(e, Throttled | VSwitchExhausted | QuotaExceeded):
+                    break
+
+        # Record
+        resources = {r["metadata"]["name"]: r for r in self.kube.list_enis(name)}
+        pool = self.kube.get_pool(name) or pool
+        states = self._ip_states(mem, resources, allocated, set(self._release(pool)), now)
+        self._write_eni_statuses(mem, resources, states, demand.pods, now)
+        counts = self._counts(mem, states, demand.pending)
+        metrics.set_pool(name, counts)
+        conditions = dict(plan.conditions)
+        conditions[COND_WARM] = Condition(plan.warmed_up, "WarmUp",
+                                          "warm-up done" if plan.warmed_up else "warming up")
+        self._write_pool_status(name, pool, mem, limits, cfg, counts, errors, now,
+                                conditions)
+        max_pods = str(limits.max_pods)
+        if (node["metadata"].get("annotations") or {}).get(
+                contract.ANNOTATION_MAX_PODS) != max_pods:
+            self.kube.annotate_node(name, {contract.ANNOTATION_MAX_PODS: max_pods})
+        for cond in (COND_HOTSWAP, COND_LIMIT, COND_VSW):
+            c = conditions.get(cond)
+            if c and c.status and not _condition_true(pool, cond):
+                self.kube.node_event(name, c.reason, c.message, uid=node["metadata"]["uid"])
+
+        if errors.any:
+            return self._backoff(mem, errors)
+        mem.failures = 0
+        if any(e.status in (ATTACHING, DETACHING) for e in mem.view.values()):
+            mem.dirty = True
+            return self.settings.poll
+        if plan.actions or plan.release != state.release:
+            return 0.2  # look again at once: the next step may depend on this one
+        if conditions.get(COND_HOTSWAP, Condition(False, "", "")).status:
+            mem.info_at = 0.0  # watch for the instance to stop
+            return 5.0
+        return self.settings.idle_requeue
+
+    # -- reading -------------------------------------------------------------------------
+    def _instance(self, mem: NodeMemory, instance_id: str, now: float) -> InstanceInfo:
+        if (mem.info is None or mem.info.instance_id != instance_id
+                or now - mem.info_at >= self.settings.instance_ttl):
+            mem.info = self.cloud.describe_instance(instance_id)
+            mem.info_at = now
+        return mem.info
+
+    def _vswitches(self, mem: NodeMemory, cfg: pool_config.PoolConfig, zone: str,
+                   now: float) -> tuple[VSwitch, ...]:
+        ids = cfg.vswitches_for(zone)
+        if not ids:
+            return ()
+        if ids != mem.vsw_key or now - mem.vsw_at >= self.settings.vswitch_ttl:
+            mem.vswitches = tuple(self.cloud.describe_vswitches(list(ids)))
+            mem.vsw_key, mem.vsw_at = ids, now
+        return mem.vswitches
+
+    def _refresh_view(self, name: str, mem: NodeMemory, instance_id: str,
+                      resources: Mapping[str, JSON]) -> None:
+        view = {e.eni_id: e for e in self.cloud.describe_enis(instance_id=instance_id)}
+        tagged = self.cloud.describe_enis(tags={
+            contract.TAG_CREATOR: contract.TAG_CREATOR_VALUE,
+            contract.TAG_CLUSTER: self.settings.cluster_id, contract.TAG_NODE: name})
+        for e in tagged:
+            if e.status == AVAILABLE and (e.tags.get(contract.TAG_INSTANCE) or "") in (
+                    "", instance_id):
+                view[e.eni_id] = e
+        for eni_id in set(resources) - set(view):
+            found = self._describe_one(eni_id)
+            ours_here = found is not None and (found.instance_id == instance_id or (
+                found.status == AVAILABLE and self.managed(found)
+                and found.tags.get(contract.TAG_NODE) == name))
+            if found is not None and ours_here:
+                view[eni_id] = found
+            elif not resources[eni_id]["metadata"].get("deletionTimestamp"):
+                # The cloud ENI is gone (or left this instance): the record goes too.
+                log.info("node %s: ENI %s is gone from the cloud; dropping its record",
+                         name, eni_id)
+                self.kube.release_eni(eni_id)
+                metrics.GC_DELETED.labels("eni_resource").inc()
+        mem.view = {k: v for k, v in view.items() if v.status != "CreateFailed"}
+        mem.view_at = self.clock()
+        mem.dirty = False
+
+    def _describe_one(self, eni_id: str) -> NetworkInterface | None:
+        try:
+            found = self.cloud.describe_enis(eni_ids=[eni_id])
+        except NotFound:
+            return None
+        return found[0] if found else None
+
+    # -- ENI resources -------------------------------------------------------------------
+    def _ensure_resources(self, name: str, mem: NodeMemory, instance_id: str,
+                          resources: dict[str, JSON], vswitches: tuple[VSwitch, ...],
+                          cfg: pool_config.PoolConfig) -> None:
+        cidrs = {v.vswitch_id: v for v in vswitches}
+        for e in mem.view.values():
+            if e.eni_id in resources:
+                continue
+            primary = e.type == "Primary"
+            if not primary and not self.managed(e):
+                continue  # someone else's ENI: not ours to record or use
+            resources[e.eni_id] = self._record(name, instance_id, e, cidrs.get(e.vswitch_id))
+
+    def _record(self, name: str, instance_id: str, e: NetworkInterface,
+                vsw: VSwitch | None) -> JSON:
+        spec: JSON = {
+            "nodeName": name, "instanceId": instance_id, "primary": e.type == "Primary",
+            "managed": self.managed(e), "vpcId": e.vpc_id, "zoneId": e.zone_id,
+            "vSwitchId": e.vswitch_id, "primaryIP": e.primary_ip,
+            "deleteOnRelease": e.delete_on_release,
+        }
+        if e.mac:
+            spec["macAddress"] = e.mac
+        if e.device_index is not None:
+            spec["deviceIndex"] = e.device_index
+        if e.security_group_ids:
+            spec["securityGroupIds"] = list(e.security_group_ids)[:5]
+        if vsw is None:
+            try:
+                found = self.cloud.describe_vswitches([e.vswitch_id])
+                vsw = found[0] if found else None
+            except CloudError:
+                vsw = None
+        if vsw is not None:
+            spec["vSwitchCidr"] = vsw.cidr
+            spec["gatewayIP"] = vsw.gateway
+        status = {"phase": PHASE_OF.get(e.status, contract.PHASE_CREATING),
+                  "ipCount": 0, "freeCount": 0, "ips": []}
+        return self.kube.create_eni(e.eni_id, name, spec, status)
+
+    def _ip_states(self, mem: NodeMemory, resources: Mapping[str, JSON], allocated: set[str],
+                   release: set[str], now: float) -> dict[str, tuple[str, float]]:
+        """IP -> (state, since) for the IPs of the node's secondary ENIs in the cloud view.
+        A state change restarts ``since``; an IP a pod gave back starts its cooldown."""
+        old: dict[str, tuple[str, float]] = {}
+        for r in resources.values():
+            for entry in (r.get("status") or {}).get("ips") or []:
+                old[entry["ip"]] = (entry.get("state", ""), parse_time(entry.get("since")) or now)
+        out = {}
+        for e in mem.view.values():
+            if e.type == "Primary":
+                continue
+            for ip in e.private_ips:
+                if ip in allocated:
+                    st = contract.IP_ALLOCATED
+                elif ip in release:
+                    st = contract.IP_RELEASING
+                else:
+                    st = contract.IP_FREE
+                prev = old.get(ip)
+                if prev and prev[0] == st:
+                    out[ip] = prev
+                else:
+                    out[ip] = (st, now)
+                    if prev and prev[0] == contract.IP_ALLOCATED and st == contract.IP_FREE:
+                        mem.freed_at[ip] = now
+        return out
+
+    def _views(self, mem: NodeMemory, resources: Mapping[str, JSON], now: float,
+               ) -> list[ENIView]:
+        out = []
+        for e in mem.view.values():
+            r = resources.get(e.eni_id)
+            status = (r or {}).get("status") or {}
+            empty_since = parse_time(status.get("emptySince"))
+            if not e.private_ips and empty_since is None:
+                empty_since = now
+            out.append(ENIView(
+                eni_id=e.eni_id, status=e.status, vswitch_id=e.vswitch_id, ips=e.private_ips,
+                primary=e.type == "Primary", managed=self.managed(e),
+                empty_since=empty_since if not e.private_ips else None,
+                deleting=bool(r and r["metadata"].get("deletionTimestamp"))))
+        return out
+
+    def _write_eni_statuses(self, mem: NodeMemory, resources: Mapping[str, JSON],
+                            states: Mapping[str, tuple[str, float]],
+                            pods: Mapping[str, tuple[str, str, str]], now: float) -> None:
+        for eni_id, r in resources.items():
+            e = mem.view.get(eni_id)
+            if e is None or r["metadata"].get("deletionTimestamp"):
+                continue
+            ips = []
+            if e.type != "Primary":
+                for ip in e.private_ips:
+                    st, since = states.get(ip, (contract.IP_FREE, now))
+                    entry: JSON = {"ip": ip, "state": st, "since": iso(since)}
+                    pod = pods.get(ip)
+                    if st == contract.IP_ALLOCATED and pod:
+                        entry.update(podNamespace=pod[0], podName=pod[1], podUID=pod[2])
+                    ips.append(entry)
+            old = r.get("status") or {}
+            empty = parse_time(old.get("emptySince")) if not ips else None
+            status: JSON = {
+                "phase": PHASE_OF.get(e.status, contract.PHASE_CREATING),
+                "ipCount": len(ips),
+                "freeCount": len([i for i in ips if i["state"] == contract.IP_FREE]),
+                "ips": ips,
+                "emptySince": iso(empty if empty is not None else now) if (
+                    not ips and e.type != "Primary") else None,
+                "message": "",
+            }
+            cmp = {k: v for k, v in old.items() if k in status}
+            if any(cmp.get(k) != v for k, v in status.items() if v is not None) or (
+                    status["emptySince"] is None and old.get("emptySince")):
+                self.kube.patch_eni_status(eni_id, status)
+            spec_fix: JSON = {}
+            if e.mac and r["spec"].get("macAddress") != e.mac:
+                spec_fix["macAddress"] = e.mac
+            if e.device_index is not None and r["spec"].get("deviceIndex") != e.device_index:
+                spec_fix["deviceIndex"] = e.device_index
+            if spec_fix:
+                self.kube.custom.patch_cluster_custom_object(
+                    contract.GROUP, contract.VERSION, contract.PLURAL_ENI, eni_id,
+                    {"spec": spec_fix})
+
+    def _counts(self, mem: NodeMemory, states: Mapping[str, tuple[str, float]],
+                pending: int) -> dict[str, int]:
+        inuse = [e for e in mem.view.values()
+                 if e.type != "Primary" and e.status in (ATTACHING, INUSE)]
+        usable = {ip for e in inuse if e.status == INUSE for ip in e.private_ips}
+        by = [states[ip][0] for ip in usable if ip in states]
+        return {"enis": len(inuse), "total": len(usable),
+                "free": by.count(contract.IP_FREE),
+                "allocated": by.count(contract.IP_ALLOCATED),
+                "releasing": by.count(contract.IP_RELEASING), "pending": pending}
+
+    # -- ENIPool -------------------------------------------------------------------------
+    @staticmethod
+    def _release(pool: JSON) -> list[str]:
+        return list(((pool.get("spec") or {}).get("release") or {}).get("ips") or [])
+
+    def _set_release(self, name: str, pool: JSON, new: frozenset[str],
+                     old: frozenset[str]) -> None:
+        requested = ((pool.get("spec") or {}).get("release") or {}).get("requestedAt")
+        if new - old or not requested:
+            requested = now_iso()
+        body = {"spec": {"release": {"ips": sorted(new, key=_ip_key), "requestedAt": requested}}}
+        pool.update(self.kube.patch_pool(name, body))
+
+    def _write_pool_status(self, name: str, pool: JSON, mem: NodeMemory,
+                           limits: InstanceLimits | None, cfg: pool_config.PoolConfig | None,
+                           counts: Mapping[str, int] | None, errors: RoundErrors, now: float,
+                           conditions: Mapping[str, Condition] | None = None) -> None:
+        conds = dict(conditions or {})
+        for c in ERROR_CONDITIONS:
+            conds[c] = Condition(False, "OK", "")
+        conds.update(errors.conditions)
+        problems = [c for c, v in conds.items() if v.status and c != COND_WARM]
+        conds[COND_READY] = Condition(
+            not problems and cfg is not None, "Reconciled" if not problems else "Degraded",
+            ", ".join(sorted(problems)))
+        old_status = pool.get("status") or {}
+        old_conds = {c["type"]: c for c in old_status.get("conditions") or []}
+        out_conds = []
+        for ctype, cond in sorted(conds.items()):
+            st = "True" if cond.status else "False"
+            prev = old_conds.get(ctype)
+            since = prev["lastTransitionTime"] if prev and prev.get("status") == st and \
+                prev.get("lastTransitionTime") else now_iso()
+            out_conds.append({"type": ctype, "status": st, "reason": cond.reason,
+                              "message": cond.message, "lastTransitionTime": since})
+        status: JSON = {"conditions": out_conds,
+                        "observedGeneration": pool["metadata"].get("generation", 0)}
+        if limits is not None:
+            status["limits"] = {"enis": limits.max_enis, "ipsPerENI": limits.ips_per_eni,
+                                "maxPods": limits.max_pods, "hotSwap": limits.hot_swap,
+                                "source": limits.source}
+        if cfg is not None:
+            status["config"] = cfg.to_status()
+        if counts is not None:
+            status["counts"] = dict(counts)
+        if status != mem.last_pool_status or now - mem.last_reconciled_at >= 60:
+            body = dict(status, lastReconciled=now_iso())
+            self.kube.patch_pool_status(name, body)
+            mem.last_pool_status = status
+            mem.last_reconciled_at = now
+
+    # -- acting --------------------------------------------------------------------------
+    def _do(self, action: Action, name: str, node: JSON, mem: NodeMemory, instance_id: str,
+            cfg: pool_config.PoolConfig, demand: Demand, resources: dict[str, JSON]) -> None:
+        if isinstance(action, CreateENI):
+            sgs = list(cfg.security_group_ids) or self._primary_groups(mem)
+            eni = self.cloud.create_eni(
+                action.vswitch_id, sgs, self.tags_for(name, instance_id, cfg.eni_tags),
+                description=f"eniway pod ENI for node {name}",
+                secondary_ip_count=action.ip_count,
+                client_token=f"eniway-{uuid.uuid4().hex[:24]}",
+                delete_on_release=cfg.delete_on_release)
+            mem.view[eni.eni_id] = eni
+            resources[eni.eni_id] = self._record(name, instance_id, eni, None)
+            self.cloud.attach_eni(eni.eni_id, instance_id)
+            mem.view[eni.eni_id] = replace(eni, status=ATTACHING, instance_id=instance_id)
+            self.kube.patch_eni_status(eni.eni_id, {"phase": contract.PHASE_ATTACHING})
+            mem.dirty = True
+        elif isinstance(action, AttachENI):
+            self.cloud.attach_eni(action.eni_id, instance_id)
+            mem.view[action.eni_id] = replace(mem.view[action.eni_id], status=ATTACHING,
+                                              instance_id=instance_id)
+            mem.dirty = True
+        elif isinstance(action, AssignIPs):
+            got = self.cloud.assign_ips(action.eni_id, action.count,
+                                        client_token=f"eniway-{uuid.uuid4().hex[:24]}")
+            e = mem.view[action.eni_id]
+            mem.view[action.eni_id] = replace(e, private_ips=tuple(
+                dict.fromkeys((*e.private_ips, *got))))
+        elif isinstance(action, UnassignIPs):
+            self._unassign(name, mem, action, demand)
+        elif isinstance(action, DetachENI):
+            self.cloud.detach_eni(action.eni_id, instance_id)
+            mem.view[action.eni_id] = replace(mem.view[action.eni_id], status=DETACHING)
+            mem.dirty = True
+        elif isinstance(action, DeleteENI):
+            with contextlib.suppress(NotFound):
+                self.cloud.delete_eni(action.eni_id)
+            mem.view.pop(action.eni_id, None)
+            self.kube.release_eni(action.eni_id)
+            resources.pop(action.eni_id, None)
+
+    def _unassign(self, name: str, mem: NodeMemory, action: UnassignIPs, demand: Demand) -> None:
+        """Re-read the handshake at the moment of acting: only IPs still listed, still
+        acknowledged and held by no pod go back to the cloud."""
+        pool = self.kube.get_pool(name) or {}
+        listed = set(self._release(pool))
+        agent = (pool.get("status") or {}).get("agent") or {}
+        acked = set(agent.get("acknowledged") or [])
+        held = set(agent.get("allocated") or []) | set(demand.pods)
+        ok = [ip for ip in action.ips if ip in listed and ip in acked and ip not in held]
+        if not ok:
+            return
+        try:
+            self.cloud.unassign_ips(action.eni_id, ok)
+        except NotFound:
+            mem.dirty = True  # some were gone already: the resync tells which
+        e = mem.view[action.eni_id]
+        mem.view[action.eni_id] = replace(
+            e, private_ips=tuple(ip for ip in e.private_ips if ip not in ok))
+        pool = self.kube.get_pool(name) or pool
+        remaining = [ip for ip in self._release(pool) if ip not in ok]
+        self.kube.patch_pool(name, {"spec": {"release": {
+            "ips": remaining, "requestedAt": (pool["spec"].get("release") or {}).get(
+                "requestedAt") or now_iso()}}})
+
+    def _primary_groups(self, mem: NodeMemory) -> list[str]:
+        for e in mem.view.values():
+            if e.type == "Primary" and e.security_group_ids:
+                return list(e.security_group_ids)
+        raise CloudError("NoSecurityGroup", "no security_group_ids configured and the "
+                         "primary ENI's groups are unknown", api="CreateNetworkInterface")
+
+    def _cloud_failure(self, name: str, node: JSON, mem: NodeMemory, errors: RoundErrors,
+                       what: str, e: CloudError, action: Action | None = None,
+                       block_for: float = 300.0) -> None:
+        mem.dirty = True
+        uid = node["metadata"].get("uid", "")
+        if isinstance(e, VSwitchExhausted):
+            vsw = action.vswitch_id if isinstance(action, CreateENI) else (
+                mem.view[action.eni_id].vswitch_id
+                if isinstance(action, AssignIPs) and action.eni_id in mem.view else "")
+            if vsw:
+                mem.blocked[vsw] = self.clock() + block_for
+            mem.vsw_at = 0.0
+            errors.add(COND_VSW, "VSwitchExhausted", f"{vsw}: {e}")
+            self.kube.node_event(name, "VSwitchExhausted", f"{vsw} has no free IP: {e}", uid=uid)
+            errors.any = True
+            return
+        if isinstance(e, Throttled):
+            errors.throttled = True
+            errors.add(COND_THROTTLED, "Throttled", f"{what}: {e}")
+        elif isinstance(e, QuotaExceeded):
+            errors.add(COND_QUOTA, "QuotaExceeded", f"{what}: {e}")
+        elif isinstance(e, InvalidState):
+            mem.info_at = 0.0
+            errors.add(COND_CLOUD, "InvalidState", f"{what}: {e}")
+        else:
+            errors.add(COND_CLOUD, e.code or type(e).__name__, f"{what}: {e}")
+        log.warning("node %s: %s failed: %s", name, what, e)
+        self.kube.node_event(name, f"{what}Failed", str(e), uid=uid)
+
+    def _backoff(self, mem: NodeMemory, errors: RoundErrors) -> float:
+        mem.failures += 1
+        base = self.settings.backoff_base * (4 if errors.throttled else 1)
+        if errors.conditions.keys() == {COND_VSW}:
+            return 0.5  # another vSwitch may do: replan at once
+        return float(min(base * 2 ** (mem.failures - 1), self.settings.backoff_max))
+
+    # -- deletion ------------------------------------------------------------------------
+    def _cleanup_deleting(self, name: str, mem: NodeMemory, resources: dict[str, JSON]) -> None:
+        for eni_id, r in list(resources.items()):
+            if r["metadata"].get("deletionTimestamp"):
+                if self.cleanup_eni(r, mem.view.get(eni_id)):
+                    self.kube.release_eni(eni_id)
+                    mem.view.pop(eni_id, None)
+                    resources.pop(eni_id, None)
+                else:
+                    mem.dirty = True
+
+    def cleanup_eni(self, r: JSON, known: NetworkInterface | None = None) -> bool:
+        """Free the cloud side of one ENI resource. True once nothing is left to do.
+        The primary ENI and ENIs eniway did not create are never touched."""
+        spec = r.get("spec") or {}
+        if spec.get("primary") or not spec.get("managed"):
+            return True
+        eni = self._describe_one(r["metadata"]["name"])
+        if eni is None:
+            return True
+        if not self.managed(eni) or eni.type == "Primary":
+            return True
+        if eni.status in (INUSE, ATTACHING) and eni.instance_id:
+            try:
+                self.cloud.detach_eni(eni.eni_id, eni.instance_id)
+            except (InvalidState, NotFound) as e:
+                log.info("detach %s: %s (will retry)", eni.eni_id, e)
+            return False
+        if eni.status == AVAILABLE:
+            with contextlib.suppress(NotFound):
+                self.cloud.delete_eni(eni.eni_id)
+            metrics.GC_DELETED.labels("eni").inc()
+            return True
+        return False
+
+    def _teardown(self, name: str) -> float | None:
+        """The Node is gone: free every ENI eniway holds for it, then forget the node."""
+        pool = self.kube.get_pool(name)
+        resources = self.kube.list_enis(name)
+        pending = False
+        for r in resources:
+            try:
+                if self.cleanup_eni(r):
+                    self.kube.release_eni(r["metadata"]["name"])
+                else:
+                    pending = True
+            except CloudError as e:
+                log.warning("teardown of %s: %s", r["metadata"]["name"], e)
+                pending = True
+        try:
+            leftovers = self.cloud.describe_enis(tags={
+                contract.TAG_CREATOR: contract.TAG_CREATOR_VALUE,
+                contract.TAG_CLUSTER: self.settings.cluster_id, contract.TAG_NODE: name})
+        except CloudError:
+            leftovers, pending = [], True
+        for left in leftovers:
+            if not self.managed(left):
+                continue
+            try:
+                if left.status == AVAILABLE:
+                    self.cloud.delete_eni(left.eni_id)
+                elif left.status in (INUSE, ATTACHING) and left.instance_id:
+                    self.cloud.detach_eni(left.eni_id, left.instance_id)
+                    pending = True
+                else:
+                    pending = True
+            except CloudError as err:
+                log.info("teardown of %s: %s", left.eni_id, err)
+                pending = True
+        if pending:
+            return 1.0
+        if pool is not None:
+            self.kube.delete_pool(name)
+        self.memory.pop(name, None)
+        metrics.forget_pool(name)
+        log.info("node %s is gone; its ENIs and pool are released", name)
+        return None
+
+
+def instance_of(node: JSON) -> str:
+    """Instance id from spec.providerID: "<region>.<instance>" (Alibaba's format), also
+    accepting "alicloud://<region>.<instance>"."""
+    pid = (node.get("spec") or {}).get("providerID") or ""
+    pid = pid.split("://", 1)[-1]
+    if "." in pid:
+        pid = pid.split(".", 1)[1]
+    return pid if pid.startswith("i-") else ""
+
+
+def _condition_true(pool: JSON, ctype: str) -> bool:
+    for c in (pool.get("status") or {}).get("conditions") or []:
+        if c.get("type") == ctype:
+            return bool(c.get("status") == "True")
+    return False
+
+
+def _ip_key(ip: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in ip.split("."))
