@@ -13,17 +13,74 @@ and drops the record), because a DEL must not fail on a node whose agent crashed
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import sys
-from typing import Any
 
 from cni_plugin import contract
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+try:  # The C halves of ``json``: importing ``json`` itself pulls in ``re`` and ``enum``
+    # (about 10 ms per pod start); these take well under one.
+    import _json
+    import _socket as socket
+except ImportError:  # pragma: no cover - not CPython
+    _json = None  # type: ignore[assignment]
+    import socket  # type: ignore[no-redef]
 
 COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
 DEFAULT_TIMEOUT = 60.0
 SOURCE_AGENT_DOWN = (FileNotFoundError, ConnectionRefusedError)
+
+
+class _Ctx:
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = float
+    memo: dict[str, object] = {}
+
+
+def loads(data: bytes | str) -> Any:
+    """``json.loads`` without importing ``json``."""
+    text = data.decode() if isinstance(data, bytes) else data
+    if _json is None:
+        import json
+        return json.loads(text)
+    start = len(text) - len(text.lstrip(" \t\n\r"))
+    try:
+        obj, end = _json.make_scanner(_Ctx())(text, start)  # type: ignore[arg-type]
+    except StopIteration as e:
+        raise ValueError(f"invalid JSON at offset {e.value}") from None
+    if text[end:].strip(" \t\n\r"):
+        raise ValueError(f"extra data at offset {end}")
+    return obj
+
+
+def dumps(obj: Any) -> str:
+    """``json.dumps`` (compact) for the plain values the shim sends and prints."""
+    if _json is None:
+        import json
+        return json.dumps(obj, separators=(",", ":"))
+    if isinstance(obj, str):
+        return str(_json.encode_basestring_ascii(obj))
+    if obj is None:
+        return "null"
+    if obj is True:
+        return "true"
+    if obj is False:
+        return "false"
+    if isinstance(obj, int | float):
+        return repr(obj)
+    if isinstance(obj, dict):
+        return "{" + ",".join(f"{dumps(str(k))}:{dumps(v)}" for k, v in obj.items()) + "}"
+    if isinstance(obj, list | tuple):
+        return "[" + ",".join(dumps(v) for v in obj) + "]"
+    raise TypeError(f"cannot encode {type(obj).__name__}")
 
 
 class ShimError(Exception):
@@ -81,7 +138,7 @@ def call_agent(path: str, req: dict[str, Any], timeout: float) -> dict[str, Any]
     try:
         s.settimeout(timeout)
         s.connect(path)
-        s.sendall(json.dumps(req, separators=(",", ":")).encode())
+        s.sendall(dumps(req).encode())
         s.shutdown(socket.SHUT_WR)
         chunks = []
         while True:
@@ -93,7 +150,7 @@ def call_agent(path: str, req: dict[str, Any], timeout: float) -> dict[str, Any]
         s.close()
     if not chunks:
         raise ConnectionResetError("eniway-agent closed the connection without an answer")
-    answer: dict[str, Any] = json.loads(b"".join(chunks))
+    answer: dict[str, Any] = loads(b"".join(chunks))
     return answer
 
 
@@ -145,7 +202,7 @@ def slow_delete(state_dir: str, container_id: str, ifname: str) -> list[str]:
             path = os.path.join(adir, name)
             try:
                 with open(path) as f:
-                    rec = json.load(f)
+                    rec = loads(f.read())
             except (OSError, ValueError):
                 continue
             if rec.get("containerId") != container_id or rec.get("ifname") != ifname:
@@ -189,7 +246,7 @@ def run(env: dict[str, str] | os._Environ[str], stdin: bytes) -> tuple[int, Any]
             raise ShimError(contract.ERR_INVALID_ENV,
                             f"CNI_COMMAND={command!r} is not one of {', '.join(COMMANDS)}")
         try:
-            conf = json.loads(stdin)
+            conf = loads(stdin)
         except ValueError as e:
             raise ShimError(contract.ERR_DECODE,
                             f"cannot decode the network configuration on stdin: {e}") from None
@@ -273,7 +330,7 @@ def _dispatch(command: str, version: str, env: Any, conf: dict[str, Any]) -> tup
 def main() -> int:
     code, out = run(os.environ, sys.stdin.buffer.read())
     if out is not None:
-        sys.stdout.write(json.dumps(out))
+        sys.stdout.write(dumps(out))
         sys.stdout.flush()
     return code
 

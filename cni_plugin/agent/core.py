@@ -14,6 +14,7 @@ import datetime as dt
 import ipaddress
 import logging
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -90,6 +91,8 @@ class NodeAgent:
         self.enis: dict[str, EniState] = {}
         self.enis_synced = False
         self.pool_synced = False
+        self._reaper: queue.Queue[tuple[Allocation, int | None]] = queue.Queue()
+        threading.Thread(target=self._reap_forever, name="reaper", daemon=True).start()
         # Hooks the API side plugs in (PodIP writes, status.agent publishing).
         self.on_bound: Callable[[Allocation], None] = lambda a: None
         self.on_unbound: Callable[[Allocation], None] = lambda a: None
@@ -261,7 +264,8 @@ class NodeAgent:
             stale = None
             if ip is None and name:
                 stale = next((r for r in self.records.values()
-                              if (r.podNamespace, r.podName, r.ifname) == (ns, name, ifname)), None)
+                              if (r.podNamespace, r.podName, r.ifname) == (ns, name, ifname)
+                              and self.by_attachment.get(r.attachment) == r.ip), None)
                 if stale is not None and os.path.exists(stale.netns):
                     raise CniError(
                         contract.ERR_TRY_AGAIN,
@@ -371,24 +375,59 @@ class NodeAgent:
                 "vSwitchGateway": eni.gateway if eni else ""}
 
     def delete(self, req: dict[str, Any]) -> dict[str, Any]:
+        """DEL: cut the pod off synchronously (route, rules), answer, and let the reaper
+        delete the veth and return the IP (a veth delete waits for an RCU grace period,
+        tens of ms, and the runtime is about to delete the netns anyway). Until the
+        reaper is done the IP stays allocated, so it cannot be handed out early."""
         cid, ifname = self._attachment(req)
         att_key = f"att:{cid}/{ifname}"
         with self.lock:
             if att_key in self.inflight:
                 raise CniError(contract.ERR_TRY_AGAIN,
-                               f"container {cid[:12]} ({ifname}) is being set up or torn down "
-                               "right now; retry")
-            ip = self.by_attachment.get((cid, ifname))
+                               f"container {cid[:12]} ({ifname}) is being set up right now; "
+                               "retry")
+            ip = self.by_attachment.pop((cid, ifname), None)
             if ip is None:
-                return {}
+                return {}  # never set up, or already released: DEL is idempotent
             rec = self.records[ip]
-            self.inflight.add(att_key)
+            self.inflight.add(f"rel:{ip}")
         try:
-            self._release(rec)
-        finally:
+            index = self.datapath.detach_pod(rec.veth, rec.ip, rec.table)
+        except DatapathError as e:
             with self.lock:
-                self.inflight.discard(att_key)
+                self.by_attachment[rec.attachment] = ip
+                self.inflight.discard(f"rel:{ip}")
+            raise CniError(contract.ERR_DATAPATH, f"tearing down {rec.ip} failed: {e}") from e
+        self._reaper.put((rec, index))
         return {"ip": rec.ip}
+
+    def _reap_forever(self) -> None:
+        while True:
+            rec, index = self._reaper.get()
+            try:
+                if index is not None:
+                    self.datapath.delete_link_index(index)
+                self.datapath.delete_rules_for(rec.ip)  # a rule re-added meanwhile by repair
+                self.store.release(rec.ip)
+                with self.lock:
+                    self.records.pop(rec.ip, None)
+                    self.pool.give_back(rec.ip)
+                self.on_unbound(rec)
+                self._publish()
+            except Exception:
+                log.exception("releasing %s failed: GC will retry", rec.ip)
+                with self.lock:  # back to a normal record: GC reclaims it (netns gone)
+                    self.by_attachment.setdefault(rec.attachment, rec.ip)
+            finally:
+                with self.lock:
+                    self.inflight.discard(f"rel:{rec.ip}")
+                self._reaper.task_done()
+
+    def drain(self, timeout: float = 10.0) -> None:
+        """Wait for pending releases (clean shutdown)."""
+        deadline = time.monotonic() + timeout
+        while self._reaper.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.02)
 
     def _release(self, rec: Allocation, cool: bool = True) -> None:
         try:
@@ -424,8 +463,7 @@ class NodeAgent:
         valid = {(str(a.get("containerID")), str(a.get("ifname")))
                  for a in req.get("validAttachments") or []}
         with self.lock:
-            victims = [r for r in self.records.values() if r.attachment not in valid
-                       and f"att:{r.containerId}/{r.ifname}" not in self.inflight]
+            victims = [r for r in self.records.values() if r.attachment not in valid]
         released = []
         for rec in victims:
             if self._reclaim(rec, "cni-gc"):
@@ -448,7 +486,9 @@ class NodeAgent:
     def _reclaim(self, rec: Allocation, reason: str) -> bool:
         key = f"att:{rec.containerId}/{rec.ifname}"
         with self.lock:
-            if key in self.inflight or self.records.get(rec.ip) is not rec:
+            if (key in self.inflight or f"rel:{rec.ip}" in self.inflight
+                    or self.records.get(rec.ip) is not rec
+                    or self.by_attachment.get(rec.attachment) != rec.ip):
                 return False
             self.inflight.add(key)
         try:
@@ -475,7 +515,7 @@ class NodeAgent:
             snapshot = list(self.records.values())
             busy = set(self.inflight)
         for rec in snapshot:
-            if f"att:{rec.containerId}/{rec.ifname}" in busy:
+            if f"att:{rec.containerId}/{rec.ifname}" in busy or f"rel:{rec.ip}" in busy:
                 continue
             reason = self._stale_reason(rec, pods)
             if reason and now - rec.allocatedAtEpoch >= self.cfg.gc_grace:

@@ -33,6 +33,7 @@ RT_TABLE_MAIN = 254
 RT_SCOPE_LINK = 253
 RTNH_F_ONLINK = 4
 NUD_PERMANENT = 0x80
+LOOPBACK_INDEX = 1  # "lo" is always ifindex 1 in a network namespace
 
 
 class DatapathError(Exception):
@@ -146,47 +147,54 @@ class Datapath:
         except OSError as e:
             raise DatapathError(step, e) from e
         try:
-            step = f"delete stale host veth {veth}"
-            with _ignore(errno.ENODEV):
-                host.link("del", ifname=veth)
             step = f"create veth {veth} <-> {ifname}"
-            host.link("add", ifname=veth, kind="veth", mtu=mtu,
-                      peer={"ifname": ifname, "net_ns_fd": ns_fd, "mtu": mtu})
+            spec = {"ifname": veth, "kind": "veth", "mtu": mtu, "state": "up",
+                    "peer": {"ifname": ifname, "net_ns_fd": ns_fd, "mtu": mtu}}
+            try:
+                host.link("add", **spec)
+            except NetlinkError as e:
+                if e.code != errno.EEXIST:
+                    raise
+                # A veth of an earlier sandbox of this pod (same name) that is still
+                # being torn down: ours now.
+                with _ignore(errno.ENODEV):
+                    host.link("del", ifname=veth)
+                host.link("add", **spec)
         except (NetlinkError, OSError) as e:
             raise DatapathError(step, e) from e
         finally:
             os.close(ns_fd)
         try:
-            step = f"bring up {veth}"
+            step = f"look up {veth}"
             link = host.link("get", ifname=veth)[0]
             host_idx, host_mac = int(link["index"]), str(link.get("address"))
-            host.link("set", index=host_idx, state="up")
             with self._pod(netns_path) as pod:
                 step = f"configure {ifname} in {netns_path}"
-                idx = pod.link_lookup(ifname=ifname)[0]
-                pod_mac = str(pod.link("get", index=idx)[0].get("address"))
+                plink = pod.link("get", ifname=ifname)[0]
+                idx, pod_mac = int(plink["index"]), str(plink.get("address"))
                 pod.addr("add", index=idx, address=ip, prefixlen=32)
                 pod.link("set", index=idx, state="up")
-                for lo in pod.link_lookup(ifname="lo"):
-                    pod.link("set", index=lo, state="up")
+                pod.link("set", index=LOOPBACK_INDEX, state="up")
                 pod.neigh("replace", dst=contract.POD_GATEWAY, lladdr=host_mac, ifindex=idx,
                           state=NUD_PERMANENT)
                 pod.route("replace", dst="0.0.0.0/0", gateway=contract.POD_GATEWAY, oif=idx,
                           flags=RTNH_F_ONLINK)
             step = "host route and rules"
-            self._host_routes(host, host_idx, ip, table)
+            self._host_routes(host, host_idx, ip, table, fresh=True)
         except (NetlinkError, OSError, IndexError) as e:
             raise DatapathError(step, e) from e
         return PodLink(veth, host_mac, pod_mac, mtu)
 
-    def _host_routes(self, host: IPRoute, host_idx: int, ip: str, table: int) -> None:
+    def _host_routes(self, host: IPRoute, host_idx: int, ip: str, table: int,
+                     fresh: bool = False) -> None:
         host.route("replace", dst=f"{ip}/32", oif=host_idx, scope=RT_SCOPE_LINK)
         with _ignore(errno.EEXIST):
             host.rule("add", family=socket.AF_INET, priority=contract.RULE_PRIORITY_TO_POD,
                       dst=ip, dst_len=32, table=RT_TABLE_MAIN)
-        for rule in self._rules(host, contract.RULE_PRIORITY_FROM_POD, src=ip):
-            if rule.get("table") != table:  # the ENI was re-attached: new ifindex
-                self._del_rule(host, rule)
+        if not fresh:  # the ENI may have been re-attached since: new ifindex, new table
+            for rule in self._rules(host, contract.RULE_PRIORITY_FROM_POD, src=ip):
+                if rule.get("table") != table:
+                    self._del_rule(host, rule)
         with _ignore(errno.EEXIST):
             host.rule("add", family=socket.AF_INET, priority=contract.RULE_PRIORITY_FROM_POD,
                       src=ip, src_len=32, table=table)
@@ -200,18 +208,37 @@ class Datapath:
         self._host_routes(host, idx[0], ip, table)
         return True
 
+    def detach_pod(self, veth: str, ip: str, table: int) -> int | None:
+        """Cut the pod off the host (host route and both rules) and return its veth's
+        ifindex; deleting the veth itself (slow: the kernel waits for an RCU grace
+        period) is left to ``delete_link_index``."""
+        host = self.host()
+        try:
+            found = host.link_lookup(ifname=veth)
+            with _ignore(errno.ESRCH, errno.ENOENT):
+                host.route("del", dst=f"{ip}/32", table=RT_TABLE_MAIN)
+            with _ignore(errno.ENOENT, errno.ESRCH):
+                host.rule("del", family=socket.AF_INET, priority=contract.RULE_PRIORITY_TO_POD,
+                          dst=ip, dst_len=32, table=RT_TABLE_MAIN)
+            with _ignore(errno.ENOENT, errno.ESRCH):
+                host.rule("del", family=socket.AF_INET,
+                          priority=contract.RULE_PRIORITY_FROM_POD, src=ip, src_len=32,
+                          table=table)
+        except (NetlinkError, OSError) as e:
+            self._drop_host_socket()
+            raise DatapathError(f"detach {veth} ({ip})", e) from e
+        return int(found[0]) if found else None
+
     def teardown_pod(self, veth: str, ip: str) -> None:
-        """Remove the pod's veth (its peer and host route go with it) and both rules."""
+        """Remove the pod's veth (its peer and host route go with it) and every rule
+        of its IP, whatever table they point at."""
         host = self.host()
         try:
             with _ignore(errno.ENODEV):
                 host.link("del", ifname=veth)
             with _ignore(errno.ESRCH, errno.ENOENT):
                 host.route("del", dst=f"{ip}/32", table=RT_TABLE_MAIN)
-            for prio, key in ((contract.RULE_PRIORITY_TO_POD, "dst"),
-                              (contract.RULE_PRIORITY_FROM_POD, "src")):
-                for rule in self._rules(host, prio, **{key: ip}):
-                    self._del_rule(host, rule)
+            self.delete_rules_for(ip)
         except (NetlinkError, OSError) as e:
             self._drop_host_socket()
             raise DatapathError(f"tear down {veth} ({ip})", e) from e
@@ -276,10 +303,14 @@ class Datapath:
             self.host().link("del", index=index)
 
     def delete_rules_for(self, ip: str) -> None:
+        """Every rule at 512/2048 for ``ip`` (one dump; duplicates after a crash too)."""
         host = self.host()
-        for prio, key in ((contract.RULE_PRIORITY_TO_POD, "dst"),
-                          (contract.RULE_PRIORITY_FROM_POD, "src")):
-            for rule in self._rules(host, prio, **{key: ip}):
+        for rule in host.get_rules(family=socket.AF_INET):
+            prio = rule.get("priority")
+            if ((prio == contract.RULE_PRIORITY_TO_POD and rule.get("dst") == ip
+                 and rule["dst_len"] == 32)
+                    or (prio == contract.RULE_PRIORITY_FROM_POD and rule.get("src") == ip
+                        and rule["src_len"] == 32)):
                 self._del_rule(host, rule)
 
     # -- helpers -------------------------------------------------------------------------

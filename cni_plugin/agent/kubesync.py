@@ -25,6 +25,7 @@ log = logging.getLogger("eniway.kube")
 
 ENIS = f"/apis/{contract.API_VERSION}/{contract.PLURAL_ENI}"
 ENIPOOLS = f"/apis/{contract.API_VERSION}/{contract.PLURAL_ENIPOOL}"
+STATUS_MIN_GAP = 0.5
 PODIPS = f"/apis/{contract.API_VERSION}/{contract.PLURAL_PODIP}"
 
 
@@ -129,7 +130,7 @@ class KubeSync:
     # -- writes --------------------------------------------------------------------------
 
     def _writer(self) -> None:
-        next_heartbeat = 0.0
+        next_heartbeat = last_status = 0.0
         interval = self.agent.cfg.heartbeat_interval
         while not self.stop.is_set():
             try:
@@ -146,8 +147,12 @@ class KubeSync:
                     self.stop.wait(1.0)
                     self._writes.put((op, rec))
                 continue
-            if self._status_dirty.is_set() or time.monotonic() >= next_heartbeat:
+            now = time.monotonic()
+            # Coalesce bursts of pod churn: at most one status write per STATUS_MIN_GAP.
+            if (self._status_dirty.is_set() and now - last_status >= STATUS_MIN_GAP) or (
+                    now >= next_heartbeat):
                 self._status_dirty.clear()
+                last_status = now
                 try:
                     self.publish_status()
                     next_heartbeat = time.monotonic() + interval

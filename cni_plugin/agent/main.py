@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("shutting down")
     sync.stop.set()
     server.close()
+    agent.drain()
     agent.store.close()
     return 0
 
