@@ -72,8 +72,9 @@ class CloudSim:
 
     def start(self) -> CloudSim:
         self.engine.rebuild_network()
-        for target in (self.httpd.serve_forever, self._ticker):
-            t = threading.Thread(target=target, daemon=True, name=f"cloudsim-{target.__name__}")
+        for name, target in (("http", lambda: self.httpd.serve_forever(poll_interval=0.05)),
+                             ("ticker", self._ticker)):
+            t = threading.Thread(target=target, daemon=True, name=f"cloudsim-{name}")
             t.start()
             self._threads.append(t)
         return self
@@ -222,7 +223,10 @@ def _handler(sim: CloudSim) -> type[BaseHTTPRequestHandler]:
             for k, v in (headers or {}).items():
                 self.send_header(k, v)
             self.end_headers()
-            self.wfile.write(body)
+            try:
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                log.debug("client went away before the response")
 
         def _json(self, status: int, obj: Any, request_id: str = "") -> None:
             headers = {"x-acs-request-id": request_id} if request_id else None

@@ -109,10 +109,17 @@ class AliyunProvider(CloudProvider):
 
     # --- the call loop ---------------------------------------------------------------
 
-    def _once(self, api: str, fn: Callable[[Any, RuntimeOptions], T], request: Any) -> T:
+    def _acquire(self, api: str) -> None:
+        """Wait for the API's token; a bucket still empty after ``limiter_timeout`` means
+        the caller is asking for more than the configured rate: it gets Throttled now
+        (the retry loop does not wait again)."""
         if not self.limiter.acquire(api, timeout=self.limiter_timeout):
+            with self._stats_lock:
+                self.failures[f"{api}/Throttling.Local"] += 1
             raise Throttled("Throttling.Local", f"local rate limit for {api} still empty "
                             f"after {self.limiter_timeout}s", api=api)
+
+    def _once(self, api: str, fn: Callable[[Any, RuntimeOptions], T], request: Any) -> T:
         with self._stats_lock:
             self.calls[api] += 1
         try:
@@ -137,6 +144,7 @@ class AliyunProvider(CloudProvider):
         attempt = 0
         while True:
             attempt += 1
+            self._acquire(api)
             try:
                 return self._once(api, fn, request)
             except CloudError as err:

@@ -61,13 +61,21 @@ def bundled_table(path: Path = DATA_FILE) -> Mapping[str, InstanceTypeRow]:
         return parse_table(f)
 
 
+def family_of(instance_type: str) -> str:
+    """``ecs.t6-c1m1.large`` -> ``ecs.t6``; ``ecs.g7.xlarge`` -> ``ecs.g7``."""
+    parts = instance_type.split(".")
+    if len(parts) < 2:
+        return instance_type
+    return f"{parts[0]}.{parts[1].split('-')[0]}"
+
+
 def family_hot_swap(instance_type: str, table: Mapping[str, InstanceTypeRow]) -> bool:
     """DescribeInstanceTypes does not say whether a type hot-swaps ENIs: take it from the
     table, by type or else by family (a family is hot-swap unless the table says not)."""
     row = table.get(instance_type)
     if row is not None:
         return row.hot_swap
-    family = ".".join(instance_type.split(".")[:2])
+    family = family_of(instance_type)
     fam = [r for r in table.values() if r.family == family]
     return all(r.hot_swap for r in fam) if fam else True
 
