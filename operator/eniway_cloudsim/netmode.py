@@ -1,7 +1,7 @@
 """Network mode (root): the VPC as a real network.
 
-One network namespace per VPC acts as the VPC router. Each vSwitch gets a dummy link
-there holding its gateway address (broadcast - 2, as in ECS). Attaching an ENI creates
+One network namespace per VPC acts as the VPC router. Each vSwitch gets a port-less
+bridge there (kernels without the dummy module have bridges) holding its gateway address (broadcast - 2, as in ECS). Attaching an ENI creates
 a veth pair: the VPC end in the VPC namespace, the other end, carrying the ENI's MAC,
 in the instance's namespace (named ``eth<device index>``). Every IP of the ENI (primary
 and secondaries) gets a /32 route and a permanent neighbour entry towards that veth.
@@ -115,7 +115,7 @@ class NetMode:
         if self._link_exists(ns, link):
             return
         prefix = ipaddress.ip_network(vsw.cidr).prefixlen
-        _run(["ip", "-n", ns, "link", "add", link, "type", "dummy"])
+        _run(["ip", "-n", ns, "link", "add", link, "type", "bridge"])
         _run(["ip", "-n", ns, "addr", "add", f"{vsw.gateway}/{prefix}", "dev", link])
         _run(["ip", "-n", ns, "link", "set", link, "up"])
 
