@@ -210,6 +210,7 @@ class CloudSim:
 def _handler(sim: CloudSim) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go out in two writes
         server_version = "eniway-cloudsim"
 
         def log_message(self, format: str, *args: Any) -> None:
