@@ -54,11 +54,13 @@ def loads(data: bytes | str) -> Any:
     start = len(text) - len(text.lstrip(" \t\n\r"))
     try:
         obj, end = _json.make_scanner(_Ctx())(text, start)  # type: ignore[arg-type]
-    except StopIteration as e:
-        raise ValueError(f"invalid JSON at offset {e.value}") from None
-    if text[end:].strip(" \t\n\r"):
-        raise ValueError(f"extra data at offset {end}")
-    return obj
+        if not text[end:].strip(" \t\n\r"):
+            return obj
+    except (StopIteration, ValueError, SystemError):
+        pass
+    import json  # bad input only: let the full parser say precisely what is wrong
+
+    return json.loads(text)
 
 
 def dumps(obj: Any) -> str:

@@ -29,9 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from localcluster import LocalCluster, free_port
-
 from cni_plugin import cli, contract
+from localcluster import LocalCluster, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = os.path.realpath(sys.executable)
@@ -82,6 +81,9 @@ class NodeNetwork:
     def create(self) -> NodeNetwork:
         v, n = self.vpc_ns, self.node_ns
         sh(f"ip netns add {v} && ip netns add {n}")
+        for ns in (v, n):  # no IPv6 chatter: ENI packet counters then count only our pings
+            sh(f"ip netns exec {ns} sysctl -qw net.ipv6.conf.all.disable_ipv6=1 "
+               "net.ipv6.conf.default.disable_ipv6=1")
         sh(f"ip -n {v} link set lo up && ip -n {n} link set lo up")
         sh(f"ip -n {v} link add vsw0 type bridge && ip -n {v} link set vsw0 up")
         sh(f"ip -n {v} addr add {self.gateway}/24 dev vsw0")
