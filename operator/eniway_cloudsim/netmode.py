@@ -1,10 +1,13 @@
 """Network mode (root): the VPC as a real network.
 
 One network namespace per VPC acts as the VPC router. Each vSwitch gets a port-less
-bridge there (kernels without the dummy module have bridges) holding its gateway address (broadcast - 2, as in ECS). Attaching an ENI creates
-a veth pair: the VPC end in the VPC namespace, the other end, carrying the ENI's MAC,
-in the instance's namespace (named ``eth<device index>``). Every IP of the ENI (primary
-and secondaries) gets a /32 route and a permanent neighbour entry towards that veth.
+bridge there (kernels without the dummy module have bridges) holding its gateway address
+(broadcast - 2, as in ECS). Attaching an ENI creates a veth pair: the VPC end in the VPC
+namespace, the other end, carrying the ENI's MAC, in the instance's namespace (named
+``eth<device index>``). Every IP of the ENI (primary and secondaries) gets a /32 route
+and a permanent neighbour entry towards that veth. The VPC ends answer ARP for every
+other address (proxy ARP), as the VPC's virtual switch does, so instances on one vSwitch
+reach each other directly.
 
 Source/destination check: an nftables set in the VPC namespace lists (veth, IP) pairs
 an ENI owns; a packet entering the VPC from an ENI with any other source is dropped, so
@@ -141,7 +144,7 @@ class NetMode:
         _run(["ip", "link", "add", vlink, "netns", vns, "type", "veth", "peer", "name", name,
               "netns", inst.netns, "address", eni.mac])
         _run(["ip", "netns", "exec", vns, "sysctl", "-q", "-w",
-              f"net.ipv4.conf.{vlink}.rp_filter=0"])
+              f"net.ipv4.conf.{vlink}.rp_filter=0", f"net.ipv4.conf.{vlink}.proxy_arp=1"])
         _run(["ip", "-n", vns, "link", "set", vlink, "up"])
         if eni.type == "Primary":
             prefix = ipaddress.ip_network(vsw.cidr).prefixlen
