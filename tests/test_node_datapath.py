@@ -42,7 +42,7 @@ class Pods:
         netns = self.env.net.pod_netns()
         cid = f"cid-{name}"
         ident = ("default", name, f"uid-{name}")
-        r = self.env.shim.add(cid, netns, pod=ident, **kw)  # type: ignore[arg-type]
+        r = self.env.shim.add(cid, netns, pod=ident, **kw)
         self.live[cid] = (netns, ident)
         if expect_ok:
             assert r.rc == 0, (r, self.env.agent.tail())

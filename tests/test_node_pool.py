@@ -95,7 +95,7 @@ def test_store_claim_is_exclusive_and_survives_reopen(tmp_path: Path) -> None:
     assert again.load() == ([], ["10.0.0.9"])
 
 
-def _claim_many(path: str, ips: list[str], out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+def _claim_many(path: str, ips: list[str], out: multiprocessing.Queue) -> None:
     store = AllocationStore(Path(path))
     store.dir.mkdir(parents=True, exist_ok=True)
     out.put([ip for ip in ips if store.claim(rec(ip, str(multiprocessing.current_process().pid)))])
@@ -103,7 +103,7 @@ def _claim_many(path: str, ips: list[str], out: multiprocessing.Queue) -> None: 
 
 def test_store_claims_race_across_processes(tmp_path: Path) -> None:
     ips = [f"10.0.1.{i}" for i in range(1, 60)]
-    q: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
+    q: multiprocessing.Queue = multiprocessing.Queue()
     procs = [multiprocessing.Process(target=_claim_many, args=(str(tmp_path), ips, q))
              for _ in range(4)]
     for p in procs:

@@ -75,7 +75,7 @@ def test_bad_input_codes(shim: Shim, tmp_path: Path) -> None:
          "GC needs cniVersion 1.1.0"),
     ]
     for kw, code, text in cases:
-        r = shim.run(**kw)  # type: ignore[arg-type]
+        r = shim.run(**kw)
         assert r.rc == 1, kw
         assert r.out["code"] == code, (kw, r.out)
         assert text in r.out["msg"], (kw, r.out)
