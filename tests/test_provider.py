@@ -251,3 +251,30 @@ def test_env_credentials(cloudsim: Any, monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "wrong")
     with pytest.raises(Unauthorized):
         cloudsim.provider(credentials=resolve(), retry=NO_RETRY).describe_enis()
+
+
+def test_missing_ram_role_is_unauthorized(cloudsim: Any, topo: Topology) -> None:
+    inst = cloudsim.admin.create_instance("ecs.g6.large", topo.vswitch_ids(ZONE)[0],
+                                          [topo.security_group_id])  # no RAM role
+    p = cloudsim.provider(credentials=RamRoleCredentials(inst["metadata_url"]))
+    with pytest.raises(Unauthorized) as ei:
+        p.describe_enis()
+    assert ei.value.code == "InvalidCredentials"
+    assert "DescribeNetworkInterfaces" not in cloudsim.admin.call_counts()["calls"]
+
+
+def test_concurrent_assigns_never_hand_out_an_ip_twice(cloudsim: Any, topo: Topology) -> None:
+    import concurrent.futures
+
+    p = cloudsim.provider(rates={"AssignPrivateIpAddresses": Rate(60000, 100)})
+    enis = [new_eni(p, topo) for _ in range(8)]
+
+    def fill(eni_id: str) -> list[str]:
+        return [ip for _ in range(5) for ip in p.assign_ips(eni_id, 2)]
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(fill, [e.eni_id for e in enis]))
+    flat = [ip for r in results for ip in r] + [e.primary_ip for e in enis]
+    assert len(flat) == len(set(flat)) == 8 * 11
+    described = {ip for e in p.describe_enis([e.eni_id for e in enis]) for ip in e.private_ips}
+    assert described == {ip for r in results for ip in r}

@@ -33,9 +33,10 @@ from .base import (
     NotFound,
     ServerError,
     Throttled,
+    Unauthorized,
     VSwitch,
 )
-from .credentials import Credentials, resolve
+from .credentials import Credentials, CredentialsError, resolve
 from .errors import make_error
 from .limits import LimitsCache, bundled_table, family_hot_swap
 from .ratelimit import Rate, RateLimiter
@@ -130,7 +131,14 @@ class AliyunProvider(CloudProvider):
             message = data.get("Message") or e.message or ""
             raise make_error(str(e.code), str(message), status, str(e.request_id or ""),
                              api) from e
-        except (UnretryableException, OSError) as e:
+        except CredentialsError as e:
+            raise Unauthorized("InvalidCredentials", str(e), api=api) from e
+        except UnretryableException as e:
+            inner = getattr(e, "inner_exception", None)
+            if isinstance(inner, CredentialsError):
+                raise Unauthorized("InvalidCredentials", str(inner), api=api) from e
+            raise ServerError("ConnectionError", str(e), api=api) from e
+        except OSError as e:
             raise ServerError("ConnectionError", str(e), api=api) from e
         except TeaException as e:
             raise make_error(str(e.code or "ClientError"), str(e.message), None, "",
