@@ -25,9 +25,11 @@ from typing import Any
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
+from cni_plugin import contract
 from cniexec import CNIError, CNIRuntime, pod_ip
 
 log = logging.getLogger("kubelet-standin")
+MAX_PODS_ANNOTATION = contract.ANNOTATION_MAX_PODS
 
 
 def _now() -> str:
@@ -49,6 +51,7 @@ class KubeletStandin:
     pods_capacity: int = 110
     workers: int = 8
     heartbeat_s: float = 10.0
+    follow_max_pods: bool = True
     on_event: Callable[[str], None] | None = None
 
     def __post_init__(self) -> None:
@@ -96,7 +99,19 @@ class KubeletStandin:
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
             with contextlib.suppress(Exception):
+                self._follow_max_pods()
                 self.core.patch_node_status(self.node_name, {"status": self._node_status()})
+
+    def _follow_max_pods(self) -> None:
+        """Like a kubelet started with ``--max-pods`` from eniway's figure: the node's pod
+        capacity follows the annotation the operator publishes."""
+        if not self.follow_max_pods:
+            return
+        node = self.core.read_node(self.node_name)
+        value = (node.metadata.annotations or {}).get(MAX_PODS_ANNOTATION)
+        if value and value.isdigit() and int(value) != self.pods_capacity:
+            self.pods_capacity = int(value)
+            self._emit(f"pod capacity set to {value} (eniway max-pods)")
 
     # -- pods ----------------------------------------------------------------------------
 

@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""eniway on the embedded cloud emulator: the whole system on one machine (needs root).
+
+A real control plane, eniway-cloudsim with its VPC network, three nodes of different
+instance types (each a network namespace with its eniway-agent and a kubelet
+stand-in), and the operator. Then a Deployment gets real VPC addresses, talks across
+nodes and ENIs, scales past one ENI's capacity and back, and everything is cleaned up.
+
+    make demo            # or: python3 hack/demo.py [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from clusterbox import ClusterBox, NodeSpec, wait_for
+
+NODES = [
+    NodeSpec("node-a", "ecs.g6.large"),  # 2 ENIs x 6 IPs: 5 pod IPs on one secondary ENI
+    NodeSpec("node-b", "ecs.c6.xlarge"),  # 3 ENIs x 10 IPs
+    NodeSpec("node-c", "ecs.g6.xlarge"),  # 3 ENIs x 10 IPs
+]
+APP = "web"
+
+T0 = time.monotonic()
+
+
+def say(msg: str) -> None:
+    print(f"[{time.monotonic() - T0:6.1f}s] {msg}", flush=True)
+
+
+def title(msg: str) -> None:
+    print(f"\n=== {msg} ===", flush=True)
+
+
+def show(box: ClusterBox, *args: str) -> None:
+    print(f"$ kubectl {' '.join(args)}", flush=True)
+    print(box.kube.kubectl(*args).stdout.rstrip(), flush=True)
+
+
+def eni_count(box: ClusterBox, node: str) -> int:
+    return sum(1 for e in box.enis() if e["spec"]["nodeName"] == node
+               and not e["spec"].get("primary") and e.get("status", {}).get("phase") == "InUse")
+
+
+def pools_warm(box: ClusterBox) -> bool:
+    pools = box.pools()
+    return len(pools) == len(NODES) and all(
+        p.get("status", {}).get("counts", {}).get("free", 0) >= 2 for p in pools.values())
+
+
+def wait_running(box: ClusterBox, n: int, timeout: float = 180) -> list[dict[str, object]]:
+    def ready() -> list[dict[str, object]] | None:
+        pods = box.running_pods(f"app={APP}")
+        total = box.pods(f"app={APP}")
+        return pods if len(pods) == n and len(total) == n else None
+    return wait_for(ready, timeout, f"{n} running pods")  # type: ignore[no-any-return]
+
+
+def check_traffic(box: ClusterBox, pods: list[dict[str, object]]) -> None:
+    by_node: dict[str, list[dict[str, object]]] = {}
+    for p in pods:
+        by_node.setdefault(p["spec"]["nodeName"], []).append(p)  # type: ignore[index]
+    podip_eni = {pi["spec"]["ip"]: pi["spec"]["eniId"] for pi in box.podips()}
+    pairs = []
+    nodes = sorted(by_node)
+    for i, a in enumerate(nodes):
+        b = nodes[(i + 1) % len(nodes)]
+        pairs.append((by_node[a][0], by_node[b][-1]))
+    same = by_node[nodes[0]]
+    if len(same) > 1:
+        pairs.append((same[0], same[1]))
+    ok = 0
+    for src, dst in pairs:
+        sip = src["status"]["podIP"]  # type: ignore[index]
+        dip = dst["status"]["podIP"]  # type: ignore[index]
+        good = box.ping(src, dip, count=3)
+        ok += good
+        say(f"ping {src['spec']['nodeName']}/{sip} ({podip_eni.get(sip, '?')}) -> "  # type: ignore[index]
+            f"{dst['spec']['nodeName']}/{dip} ({podip_eni.get(dip, '?')}): "  # type: ignore[index]
+            f"{'ok' if good else 'LOST'}")
+    if ok != len(pairs):
+        raise SystemExit("pod-to-pod traffic failed")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--keep", action="store_true", help="keep the system up until Ctrl-C")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("the demo builds network namespaces: run it as root", file=sys.stderr)
+        return 1
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    title("Starting eniway on the embedded cloud emulator")
+    box = ClusterBox(NODES, log=say, pool_config={"min_pool_size": 2, "max_pool_size": 5})
+    try:
+        box.start()
+        say("waiting for the operator to warm every node's pool")
+        wait_for(lambda: pools_warm(box), 180, "warm pools")
+        say("pools are warm")
+        show(box, "get", "enis,enipools")
+
+        title(f"Deployment {APP}: 6 pods spread over 3 nodes")
+        box.deployment(APP, 6)
+        pods = wait_running(box, 6)
+        say("6 pods running with VPC addresses")
+        show(box, "get", "podips", "-A", "-o", "wide")
+
+        title("Pod-to-pod traffic across nodes and ENIs (real packets, VPC source check on)")
+        check_traffic(box, pods)
+
+        title("Scale to 18: node-a needs more than its one secondary ENI can hold elsewhere")
+        before = {n.name: eni_count(box, n.name) for n in NODES}
+        box.scale(APP, 18)
+        pods = wait_running(box, 18, 300)
+        after = {n.name: eni_count(box, n.name) for n in NODES}
+        say(f"secondary ENIs in use per node: before {before}, after {after}")
+        show(box, "get", "enis,enipools")
+        check_traffic(box, pods)
+
+        title("Scale back to 3: IPs go back to the cloud through the release handshake")
+        box.scale(APP, 3)
+        wait_running(box, 3)
+        wait_for(lambda: all(p.get("status", {}).get("counts", {}).get("free", 99) <= 5
+                             for p in box.pools().values()), 180, "pools trimmed to max")
+        show(box, "get", "enipools")
+        calls = box.cloud.admin.call_counts() if box.cloud else {}
+        say(f"cloud API calls in the whole demo: {calls.get('total')} "
+            f"({', '.join(f'{k} {v}' for k, v in sorted(calls.get('calls', {}).items()))})")
+
+        if args.keep:
+            print(f"\nkubeconfig: {box.kube.kubeconfig}  (Ctrl-C to stop)", flush=True)
+            signal.sigwait({signal.SIGINT})
+        title("Cleaning up")
+        box.kube.kubectl("delete", "deployment", APP)
+        wait_for(lambda: not box.pods(f"app={APP}"), 120, "pods gone")
+        say("demo finished")
+        return 0
+    finally:
+        box.stop()
+        say("everything stopped and removed")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
