@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
+from kubernetes.client import ApiClient
 
 from cni_plugin import contract
 from eniway_operator.gc import GarbageCollector
@@ -30,6 +31,7 @@ class Runtime:
 
     scheduler: Scheduler
     reconciler: Reconciler
+    api: ApiClient
     gc: GarbageCollector
     gc_interval: float = 60.0
     debounce: float = 0.3
@@ -86,6 +88,20 @@ def pod_ips(spec: kopf.Spec, name: str, namespace: str | None,
 
 
 # -- lifecycle -----------------------------------------------------------------------------
+
+@kopf.on.login()
+def login(**_: Any) -> kopf.ConnectionInfo:
+    """kopf talks to the apiserver with the very credentials of our own client (kubeconfig
+    or in-cluster service account)."""
+    cfg = _rt().api.configuration
+    auth = (cfg.api_key or {}).get("authorization") or (cfg.api_key or {}).get("BearerToken")
+    token = auth.split(" ", 1)[1] if auth and " " in auth else auth
+    return kopf.ConnectionInfo(
+        server=cfg.host, ca_path=cfg.ssl_ca_cert or None, insecure=not cfg.verify_ssl,
+        token=token or None, certificate_path=cfg.cert_file or None,
+        private_key_path=cfg.key_file or None, username=cfg.username or None,
+        password=cfg.password or None)
+
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -163,9 +179,9 @@ async def pool_event(name: str, type: str | None, body: kopf.Body,
         rt.scheduler.poke(name, 0.5)
         return
     status = body.get("status") or {}
-    digest = hashlib.sha1(json.dumps(
-        [dict(body.get("spec") or {}), dict(status.get("agent") or {})],
-        sort_keys=True).encode()).hexdigest()
+    agent = {k: v for k, v in (status.get("agent") or {}).items() if k != "heartbeat"}
+    digest = hashlib.sha1(json.dumps([dict(body.get("spec") or {}), agent],
+                                     sort_keys=True).encode()).hexdigest()
     if rt.digests.get(name) != digest:
         rt.digests[name] = digest
         rt.scheduler.poke(name, 0.05)

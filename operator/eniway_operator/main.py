@@ -157,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     scheduler = Scheduler(reconciler, demand_of, health, workers=args.workers,
                           on_not_leader=not_leader)
-    handlers.RUNTIME = Runtime(scheduler=scheduler, reconciler=reconciler,
+    handlers.RUNTIME = Runtime(scheduler=scheduler, reconciler=reconciler, api=api,
                                gc=GarbageCollector(kube, cloud, args.cluster_id, args.gc_grace),
                                gc_interval=args.gc_interval, debounce=args.debounce)
     health.ready = True

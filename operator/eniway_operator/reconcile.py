@@ -405,6 +405,7 @@ class Reconciler:
         if vsw is not None:
             spec["vSwitchCidr"] = vsw.cidr
             spec["gatewayIP"] = vsw.gateway
+        spec = {k: v for k, v in spec.items() if v != ""}
         status = {"phase": PHASE_OF.get(e.status, contract.PHASE_CREATING),
                   "ipCount": 0, "freeCount": 0, "ips": []}
         return self.kube.create_eni(e.eni_id, name, spec, status)
@@ -478,7 +479,6 @@ class Reconciler:
                 "ips": ips,
                 "emptySince": iso(empty if empty is not None else now) if (
                     not ips and e.type != "Primary") else None,
-                "message": "",
             }
             cmp = {k: v for k, v in old.items() if k in status}
             if any(cmp.get(k) != v for k, v in status.items() if v is not None) or (
@@ -538,8 +538,11 @@ class Reconciler:
             prev = old_conds.get(ctype)
             since = prev["lastTransitionTime"] if prev and prev.get("status") == st and \
                 prev.get("lastTransitionTime") else now_iso()
-            out_conds.append({"type": ctype, "status": st, "reason": cond.reason,
-                              "message": cond.message, "lastTransitionTime": since})
+            entry = {"type": ctype, "status": st, "reason": cond.reason,
+                     "lastTransitionTime": since}
+            if cond.message:
+                entry["message"] = cond.message
+            out_conds.append(entry)
         status: JSON = {"conditions": out_conds,
                         "observedGeneration": pool["metadata"].get("generation", 0)}
         if limits is not None:

@@ -1,0 +1,274 @@
+"""The operator against the real apiserver (``cluster``) and eniway-cloudsim through the
+official SDK (``cloudsim``), with the agent double answering for the nodes.
+
+Every test runs the operator as a child process (so it can be SIGKILLed), on its own
+cluster id, namespace and nodes, and removes them at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from cni_plugin import contract
+from eniway_operator import kube as kube_mod
+from eniway_operator.testing import (
+    AgentDouble,
+    OperatorProcess,
+    delete_pods,
+    make_node,
+    make_pods,
+    wait_for,
+)
+
+pytestmark = pytest.mark.cluster
+ZONE = "cn-hangzhou-i"
+JSON = dict[str, Any]
+
+
+class Env:
+    """One test's world: the emulator's VPC, a namespace with the ConfigMap, nodes."""
+
+    def __init__(self, cluster: Any, sim: Any, tmp: Path) -> None:
+        self.cluster = cluster
+        self.sim = sim
+        self.tmp = tmp
+        self.tag = uuid.uuid4().hex[:6]
+        self.cluster_id = f"test-{self.tag}"
+        self.namespace = f"eniway-{self.tag}"
+        self.api = kube_mod.load_config(str(cluster.kubeconfig))
+        self.core = client.CoreV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
+        self.topo = sim.admin.bootstrap({ZONE: ["10.0.0.0/24", "10.0.1.0/24", "10.0.2.0/28"]})
+        self.vsw = self.topo.vswitch_ids(ZONE)
+        self.provider = sim.provider()
+        self.nodes: dict[str, dict[str, Any]] = {}
+        self.operators: list[OperatorProcess] = []
+        self.agent: AgentDouble | None = None
+        self.core.create_namespace({"metadata": {"name": self.namespace}})  # type: ignore[arg-type]
+        wait_for(lambda: self._sa_ready(), 30, "default service account")
+
+    def _sa_ready(self) -> bool:
+        try:
+            self.core.read_namespaced_service_account("default", self.namespace)
+            return True
+        except ApiException:
+            return False
+
+    # -- configuration -------------------------------------------------------------------
+    def config(self, **pool: Any) -> None:
+        base = {"security_group_ids": [self.topo.security_group_id],
+                "vswitches": {ZONE: self.vsw[:2]}, "ip_cooldown": 0,
+                "empty_eni_reclaim_after": "2s"}
+        base.update(pool)
+        body = {"metadata": {"name": "eniway-config"},
+                "data": {"config.yaml": yaml.safe_dump(base)}}
+        try:
+            self.core.create_namespaced_config_map(self.namespace, body)  # type: ignore[arg-type]
+        except ApiException:
+            self.core.replace_namespaced_config_map("eniway-config", self.namespace,
+                                                    body)  # type: ignore[arg-type]
+
+    # -- nodes ---------------------------------------------------------------------------
+    def add_node(self, instance_type: str, status: str = "Running",
+                 annotations: dict[str, str] | None = None) -> str:
+        name = f"n{len(self.nodes)}-{self.tag}"
+        inst = self.sim.admin.create_instance(instance_type, self.vsw[0],
+                                              [self.topo.security_group_id], name=name,
+                                              status=status)
+        make_node(self.api, name, inst["provider_id"], instance_type, ZONE, annotations)
+        self.nodes[name] = inst
+        if self.agent is not None:
+            self.agent.nodes.add(name)
+        return name
+
+    def instance_id(self, node: str) -> str:
+        return str(self.nodes[node]["instance_id"])
+
+    # -- processes -----------------------------------------------------------------------
+    def operator(self, *extra: str, start: bool = True) -> OperatorProcess:
+        op = OperatorProcess(self.cluster.kubeconfig, self.cluster_id, self.sim.endpoint,
+                             self.sim.region, self.namespace, "eniway-config",
+                             (self.sim.access_key_id, self.sim.access_key_secret),
+                             self.tmp / f"operator-{len(self.operators)}.log",
+                             extra=("--gc-interval=2", "--gc-grace=4", "--resync=5",
+                                    "--lease-duration=6", *extra))
+        self.operators.append(op)
+        return op.start() if start else op
+
+    def start_agent(self) -> AgentDouble:
+        self.agent = AgentDouble(self.api, self.nodes, interval=0.1).start()
+        return self.agent
+
+    # -- reading -------------------------------------------------------------------------
+    def pool(self, node: str) -> JSON | None:
+        try:
+            return cast(JSON, self.custom.get_cluster_custom_object(
+                contract.GROUP, contract.VERSION, contract.PLURAL_ENIPOOL, node))
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def enis(self, node: str) -> list[JSON]:
+        got = cast(JSON, self.custom.list_cluster_custom_object(
+            contract.GROUP, contract.VERSION, contract.PLURAL_ENI,
+            label_selector=f"{contract.LABEL_NODE}={node}"))
+        return cast(list[JSON], got["items"])
+
+    def cloud_enis(self, node: str) -> list[Any]:
+        return [e for e in self.provider.describe_enis(instance_id=self.instance_id(node))]
+
+    def counts(self, node: str) -> JSON:
+        pool = self.pool(node) or {}
+        return cast(JSON, (pool.get("status") or {}).get("counts") or {})
+
+    def condition(self, node: str, ctype: str) -> str:
+        for c in ((self.pool(node) or {}).get("status") or {}).get("conditions") or []:
+            if c["type"] == ctype:
+                return str(c["status"])
+        return ""
+
+    def events(self, node: str) -> list[JSON]:
+        evs = self.core.list_namespaced_event(
+            "default", field_selector=f"involvedObject.name={node}")
+        return [{"reason": e.reason, "message": e.message} for e in evs.items]
+
+    def check_truth(self, node: str) -> None:
+        """ENI resources tell what the cloud has, and limits hold (invariant 4)."""
+        limits = self.provider.instance_limits(self.nodes[node]["instance_type"])
+        cloud = {e.eni_id: e for e in self.cloud_enis(node)}
+        assert len(cloud) <= limits.max_enis
+        recorded = {r["metadata"]["name"]: r for r in self.enis(node)
+                    if not r["metadata"].get("deletionTimestamp")}
+        assert set(recorded) == set(cloud), (set(recorded), set(cloud))
+        for eni_id, e in cloud.items():
+            assert len(e.private_ips) <= limits.ips_per_eni - 1
+            r = recorded[eni_id]
+            if e.type == "Primary":
+                assert r["spec"]["primary"] is True
+                continue
+            assert r["spec"]["managed"] is True
+            assert r["spec"]["vSwitchId"] == e.vswitch_id
+            assert r["spec"]["macAddress"].lower() == e.mac.lower()
+            assert r["status"]["phase"] == contract.PHASE_INUSE
+            assert sorted(i["ip"] for i in r["status"]["ips"]) == sorted(e.private_ips)
+
+    def converged(self, node: str, free_at_least: int = 0, free_at_most: int = 1 << 30,
+                  pending: int = 0) -> bool:
+        pool = self.pool(node)
+        if not pool:
+            return False
+        c = (pool.get("status") or {}).get("counts") or {}
+        if c.get("pending", -1) != pending:
+            return False
+        if not (free_at_least <= c.get("free", -1) <= free_at_most):
+            return False
+        if c.get("releasing"):
+            return False
+        recorded = sorted(r["metadata"]["name"] for r in self.enis(node))
+        cloud = sorted(e.eni_id for e in self.cloud_enis(node))
+        if recorded != cloud:
+            return False
+        return all(r.get("status", {}).get("phase") == contract.PHASE_INUSE
+                   for r in self.enis(node))
+
+    def tagged_leftovers(self) -> list[Any]:
+        return self.provider.describe_enis(tags={contract.TAG_CLUSTER: self.cluster_id})
+
+    # -- cleanup -------------------------------------------------------------------------
+    def close(self) -> None:
+        if self.agent is not None:
+            self.agent.stop()
+        for name in self.nodes:
+            with contextlib.suppress(ApiException):
+                self.core.delete_node(name)
+        alive = [op for op in self.operators if op.alive()]
+        if alive:
+            with contextlib.suppress(TimeoutError):
+                wait_for(lambda: all(self.pool(n) is None for n in self.nodes), 30,
+                         "node teardown")
+        for op in self.operators:
+            op.stop()
+        for name in self.nodes:
+            for r in self.enis(name):
+                with contextlib.suppress(ApiException):
+                    self.custom.patch_cluster_custom_object(
+                        contract.GROUP, contract.VERSION, contract.PLURAL_ENI,
+                        r["metadata"]["name"], {"metadata": {"finalizers": []}})
+                    self.custom.delete_cluster_custom_object(
+                        contract.GROUP, contract.VERSION, contract.PLURAL_ENI,
+                        r["metadata"]["name"])
+            with contextlib.suppress(ApiException):
+                self.custom.delete_cluster_custom_object(
+                    contract.GROUP, contract.VERSION, contract.PLURAL_ENIPOOL, name)
+        with contextlib.suppress(ApiException):
+            self.core.delete_namespace(self.namespace)
+        self.api.close()
+
+
+@pytest.fixture
+def env(cluster: Any, cloudsim: Any, tmp_path: Path) -> Iterator[Env]:
+    e = Env(cluster, cloudsim, tmp_path)
+    try:
+        yield e
+    finally:
+        for i, op in enumerate(e.operators):
+            print(f"--- operator {i} log tail ---\n{op.log_tail(40)}")
+        e.close()
+
+
+def _pods_ns(env: Env, node: str, n: int, prefix: str = "p") -> list[str]:
+    return make_pods(env.api, node, n, namespace=env.namespace, prefix=prefix)
+
+
+# --- tests ---------------------------------------------------------------------------------
+
+def test_nodes_of_three_types_converge(env: Env) -> None:
+    env.config(min_pool_size=3)
+    g6 = env.add_node("ecs.g6.xlarge")
+    big = env.add_node("ecs.g6.4xlarge")
+    t6 = env.add_node("ecs.t6-c1m1.large")  # no hot swap
+    env.start_agent()
+    op = env.operator()
+    wait_for(lambda: env.converged(g6, 3, 5) and env.converged(big, 3, 5), 60,
+             "g6 nodes warm")
+    for node in (g6, big):
+        env.check_truth(node)
+        pool = env.pool(node) or {}
+        limits = env.provider.instance_limits(env.nodes[node]["instance_type"])
+        assert pool["status"]["limits"]["maxPods"] == limits.max_pods
+        assert pool["status"]["config"]["min_pool_size"] == 3
+        node_obj = env.core.read_node(node)
+        assert node_obj.metadata.annotations[contract.ANNOTATION_MAX_PODS] == str(
+            limits.max_pods)
+    # The t6 cannot take an ENI while running: a condition and an Event say so.
+    wait_for(lambda: env.condition(t6, "HotSwapUnsupported") == "True", 30, "t6 condition")
+    assert any(e["reason"] == "HotSwapUnsupported" for e in env.events(t6))
+    assert [e for e in env.cloud_enis(t6) if e.type != "Primary"] == []
+    env.sim.admin.stop(env.instance_id(t6))
+    wait_for(lambda: len(env.cloud_enis(t6)) == 2, 60, "ENI attached to the stopped t6")
+    env.sim.admin.start(env.instance_id(t6))
+    # t6-c1m1.large: 2 ENIs x 2 IPs -> max one pod IP: the pool stops there and says why.
+    wait_for(lambda: env.converged(t6, 1, 1), 60, "t6 pool")
+    wait_for(lambda: env.condition(t6, "HotSwapUnsupported") == "False", 30, "t6 cleared")
+    assert env.condition(t6, "LimitReached") == "True"
+    env.check_truth(t6)
+    out = env.cluster.kubectl("get", "enis,enipools", "-o", "json").stdout
+    listed = {i["metadata"]["name"] for i in json.loads(out)["items"]
+              if i["kind"] == "ENI" and i["spec"]["nodeName"] in env.nodes}
+    cloud = {e.eni_id for n in env.nodes for e in env.cloud_enis(n)}
+    assert listed == cloud
+    assert env.agent is not None and env.agent.violations == []
+    assert op.alive(), op.log_tail()
