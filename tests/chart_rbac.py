@@ -3,14 +3,15 @@ kubeconfigs, so the operator and the agent can run as processes with exactly the
 chart grants them.
 
     rbac = install_chart_rbac(cluster)               # namespace eniway-system, release eniway
-    run_operator(kubeconfig=rbac.operator_kubeconfig, namespace=rbac.namespace,
-                 configmap=rbac.configmap, peering=rbac.peering)
-    run_agent(kubeconfig=rbac.agent_kubeconfig)
+    eniway-operator --kubeconfig rbac.operator_kubeconfig --namespace rbac.namespace \
+        --configmap rbac.configmap --lease-name rbac.lease_name --cluster-id ...
+    eniway-agent --kubeconfig rbac.agent_kubeconfig --node-name ...
     rbac.uninstall(cluster)
 
 What is applied is what ``helm template`` renders from charts/eniway (ServiceAccounts,
-ClusterRoles, Roles and their bindings; optionally the pool ConfigMap and the kopf peering
-object), with the same values a real install would use.
+ClusterRoles, Roles and their bindings, and by default the pool ConfigMap), with the same
+values a real install would use. The operator may read only that ConfigMap (by name) and
+hold only that Lease (by name) in ``namespace``.
 """
 
 from __future__ import annotations
@@ -65,8 +66,8 @@ class ChartRBAC:
     agent_serviceaccount: str
     operator_kubeconfig: Path
     agent_kubeconfig: Path
-    configmap: str | None  # the pool/cloud ConfigMap, when installed
-    peering: str | None  # the ClusterKopfPeering the operator must join, when installed
+    configmap: str  # the pool ConfigMap the operator may read (installed with with_config)
+    lease_name: str | None  # the leader Lease the operator may hold (None: --standalone)
     objects: list[dict[str, Any]]
 
     def uninstall(self, cluster: LocalCluster) -> None:
@@ -79,19 +80,13 @@ class ChartRBAC:
 
 def install_chart_rbac(cluster: LocalCluster, namespace: str = "eniway-system",
                        release: str = "eniway", values: dict[str, Any] | None = None,
-                       with_config: bool = True, with_peering: bool = True) -> ChartRBAC:
-    """Apply the chart's ServiceAccounts and RBAC (plus, by default, its ConfigMap and the
-    kopf peering object the operator joins) and return kubeconfigs for both accounts."""
+                       with_config: bool = True) -> ChartRBAC:
+    """Apply the chart's ServiceAccounts and RBAC (plus, by default, its pool ConfigMap)
+    and return kubeconfigs for both accounts."""
     templates = RBAC_TEMPLATES + ((CONFIG_TEMPLATE,) if with_config else ())
     docs = render(release, namespace, values, templates)
-    peering = None
-    if with_peering:
-        merged = _merged_values(values)
-        if merged["operator"]["peering"]["enabled"]:
-            peering = str(merged["operator"]["peering"]["name"])
-            docs.append({"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering",
-                         "metadata": {"name": peering,
-                                      "labels": {"app.kubernetes.io/instance": release}}})
+    election = _merged_values(values)["operator"]["leaderElection"]
+    lease_name = str(election["leaseName"]) if election["enabled"] else None
     code, body = cluster.request("POST", "/api/v1/namespaces", {
         "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
     if code not in (201, 409):
@@ -100,13 +95,15 @@ def install_chart_rbac(cluster: LocalCluster, namespace: str = "eniway-system",
                     input=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
     sas = {d["metadata"]["labels"]["app.kubernetes.io/component"]: d["metadata"]["name"]
            for d in docs if d["kind"] == "ServiceAccount"}
-    configmap = next((d["metadata"]["name"] for d in docs if d["kind"] == "ConfigMap"), None)
+    role = next(d for d in docs if d["kind"] == "Role")
+    configmap = next(r["resourceNames"][0] for r in role["rules"]
+                     if r["resources"] == ["configmaps"])
     return ChartRBAC(
         release=release, namespace=namespace,
         operator_serviceaccount=sas["operator"], agent_serviceaccount=sas["agent"],
         operator_kubeconfig=cluster.serviceaccount_kubeconfig(namespace, sas["operator"]),
         agent_kubeconfig=cluster.serviceaccount_kubeconfig(namespace, sas["agent"]),
-        configmap=configmap, peering=peering, objects=docs,
+        configmap=configmap, lease_name=lease_name, objects=docs,
     )
 
 

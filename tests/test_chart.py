@@ -42,12 +42,12 @@ def test_chart_crds_identical_to_repo_crds() -> None:
     match, mismatch, errors = filecmp.cmpfiles(REPO / "crds", CHART / "crds",
                                                cmp.common_files, shallow=False)
     assert mismatch == [] and errors == [], f"{mismatch + errors}: cp crds/* charts/eniway/crds/"
-    assert len(match) >= 4
+    assert len(match) >= 3
 
 
 @pytest.mark.parametrize("extra", [[], ["--set", "cloud.provider=cloudsim"],
                                    ["--set", "cloud.credentials.existingSecret=ak",
-                                    "--set", "operator.peering.enabled=false"]])
+                                    "--set", "operator.leaderElection.enabled=false"]])
 def test_helm_lint_clean(extra: list[str]) -> None:
     out = helm("lint", "--strict", str(CHART), *extra, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -58,8 +58,8 @@ def test_defaults_render_what_a_cluster_needs() -> None:
     docs = render()
     objs = _by_kind(docs)
     kinds = sorted({d["kind"] for d in docs})
-    assert kinds == ["ClusterKopfPeering", "ClusterRole", "ClusterRoleBinding", "ConfigMap",
-                     "DaemonSet", "Deployment", "Role", "RoleBinding", "ServiceAccount"]
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet", "Deployment",
+                     "Role", "RoleBinding", "ServiceAccount"]
     assert all(d["metadata"].get("namespace") == "eniway-system" for d in docs
                if d["kind"] in ("ConfigMap", "DaemonSet", "Deployment", "Role", "RoleBinding",
                                 "ServiceAccount"))
@@ -79,15 +79,17 @@ def test_defaults_render_what_a_cluster_needs() -> None:
                                      "readOnlyRootFilesystem": True,
                                      "capabilities": {"drop": ["ALL"]}}
     ports = {p["name"]: p["containerPort"] for p in op["ports"]}
-    for probe in ("livenessProbe", "readinessProbe"):
-        assert op[probe]["httpGet"]["port"] == "health" and ports["health"] == 9441
-    assert "--peering=eniway" in op["args"]
+    assert op["livenessProbe"]["httpGet"] == {"host": "127.0.0.1", "path": "/healthz",
+                                              "port": "health"}
+    assert op["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert ports["health"] == 9441 and f"--health-port={ports['health']}" in op["args"]
+    assert "--lease-name=eniway-operator" in op["args"]
     assert op["resources"]["requests"] and op["resources"]["limits"]["memory"]
     env = _env(op)
     assert env["ENIWAY_CLOUD_PROVIDER"] == "aliyun" and "ENIWAY_CLOUD_ENDPOINT" not in env
     assert "ALIBABA_CLOUD_ACCESS_KEY_ID" not in env
-    assert {"name": "config", "mountPath": "/etc/eniway", "readOnly": True} in op["volumeMounts"]
-    assert objs[("ClusterKopfPeering", "eniway")]
+    role = objs[("Role", "eniway-operator")]
+    assert not any("secrets" in r["resources"] for r in role["rules"])
 
     ds = objs[("DaemonSet", "eniway-agent")]
     assert ds["spec"]["updateStrategy"] == {"type": "RollingUpdate",
@@ -103,6 +105,10 @@ def test_defaults_render_what_a_cluster_needs() -> None:
     assert sc["privileged"] is False and sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW", "SYS_ADMIN"]}
     assert sc["readOnlyRootFilesystem"] is True and sc["runAsUser"] == 0
+    assert agent["readinessProbe"]["httpGet"] == {"host": "127.0.0.1", "path": "/readyz",
+                                                  "port": "metrics"}
+    assert "--metrics-addr=0.0.0.0:9901" in agent["args"]
+    assert _env(agent)["ENIWAY_PROC_SYS"] == "/host/proc/sys"
     host_paths = {v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
     assert host_paths == {"/run/eniway", "/var/lib/eniway", "/var/run/netns", "/opt/cni/bin",
                           "/etc/cni/net.d", "/opt/eniway", "/proc/sys/net"}
@@ -124,8 +130,8 @@ def test_other_values_render_cloudsim_credentials_and_paths() -> None:
     values = {
         "cloud": {"provider": "cloudsim", "region": "cn-beijing",
                   "credentials": {"existingSecret": "ecs-ak"}},
-        "operator": {"replicas": 3, "peering": {"enabled": False, "name": "eniway"},
-                     "hostNetwork": False},
+        "operator": {"replicas": 3, "hostNetwork": False,
+                     "leaderElection": {"enabled": False, "leaseName": "x"}},
         "agent": {"mtu": 1400, "cniChain": [{"type": "bandwidth", "capabilities": {
                   "bandwidth": True}}], "updateStrategy": {"maxUnavailable": "20%"},
                   "installCNI": {"enabled": True, "binDir": "/home/kubernetes/bin",
@@ -135,12 +141,9 @@ def test_other_values_render_cloudsim_credentials_and_paths() -> None:
     }
     docs = render(release="r1", namespace="kube-system", values=values)
     objs = _by_kind(docs)
-    assert ("ClusterKopfPeering", "eniway") not in objs
-    op_rules = objs[("ClusterRole", "net-operator")]["rules"]
-    assert not any("kopf.dev" in r["apiGroups"] for r in op_rules)
     role = objs[("Role", "net-operator")]
-    assert {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["ecs-ak"],
-            "verbs": ["get"]} in role["rules"]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["configmaps"],
+                              "resourceNames": ["net-config"], "verbs": ["get"]}]
 
     dep = objs[("Deployment", "net-operator")]
     assert dep["spec"]["replicas"] == 3
@@ -157,13 +160,12 @@ def test_other_values_render_cloudsim_credentials_and_paths() -> None:
 
     # The emulator: a Service whose link variables carry the endpoint into the operator.
     svc = objs[("Service", "net-cloudsim")]
-    assert {p["name"] for p in svc["spec"]["ports"]} == {"api", "metadata"}
+    assert [p["name"] for p in svc["spec"]["ports"]] == ["api"]
     assert objs[("Deployment", "net-cloudsim")]["spec"]["template"]["spec"]["hostNetwork"]
     assert env["ENIWAY_CLOUD_ENDPOINT"] == \
         "http://$(NET_CLOUDSIM_SERVICE_HOST):$(NET_CLOUDSIM_SERVICE_PORT_API)"
     agent_pod = objs[("DaemonSet", "net-agent")]["spec"]["template"]["spec"]
-    assert _env(_container(agent_pod, "agent"))["ENIWAY_METADATA_ENDPOINT"] == \
-        "http://$(NET_CLOUDSIM_SERVICE_HOST):$(NET_CLOUDSIM_SERVICE_PORT_METADATA)"
+    assert "--mtu=1400" in _container(agent_pod, "agent")["args"]
 
     ds = objs[("DaemonSet", "net-agent")]
     assert ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"] == "20%"
@@ -213,7 +215,8 @@ def test_every_pool_knob_in_values_is_known_to_the_operator() -> None:
     (["--set", "cloud.endpoint=ecs.example.com"], "cloud.endpoint"),
     (["--set", "operator.replicas=0"], "operator.replicas"),
     (["--set", "agent.mtu=100"], "agent.mtu"),
-    (["--set", "agent.healthPort=70000"], "agent.healthPort"),
+    (["--set", "agent.metricsPort=70000"], "agent.metricsPort"),
+    (["--set", "operator.leaderElection.leaseName=Bad_Name"], "leaseName"),
     (["--set", "agent.updateStrategy.maxUnavailable=0"], "maxUnavailable"),
     (["--set", "agent.installCNI.binDir=relative/bin"], "binDir"),
     (["--set", "image.digest=latest"], "image.digest"),
@@ -223,3 +226,67 @@ def test_schema_rejects_bad_values(flags: list[str], message: str) -> None:
                           str(CHART), *flags], capture_output=True, text=True, timeout=60)
     assert out.returncode != 0, f"accepted {flags}"
     assert "schema" in out.stderr and message in out.stderr, out.stderr
+
+
+def test_cloudsim_elsewhere_and_its_builtin_key() -> None:
+    """cloudsim.deploy=false: the operator talks to the endpoint given, nothing is deployed;
+    without a Secret the emulator's built-in AccessKey pair is used."""
+    docs = render(values={"cloud": {"provider": "cloudsim", "endpoint": "http://172.18.0.9:8765"},
+                          "cloudsim": {"deploy": False}})
+    assert not any("cloudsim" in d["metadata"]["name"] for d in docs)
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    env = _env(dep["spec"]["template"]["spec"]["containers"][0])
+    assert env["ENIWAY_CLOUD_ENDPOINT"] == "http://172.18.0.9:8765"
+    assert (env["ALIBABA_CLOUD_ACCESS_KEY_ID"], env["ALIBABA_CLOUD_ACCESS_KEY_SECRET"]) == (
+        "eniway", "eniway-secret")
+
+
+def _expand(args: list[str], env: dict[str, Any]) -> list[str]:
+    """Kubernetes' $(VAR) expansion of container args from the container's env."""
+    def one(arg: str) -> str:
+        for name, value in env.items():
+            arg = arg.replace(f"$({name})", value if isinstance(value, str) else "x")
+        assert "$(" not in arg, arg
+        return arg
+    return [one(a) for a in args]
+
+
+@pytest.mark.parametrize("values", [{}, {"cloud": {"provider": "cloudsim"}, "agent": {"mtu": 9000},
+                                         "operator": {"leaderElection": {
+                                             "enabled": False, "leaseName": "x"}}}])
+def test_rendered_commands_are_accepted_by_the_real_programs(
+        values: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every container's command line goes through its program's own argument parser, with
+    the environment the chart gives it."""
+    from cni_plugin.agent import main as agent_main
+    from eniway_cloudsim import main as cloudsim_main
+    from eniway_operator import main as operator_main
+
+    objs = _by_kind(render(values=values))
+    dep = objs[("Deployment", "eniway-operator")]["spec"]["template"]["spec"]
+    op = _container(dep, "operator")
+    env = {**_env(op), "POD_NAME": "op-0", "POD_NAMESPACE": "eniway-system", "NODE_NAME": "n1"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value if isinstance(value, str) else "from-secret")
+    args = operator_main.parse_args(_expand(op["args"], env))
+    assert args.namespace == "eniway-system" and args.configmap == "eniway-config"
+    assert args.cluster_id == "eniway" and args.identity == "op-0"
+    assert args.health_port == 9441 and args.metrics_port == 9442
+    assert args.cloud == values.get("cloud", {}).get("provider", "aliyun")
+    assert args.standalone == ("operator" in values)
+    if args.cloud == "cloudsim":
+        assert args.access_key_id == "eniway"
+
+    ds = objs[("DaemonSet", "eniway-agent")]["spec"]["template"]["spec"]
+    agent = _container(ds, "agent")
+    a = agent_main.parse_args(_expand(agent["args"], {**_env(agent), "NODE_NAME": "n1"}))
+    assert (a.node_name, a.socket, a.state_dir) == ("n1", "/run/eniway/eniway.sock",
+                                                    "/var/lib/eniway")
+    assert a.metrics_addr == "0.0.0.0:9901" and a.mtu == values.get("agent", {}).get("mtu")
+
+    if ("Deployment", "eniway-cloudsim") in objs:
+        sim = objs[("Deployment", "eniway-cloudsim")]["spec"]["template"]["spec"]
+        c = _container(sim, "cloudsim")
+        parsed = cloudsim_main.build_parser().parse_args(c["args"])
+        assert parsed.listen == "0.0.0.0:9480" and parsed.state.startswith("/var/lib/cloudsim/")
+        assert c["ports"][0]["containerPort"] == 9480

@@ -25,7 +25,6 @@ NS = "eniway-helm"
 RELEASE = "ehelm"
 FULL = "ehelm-eniway"
 NODE = "chart-test-node"
-PEERING = "eniway-helm-test"
 SELECTOR = f"app.kubernetes.io/instance={RELEASE}"
 NAMESPACED = "deployments,daemonsets,replicasets,pods,serviceaccounts,roles,rolebindings," \
              "configmaps,services"
@@ -78,8 +77,7 @@ def _pods(cluster: LocalCluster, component: str) -> list[dict[str, Any]]:
 
 def test_install_creates_everything(release: LocalCluster) -> None:
     cluster = release
-    out = _helm(cluster, "install", RELEASE, str(CHART), "-n", NS, "--create-namespace",
-                "--set", f"operator.peering.name={PEERING}")
+    out = _helm(cluster, "install", RELEASE, str(CHART), "-n", NS, "--create-namespace")
     assert "kubectl get enipools" in out  # NOTES.txt
     names = _names(cluster, NAMESPACED, "-n", NS)
     expected = {f"deployment.apps/{FULL}-operator", f"daemonset.apps/{FULL}-agent",
@@ -88,13 +86,12 @@ def test_install_creates_everything(release: LocalCluster) -> None:
                 f"rolebinding.rbac.authorization.k8s.io/{FULL}-operator",
                 f"configmap/{FULL}-config"}
     assert expected <= names, expected - names
-    cluster_names = _names(cluster, "clusterroles,clusterrolebindings,clusterkopfpeerings")
+    cluster_names = _names(cluster, "clusterroles,clusterrolebindings")
     assert cluster_names == {
         f"clusterrole.rbac.authorization.k8s.io/{FULL}-operator",
         f"clusterrole.rbac.authorization.k8s.io/{FULL}-agent",
         f"clusterrolebinding.rbac.authorization.k8s.io/{FULL}-operator",
-        f"clusterrolebinding.rbac.authorization.k8s.io/{FULL}-agent",
-        f"clusterkopfpeering.kopf.dev/{PEERING}"}
+        f"clusterrolebinding.rbac.authorization.k8s.io/{FULL}-agent"}
     # The controllers turned the templates into pods: the specs passed admission
     # (priority classes, host network and paths, capabilities, security contexts).
     _wait(lambda: len(_pods(cluster, "operator")) == 2, "two operator pods")
@@ -124,25 +121,29 @@ def test_upgrade_changes_what_it_should(release: LocalCluster) -> None:
     cm = _get(cluster, "configmap", f"{FULL}-config", "-n", NS)
     assert yaml.safe_load(cm["data"]["config.yaml"])["max_pool_size"] == 9
     assert yaml.safe_load(cm["data"]["cloud.yaml"])["provider"] == "cloudsim"
-    role = _get(cluster, "role", f"{FULL}-operator", "-n", NS)
-    assert {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["ak"],
-            "verbs": ["get"]} in role["rules"]
     names = _names(cluster, "deployments,services", "-n", NS)
     assert {f"deployment.apps/{FULL}-cloudsim", f"service/{FULL}-cloudsim"} <= names
-    # The agent picked up the emulator's metadata endpoint: a new DaemonSet generation.
-    assert _get(cluster, "daemonset", f"{FULL}-agent", "-n", NS)["metadata"]["generation"] \
-        > agent_gen
+    ds = _get(cluster, "daemonset", f"{FULL}-agent", "-n", NS)
+    assert ds["metadata"]["generation"] == agent_gen  # nothing the agent uses changed
     _wait(lambda: len(_pods(cluster, "operator")) >= 3, "three operator pods")
 
-    # Back to the defaults: the emulator and the Secret grant go away again.
-    _helm(cluster, "upgrade", RELEASE, str(CHART), "-n", NS, "--reset-values",
-          "--set", f"operator.peering.name={PEERING}")
-    assert not {n for n in _names(cluster, "deployments,services", "-n", NS) if "cloudsim" in n}
+    _helm(cluster, "upgrade", RELEASE, str(CHART), "-n", NS, "--reuse-values",
+          "--set", "agent.mtu=1450", "--set", "operator.leaderElection.leaseName=other-lease")
+    ds = _get(cluster, "daemonset", f"{FULL}-agent", "-n", NS)
+    assert ds["metadata"]["generation"] == agent_gen + 1
+    assert "--mtu=1450" in ds["spec"]["template"]["spec"]["containers"][0]["args"]
     role = _get(cluster, "role", f"{FULL}-operator", "-n", NS)
-    assert not any("secrets" in r["resources"] for r in role["rules"])
+    assert ["other-lease"] in [r.get("resourceNames") for r in role["rules"]]
+
+    # Back to the defaults: the emulator goes away again.
+    _helm(cluster, "upgrade", RELEASE, str(CHART), "-n", NS, "--reset-values")
+    assert not {n for n in _names(cluster, "deployments,services", "-n", NS) if "cloudsim" in n}
+    env = {e["name"] for e in _get(cluster, "deployment", f"{FULL}-operator", "-n", NS)[
+        "spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "ALIBABA_CLOUD_ACCESS_KEY_ID" not in env
     assert _get(cluster, "deployment", f"{FULL}-operator", "-n", NS)["spec"]["replicas"] == 2
     status = json.loads(_helm(cluster, "status", RELEASE, "-n", NS, "-o", "json"))
-    assert status["version"] == 3
+    assert status["version"] == 4
 
 
 def test_uninstall_leaves_the_cluster_clean(release: LocalCluster) -> None:
@@ -150,7 +151,7 @@ def test_uninstall_leaves_the_cluster_clean(release: LocalCluster) -> None:
     _helm(cluster, "uninstall", RELEASE, "-n", NS)
     # Garbage collection removes the ReplicaSets and pods the controllers made.
     _wait(lambda: not _names(cluster, NAMESPACED, "-n", NS), "namespaced objects gone", 90)
-    _wait(lambda: not _names(cluster, "clusterroles,clusterrolebindings,clusterkopfpeerings"),
+    _wait(lambda: not _names(cluster, "clusterroles,clusterrolebindings"),
           "cluster objects gone")
     leftovers = cluster.kubectl("get", "all,cm,sa,roles,rolebindings,secrets", "-n", NS,
                                 "-o", "name").stdout.split()

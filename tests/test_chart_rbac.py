@@ -4,7 +4,6 @@ refused."""
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 from collections.abc import Iterator
@@ -20,35 +19,36 @@ pytestmark = pytest.mark.cluster
 
 NS = "eniway-rbac"
 SECRET = "eniway-cloud"
+LEASE = "eniway-rbac-leader"
 GROUP = "network.eniway.io"
 
 # What each component needs, written down independently of the chart's templates.
+# What each component needs, written down from what its code does (kube.py, kopf's
+# handlers and indexes, leader.py, kubesync.py), independently of the chart's templates.
 OPERATOR_CLUSTER = {
-    "nodes": {"get", "list", "watch", "patch"},
-    "pods": {"list", "watch"},
-    "events": {"create", "patch"},
-    "events.events.k8s.io": {"create", "patch"},
-    f"enis.{GROUP}": {"get", "list", "watch", "create", "update", "patch", "delete"},
-    f"enipools.{GROUP}": {"get", "list", "watch", "create", "update", "patch", "delete"},
-    f"enis.{GROUP}/status": {"get", "update", "patch"},
-    f"enipools.{GROUP}/status": {"get", "update", "patch"},
-    f"podips.{GROUP}": {"get", "list", "watch"},
-    "customresourcedefinitions.apiextensions.k8s.io": {"get", "list", "watch"},
-    "clusterkopfpeerings.kopf.dev": {"get", "list", "watch", "patch"},
+    "nodes": {"get", "list", "watch", "patch"},  # kopf watch, read, max-pods annotation
+    "pods": {"list", "watch"},  # kopf index: pending demand per node
+    "events": {"create", "patch"},  # Node events, repeats bump the count
+    f"enis.{GROUP}": {"get", "list", "watch", "create", "patch", "delete"},
+    f"enipools.{GROUP}": {"get", "list", "watch", "create", "patch", "delete"},
+    f"enis.{GROUP}/status": {"patch"},
+    f"enipools.{GROUP}/status": {"patch"},
+    f"podips.{GROUP}": {"get", "list", "watch"},  # kopf index: who holds which IP
+    "customresourcedefinitions.apiextensions.k8s.io": {"get", "list", "watch"},  # kopf scan
 }
 OPERATOR_OWN_NAMESPACE = {
-    "configmaps": {"get", "list", "watch"},
-    f"secrets[{SECRET}]": {"get"},
+    "configmaps[eniway-rbac-config]": {"get"},
+    "leases.coordination.k8s.io": {"create"},
+    f"leases.coordination.k8s.io[{LEASE}]": {"get", "update"},
 }
 AGENT_CLUSTER = {
     "nodes": {"get"},
     "pods": {"get", "list", "watch"},
     "events": {"create"},
-    "events.events.k8s.io": {"create"},
     f"enis.{GROUP}": {"get", "list", "watch"},
     f"enipools.{GROUP}": {"get", "list", "watch"},
-    f"enipools.{GROUP}/status": {"patch"},
-    f"podips.{GROUP}": {"get", "list", "watch", "create", "patch", "delete"},
+    f"enipools.{GROUP}/status": {"patch"},  # status.agent only, by contract
+    f"podips.{GROUP}": {"get", "list", "watch", "create", "update", "delete"},
 }
 # Granted to every authenticated user by Kubernetes itself.
 BUILTIN = {"selfsubjectaccessreviews.authorization.k8s.io",
@@ -60,8 +60,8 @@ _ROW = re.compile(r"^(\S+)\s+\[\]\s+\[([^\]]*)\]\s+\[([^\]]*)\]\s*$")
 def rbac(cluster: LocalCluster) -> Iterator[ChartRBAC]:
     installed = install_chart_rbac(cluster, namespace=NS, release="eniway-rbac", values={
         "cloud": {"credentials": {"existingSecret": SECRET}},
-        "operator": {"peering": {"enabled": True, "name": "eniway-rbac-test"}}})
-    for name in (SECRET, "unrelated"):
+        "operator": {"leaderElection": {"enabled": True, "leaseName": LEASE}}})
+    for name in (SECRET,):
         cluster.kubectl("-n", NS, "create", "secret", "generic", name,
                         "--from-literal=access-key-id=x", "--from-literal=access-key-secret=y")
     try:
@@ -129,7 +129,7 @@ def _podip(name: str) -> dict[str, Any]:
 def test_operator_real_requests(cluster: LocalCluster, rbac: ChartRBAC) -> None:
     op = rbac.operator_kubeconfig
     api = f"/apis/{GROUP}/v1"
-    # What it does: ENIs and pools, their status, its configuration and its one Secret.
+    # What it does: ENIs and pools, their status, its configuration, its leader Lease.
     assert _call(cluster, op, "POST", f"{api}/enis", _eni("eni-rbacop01")) == 201
     assert _call(cluster, op, "PATCH", f"{api}/enis/eni-rbacop01/status",
                  {"status": {"phase": "InUse"}}, merge=True) == 200
@@ -139,27 +139,33 @@ def test_operator_real_requests(cluster: LocalCluster, rbac: ChartRBAC) -> None:
     assert _call(cluster, op, "GET", f"{api}/podips") == 200
     assert _call(cluster, op, "GET", f"/api/v1/namespaces/{NS}/configmaps/{rbac.configmap}") \
         == 200
-    code, secret = cluster.request("GET", f"/api/v1/namespaces/{NS}/secrets/{SECRET}",
-                                   token=_token(op))
+    assert rbac.lease_name == LEASE
+    leases = f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"
+    lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+             "metadata": {"name": LEASE}, "spec": {"holderIdentity": "op-a"}}
+    assert _call(cluster, op, "POST", leases, lease) == 201
+    code, got = cluster.request("GET", f"{leases}/{LEASE}", token=_token(op))
     assert code == 200
-    assert base64.b64decode(secret["data"]["access-key-id"]) == b"x"  # type: ignore[index]
-    assert _call(cluster, op, "GET", f"/apis/kopf.dev/v1/clusterkopfpeerings/{rbac.peering}") \
-        == 200
+    got["spec"]["holderIdentity"] = "op-b"  # type: ignore[index]
+    assert _call(cluster, op, "PUT", f"{leases}/{LEASE}", got) == 200
     assert _call(cluster, op, "DELETE", f"{api}/enis/eni-rbacop01") == 200
     # What it must not do.
     refused = [
         ("POST", f"/api/v1/namespaces/{NS}/pods", {
             "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"},
             "spec": {"containers": [{"name": "x", "image": "x"}]}}),
-        ("GET", f"/api/v1/namespaces/{NS}/secrets/unrelated", None),
+        ("GET", f"/api/v1/namespaces/{NS}/secrets/{SECRET}", None),
         ("GET", f"/api/v1/namespaces/{NS}/secrets", None),
-        ("GET", "/api/v1/namespaces/kube-system/configmaps", None),
+        ("GET", f"/api/v1/namespaces/{NS}/configmaps", None),
+        ("GET", "/api/v1/namespaces/kube-system/configmaps/kube-root-ca.crt", None),
+        ("GET", f"{leases}/someone-elses-lease", None),
+        ("DELETE", f"{leases}/{LEASE}", None),
+        ("PUT", f"/apis/{GROUP}/v1/enis/eni-rbacop01", _eni("eni-rbacop01")),
         ("PUT", f"/api/v1/namespaces/{NS}/configmaps/{rbac.configmap}", {
             "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": rbac.configmap}}),
         ("POST", f"{api}/namespaces/default/podips", _podip("x")),
         ("DELETE", "/api/v1/nodes/rbac-node", None),
         ("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", {}),
-        ("DELETE", f"/apis/kopf.dev/v1/clusterkopfpeerings/{rbac.peering}", None),
     ]
     for method, path, body in refused:
         assert _call(cluster, op, method, path, body) == 403, (method, path)
@@ -180,8 +186,12 @@ def test_agent_real_requests(cluster: LocalCluster, rbac: ChartRBAC) -> None:
                      merge=True) == 200
         assert _call(cluster, ag, "POST", f"{api}/namespaces/default/podips",
                      _podip("rbac-pod")) == 201
-        assert _call(cluster, ag, "PATCH", f"{api}/namespaces/default/podips/rbac-pod",
-                     {"spec": {"containerId": "abc"}}, merge=True) == 200
+        # A re-bind replaces the object (GET then PUT with its resourceVersion).
+        podip_path = f"{api}/namespaces/default/podips/rbac-pod"
+        code, podip = cluster.request("GET", podip_path, token=_token(ag))
+        assert code == 200
+        podip["spec"]["containerId"] = "abc"  # type: ignore[index]
+        assert _call(cluster, ag, "PUT", podip_path, podip) == 200
         assert _call(cluster, ag, "DELETE", f"{api}/namespaces/default/podips/rbac-pod") == 200
         assert _call(cluster, ag, "GET", "/api/v1/namespaces/default/pods") == 200
         # What it must not do: write ENIs or pool specs, read Secrets or configuration,
@@ -208,7 +218,7 @@ def test_agent_real_requests(cluster: LocalCluster, rbac: ChartRBAC) -> None:
 
 def test_helper_uninstall_removes_what_it_applied(cluster: LocalCluster) -> None:
     rbac = install_chart_rbac(cluster, namespace="eniway-rbac2", release="eniway-tmp")
-    assert rbac.peering == "eniway"
+    assert rbac.lease_name == "eniway-operator" and rbac.configmap == "eniway-tmp-config"
     names = {(d["kind"], d["metadata"]["name"]) for d in rbac.objects}
     assert ("ClusterRole", "eniway-tmp-operator") in names
     assert ("ConfigMap", "eniway-tmp-config") in names

@@ -67,31 +67,43 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- include "eniway.cloudsimName" . | upper | replace "-" "_" | replace "." "_" -}}
 {{- end -}}
 
+{{/* Whether this release runs the emulator itself. */}}
+{{- define "eniway.deployCloudsim" -}}
+{{- if and (eq .Values.cloud.provider "cloudsim") .Values.cloudsim.deploy -}}true{{- end -}}
+{{- end -}}
+
 {{/*
-Cloud endpoints as container env. With the chart's cloudsim, the address comes from the
-Service link variables kubelet injects (the operator and the agent use the host network and
-the host's resolver, so cluster DNS names would not resolve before the pod network exists).
+Cloud settings as container env. With the chart's own cloudsim the address comes from the
+Service link variables kubelet injects: the operator uses the host network and the host's
+resolver, so a cluster DNS name would not resolve before the pod network exists.
 */}}
 {{- define "eniway.cloudEnv" -}}
 - name: ENIWAY_CLOUD_PROVIDER
   value: {{ .Values.cloud.provider | quote }}
 - name: ENIWAY_CLOUD_REGION
   value: {{ .Values.cloud.region | quote }}
-{{- if eq .Values.cloud.provider "cloudsim" }}
+{{- if .Values.cloud.endpoint }}
+- name: ENIWAY_CLOUD_ENDPOINT
+  value: {{ .Values.cloud.endpoint | quote }}
+{{- else if include "eniway.deployCloudsim" . }}
 {{- $p := include "eniway.cloudsimEnvPrefix" . }}
 - name: ENIWAY_CLOUD_ENDPOINT
-  value: {{ default (printf "http://$(%s_SERVICE_HOST):$(%s_SERVICE_PORT_API)" $p $p) .Values.cloud.endpoint | quote }}
-- name: ENIWAY_METADATA_ENDPOINT
-  value: {{ default (printf "http://$(%s_SERVICE_HOST):$(%s_SERVICE_PORT_METADATA)" $p $p) .Values.cloud.metadataEndpoint | quote }}
-{{- else }}
-{{- with .Values.cloud.endpoint }}
-- name: ENIWAY_CLOUD_ENDPOINT
-  value: {{ . | quote }}
+  value: {{ printf "http://$(%s_SERVICE_HOST):$(%s_SERVICE_PORT_API)" $p $p | quote }}
 {{- end }}
-{{- with .Values.cloud.metadataEndpoint }}
-- name: ENIWAY_METADATA_ENDPOINT
-  value: {{ . | quote }}
-{{- end }}
+{{- $cred := .Values.cloud.credentials }}
+{{- if $cred.existingSecret }}
+- name: ALIBABA_CLOUD_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef: {name: {{ $cred.existingSecret | quote }}, key: {{ $cred.accessKeyIdKey | quote }}}
+- name: ALIBABA_CLOUD_ACCESS_KEY_SECRET
+  valueFrom:
+    secretKeyRef: {name: {{ $cred.existingSecret | quote }}, key: {{ $cred.accessKeySecretKey | quote }}}
+{{- else if eq .Values.cloud.provider "cloudsim" }}
+# The emulator's built-in AccessKey pair (not a secret: it guards nothing real).
+- name: ALIBABA_CLOUD_ACCESS_KEY_ID
+  value: eniway
+- name: ALIBABA_CLOUD_ACCESS_KEY_SECRET
+  value: eniway-secret
 {{- end }}
 {{- end -}}
 
