@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import logging
 import secrets
 import string
 import threading
@@ -22,6 +23,8 @@ from typing import Any, Protocol
 from eniway_operator.cloud.limits import InstanceTypeRow, bundled_table
 
 from .store import Store
+
+log = logging.getLogger("eniway_cloudsim")
 
 MAX_IPS_PER_CALL = 10
 MAX_SECONDARY_IPS_AVAILABLE = 10  # an unattached ENI holds at most 10 secondary IPs
@@ -166,6 +169,28 @@ class NullNetwork:
         pass
 
 
+class GuardedNetwork:
+    """Kernel failures are logged, never raised into the API: the cloud's state is the
+    truth, and the next rebuild (restart) brings the network back in line with it."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self.inner, name)
+        if name not in ("ensure_vswitch", "ensure_instance", "release_instance", "plug",
+                        "unplug", "set_ips"):
+            return target
+
+        def call(*args: Any) -> None:
+            try:
+                target(*args)
+            except Exception:
+                log.exception("network mode: %s failed", name)
+
+        return call
+
+
 @dataclass
 class Settings:
     region_id: str = "cn-hangzhou"
@@ -232,7 +257,7 @@ class Engine:
                  clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.store = store
-        self.net: Network = network or NullNetwork()
+        self.net: Network = GuardedNetwork(network) if network is not None else NullNetwork()
         self.types = types if types is not None else bundled_table()
         self.clock = clock
         self.lock = threading.RLock()
