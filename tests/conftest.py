@@ -55,9 +55,9 @@ def cloudsim() -> Iterator[object]:
 
 @pytest.fixture
 def cloudsim_factory() -> Iterator[object]:
-    """Start emulators with options: factory(state=..., network=NetMode(), attach_delay=...,
-    eni_quota=..., seed=...) or factory.subprocess([cli args]); all stopped (and their
-    namespaces removed) at teardown."""
+    """Start emulators with options: factory(state=..., network=True or NetMode(prefix),
+    attach_delay=..., eni_quota=..., seed=...) or factory.subprocess([cli args]); all
+    stopped (and their namespaces removed) at teardown."""
     from eniway_cloudsim import testing
 
     handles: list[testing.SimHandle] = []
