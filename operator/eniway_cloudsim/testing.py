@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -70,6 +71,12 @@ def start_in_process(state: str = ":memory:", region: str = "cn-hangzhou",
                      attach_delay: float = 0.05, detach_delay: float = 0.05,
                      eni_quota: int = 100, network: Any = None, seed: int | None = None,
                      port: int = 0) -> SimHandle:
+    """``network=True`` builds the VPC network (root) under a random namespace prefix;
+    pass a NetMode to choose it. Close the handle to stop (and remove the namespaces)."""
+    if network is True:
+        from .netmode import NetMode
+
+        network = NetMode(prefix=f"csim{secrets.token_hex(3)}-")
     sim = CloudSim(port=port, state=state,
                    settings=Settings(region_id=region, eni_quota=eni_quota,
                                      attach_delay=attach_delay, detach_delay=detach_delay),
