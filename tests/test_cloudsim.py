@@ -437,3 +437,15 @@ def test_admin_errors(cloudsim: Any, topo: Topology) -> None:
     inst = make_instance(cloudsim, topo)
     with pytest.raises(AdminError):
         cloudsim.admin.start(inst["instance_id"])  # already running
+
+
+def test_at_most_100_ids_per_describe(cloudsim: Any) -> None:
+    client = cloudsim.client()
+    err = sdk_error(lambda: client.describe_network_interfaces(
+        ecs.DescribeNetworkInterfacesRequest(region_id=cloudsim.region,
+                                             network_interface_id=[f"eni-{i}" for i in
+                                                                   range(101)])))
+    assert err.status_code == 400
+    body = client.describe_network_interfaces(ecs.DescribeNetworkInterfacesRequest(
+        region_id=cloudsim.region, network_interface_id=[f"eni-{i}" for i in range(100)])).body
+    assert body.total_count == 0

@@ -93,3 +93,19 @@ def test_cli_throttle_and_fault_options(cloudsim_factory: Any) -> None:
         c.describe_instances(ecs.DescribeInstancesRequest(region_id=h.region))
     assert si.value.code == "InternalError"
     assert h.admin.call_counts()["total"] == 3
+
+
+def test_settings_at_start_win_over_the_saved_ones(tmp_path: Path, cloudsim_factory: Any
+                                                   ) -> None:
+    state = str(tmp_path / "s.db")
+    first = cloudsim_factory(state=state, eni_quota=1)
+    topo = first.admin.bootstrap({ZONE: ["10.4.0.0/24"]})
+    vsw = topo.vswitch_ids(ZONE)[0]
+    first.provider().create_eni(vsw, [topo.security_group_id], {})
+    with pytest.raises(QuotaExceeded):
+        first.provider().create_eni(vsw, [topo.security_group_id], {})
+    first.close()
+    second = cloudsim_factory(state=state, eni_quota=2)
+    second.provider().create_eni(vsw, [topo.security_group_id], {})
+    assert second.admin.state()["settings"]["eni_quota"] == 2
+    assert len(second.provider().describe_enis()) == 2

@@ -276,10 +276,8 @@ class Engine:
 
     def _load(self) -> None:
         assert self.store is not None
-        for row in self.store.load("settings"):
-            self.settings.eni_quota = row.get("eni_quota", self.settings.eni_quota)
-            self.settings.attach_delay = row.get("attach_delay", self.settings.attach_delay)
-            self.settings.detach_delay = row.get("detach_delay", self.settings.detach_delay)
+        # Settings (quota, delays) come from the command line at each start; the saved
+        # copy only records what was in effect.
         for row in self.store.load("vpc"):
             self.vpcs[row["vpc_id"]] = Vpc(**row)
         for row in self.store.load("vswitch"):
@@ -845,6 +843,9 @@ class Engine:
         with self.lock:
             self.tick()
             ids = set(repeat_list(p, "NetworkInterfaceId"))
+            if len(ids) > 100:
+                raise EcsError(400, "InvalidParameter.NetworkInterfaceIds",
+                               "At most 100 NetworkInterfaceId.N per call.")
             tags = tag_list(p)
             out = []
             for eni in sorted(self.enis.values(), key=lambda e: e.seq):
