@@ -272,3 +272,59 @@ def test_nodes_of_three_types_converge(env: Env) -> None:
     assert listed == cloud
     assert env.agent is not None and env.agent.violations == []
     assert op.alive(), op.log_tail()
+
+
+def _mutating(counts: JSON) -> dict[str, int]:
+    calls = counts.get("calls") or {}
+    keep = ("CreateNetworkInterface", "AttachNetworkInterface", "AssignPrivateIpAddresses",
+            "UnassignPrivateIpAddresses", "DetachNetworkInterface", "DeleteNetworkInterface")
+    return {k: int(v) for k, v in calls.items() if k in keep}
+
+
+def test_churn_batches_and_releases_only_after_ack(env: Env) -> None:
+    env.config(min_pool_size=0, max_pool_size=5)
+    node = env.add_node("ecs.g6.4xlarge")  # 7 secondary ENIs x 19 IPs
+    agent = env.start_agent()
+    env.operator()
+    wait_for(lambda: env.pool(node) and env.counts(node).get("total") == 0, 60, "empty pool")
+    env.sim.admin.reset_call_counts()
+
+    pods = _pods_ns(env, node, 40)
+    wait_for(lambda: len(agent.held(node)) == 40, 90, "40 pods with IPs")
+    wait_for(lambda: env.converged(node, 0, 5), 60, "pool after scale-up")
+    up = _mutating(env.sim.admin.call_counts())
+    env.check_truth(node)
+    # 40 IPs at 10 per call: 4 batches, plus at most one partial batch per ENI touched.
+    enis_used = len([e for e in env.cloud_enis(node) if e.type != "Primary"])
+    assigned_calls = up.get("AssignPrivateIpAddresses", 0) + up.get("CreateNetworkInterface", 0)
+    print(f"scale-up 40 pods: {up} over {enis_used} ENIs")
+    assert enis_used == 3  # ceil(40 / 19)
+    assert assigned_calls <= 4 + 2 * enis_used
+
+    # Scale down with the agent refusing to acknowledge: the excess is only marked.
+    agent.ack = False
+    env.sim.admin.reset_call_counts()
+    delete_pods(env.api, pods, env.namespace)
+    wait_for(lambda: len(agent.held(node)) == 0, 60, "PodIPs gone")
+    marked = wait_for(lambda: ((env.pool(node) or {}).get("spec", {}).get("release") or {})
+                      .get("ips"), 60, "release marks")
+    time.sleep(3)
+    assert _mutating(env.sim.admin.call_counts()).get("UnassignPrivateIpAddresses", 0) == 0
+    on_cloud = {ip for e in env.cloud_enis(node) for ip in e.private_ips}
+    assert set(marked) <= on_cloud
+    # Acknowledge all but three: only the acknowledged ones go back to the cloud.
+    keep = set(sorted(marked)[:3])
+    agent.refuse = set(keep)
+    agent.ack = True
+    wait_for(lambda: set((env.pool(node) or {})["spec"]["release"]["ips"]) == keep, 60,
+             "acknowledged IPs unassigned")
+    on_cloud = {ip for e in env.cloud_enis(node) for ip in e.private_ips}
+    assert keep <= on_cloud
+    assert not (set(marked) - keep) & on_cloud
+    agent.refuse = set()
+    wait_for(lambda: env.converged(node, 0, 5), 60, "pool after scale-down")
+    down = _mutating(env.sim.admin.call_counts())
+    print(f"scale-down 40 pods: {down}")
+    assert down.get("UnassignPrivateIpAddresses", 0) <= 2 + 4 + enis_used
+    assert agent.violations == []
+    env.check_truth(node)

@@ -291,6 +291,11 @@ class Reconciler:
         counts = self._counts(mem, states, demand.pending)
         metrics.set_pool(name, counts)
         conditions = dict(plan.conditions)
+        blocked = sorted(v for v, until in mem.blocked.items() if until > now)
+        if blocked and not conditions.get(COND_VSW, Condition(False, "", "")).status:
+            conditions[COND_VSW] = Condition(
+                True, "VSwitchBlocked",
+                f"{', '.join(blocked)} ran out of IPs; other vSwitches are used meanwhile")
         conditions[COND_WARM] = Condition(plan.warmed_up, "WarmUp",
                                           "warm-up done" if plan.warmed_up else "warming up")
         self._write_pool_status(name, pool, mem, limits, cfg, counts, errors, now,

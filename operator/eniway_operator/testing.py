@@ -158,6 +158,7 @@ class AgentDouble:
         self.namespace = namespace
         self.ack = True  # acknowledge release requests at all
         self.refuse: set[str] = set()  # IPs never acknowledged (tests withdraw with this)
+        self.gone_enis: set[str] = set()  # ENIs a test removed on purpose
         self.violations: list[str] = []
         self.allocations = 0
         self._stop = threading.Event()
@@ -238,6 +239,8 @@ class AgentDouble:
                     contract.GROUP, contract.VERSION, key[0], contract.PLURAL_PODIP, key[1])
                 continue
             ip = pip["spec"]["ip"]
+            if ip not in usable and pip["spec"].get("eniId") not in self.gone_enis:
+                self.violations.append(f"IP {ip} of pod {key} is no longer on an InUse ENI")
             if ip in held:
                 self.violations.append(f"IP {ip} held by {held[ip]} and {key}")
             held[ip] = key
