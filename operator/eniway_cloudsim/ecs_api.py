@@ -13,7 +13,7 @@ from .engine import (
     Engine,
     Eni,
     Instance,
-    _as_int,
+    as_int,
     iso,
 )
 
@@ -104,13 +104,13 @@ def page(p: Params, items: Sequence[T], default_size: int, max_size: int,
          max_results: int) -> tuple[Sequence[T], dict[str, Any]]:
     """ECS paging: NextToken/MaxResults when either is given, else PageNumber/PageSize."""
     if p.get("NextToken") or p.get("MaxResults"):
-        size = _as_int(p.get("MaxResults"), "MaxResults", default_size, 1, max_results)
+        size = as_int(p.get("MaxResults"), "MaxResults", default_size, 1, max_results)
         start = _offset(p["NextToken"]) if p.get("NextToken") else 0
         chunk = items[start:start + size]
         nxt = _token(start + size) if start + size < len(items) else ""
         return chunk, {"NextToken": nxt, "MaxResults": size, "TotalCount": len(items)}
-    number = _as_int(p.get("PageNumber"), "PageNumber", 1, 1)
-    size = _as_int(p.get("PageSize"), "PageSize", default_size, 1, max_size)
+    number = as_int(p.get("PageNumber"), "PageNumber", 1, 1)
+    size = as_int(p.get("PageSize"), "PageSize", default_size, 1, max_size)
     start = (number - 1) * size
     return items[start:start + size], {"PageNumber": number, "PageSize": size,
                                        "TotalCount": len(items), "NextToken": ""}

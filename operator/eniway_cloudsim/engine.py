@@ -16,7 +16,7 @@ import secrets
 import string
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -201,7 +201,7 @@ class Settings:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _as_int(value: str | None, name: str, default: int | None = None,
+def as_int(value: str | None, name: str, default: int | None = None,
             lo: int | None = None, hi: int | None = None) -> int:
     if value is None or value == "":
         if default is None:
@@ -219,7 +219,7 @@ def _as_int(value: str | None, name: str, default: int | None = None,
     return n
 
 
-def _as_bool(value: str | None, default: bool = False) -> bool:
+def as_bool(value: str | None, default: bool = False) -> bool:
     if value is None or value == "":
         return default
     return value.strip().lower() == "true"
@@ -631,7 +631,7 @@ class Engine:
             tags = tag_list(p)
             if len(tags) > MAX_TAGS:
                 raise EcsError(400, "InvalidTagCount", f"At most {MAX_TAGS} tags.")
-            n_secondary = _as_int(p.get("SecondaryPrivateIpAddressCount"),
+            n_secondary = as_int(p.get("SecondaryPrivateIpAddressCount"),
                                   "SecondaryPrivateIpAddressCount", 0, 0,
                                   MAX_SECONDARY_IPS_AVAILABLE)
             wanted_secondary = repeat_list(p, "PrivateIpAddress")
@@ -669,7 +669,7 @@ class Engine:
                       mac=self._new_mac(), primary_ip=ips[0], private_ips=ips[1:],
                       security_group_ids=sgs, tags=tags, status=ENI_AVAILABLE,
                       created=self.clock(),
-                      delete_on_release=_as_bool(p.get("DeleteOnRelease"), False),
+                      delete_on_release=as_bool(p.get("DeleteOnRelease"), False),
                       description=p.get("Description", ""),
                       name=p.get("NetworkInterfaceName", ""))
             self.used[vsw.vswitch_id].update(ips)
@@ -778,7 +778,7 @@ class Engine:
             if wanted and count:
                 raise EcsError(400, "InvalidParameter.Conflict", "Give PrivateIpAddress.N or "
                                "SecondaryPrivateIpAddressCount, not both.")
-            n = len(wanted) if wanted else _as_int(count, "SecondaryPrivateIpAddressCount")
+            n = len(wanted) if wanted else as_int(count, "SecondaryPrivateIpAddressCount")
             if not 1 <= n <= MAX_IPS_PER_CALL:
                 raise EcsError(400, "InvalidParameter.SecondaryPrivateIpAddressCount",
                                f"1 to {MAX_IPS_PER_CALL} IPs per call, not {n}.")
@@ -831,7 +831,7 @@ class Engine:
             if sgs:
                 eni.security_group_ids = self._check_sgs(sgs, eni.vpc_id)
             if p.get("DeleteOnRelease"):
-                eni.delete_on_release = _as_bool(p.get("DeleteOnRelease"))
+                eni.delete_on_release = as_bool(p.get("DeleteOnRelease"))
             if "Description" in p:
                 eni.description = p["Description"]
             if "NetworkInterfaceName" in p:
@@ -940,8 +940,3 @@ class Engine:
 
 def iso(t: float) -> str:
     return _now_iso(t)
-
-
-def chunks(seq: Sequence[Any], n: int) -> Iterable[Sequence[Any]]:
-    for i in range(0, len(seq), n):
-        yield seq[i:i + n]
