@@ -122,7 +122,8 @@ class CloudSim:
             raise decision.error
         self.engine.check_region(params.get("RegionId"))
         try:
-            body = handler(self.engine, params)
+            with self.engine.lock:  # one consistent view per call, as one region would give
+                body = handler(self.engine, params)
         except EcsError as e:
             self.gate.record_error(action, e.code)
             raise
