@@ -324,6 +324,8 @@ def test_release_with_instance(cloudsim: Any, topo: Topology, provider: Any) -> 
     inst = make_instance(cloudsim, topo, "ecs.g6.2xlarge")
     vsw = topo.vswitch_ids(ZONE)[0]
     goes = provider.create_eni(vsw, [topo.security_group_id], {}, delete_on_release=True)
+    assert goes.delete_on_release
+    assert provider.describe_enis([goes.eni_id])[0].delete_on_release
     stays = provider.create_eni(vsw, [topo.security_group_id], {}, secondary_ip_count=2)
     flipped = provider.create_eni(vsw, [topo.security_group_id], {})
     provider.modify_eni(flipped.eni_id, delete_on_release=True)

@@ -4,6 +4,7 @@ the error, client tokens on creating calls, and typed errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -269,7 +270,8 @@ class AliyunProvider(CloudProvider):
         resp = self._call("CreateNetworkInterface",
                           self._client.create_network_interface_with_options, req)
         assert resp is not None
-        return _eni(resp.body)
+        # the creation answer does not echo DeleteOnRelease
+        return dataclasses.replace(_eni(resp.body), delete_on_release=delete_on_release)
 
     def _eni_state(self, eni_id: str) -> NetworkInterface | None:
         found = self.describe_enis(eni_ids=[eni_id])
