@@ -25,8 +25,18 @@ def _container(pod_spec: dict[str, Any], name: str, init: bool = False) -> dict[
     return next(c for c in pod_spec[key] if c["name"] == name)
 
 
-def _env(container: dict[str, Any]) -> dict[str, Any]:
-    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+def _env(container: dict[str, Any],
+         objs: dict[tuple[str, str], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The container's environment; ConfigMap references resolved against the rendered
+    ConfigMap when ``objs`` is given, Secret references left as they are."""
+    out: dict[str, Any] = {}
+    for e in container["env"]:
+        ref = (e.get("valueFrom") or {}).get("configMapKeyRef")
+        if ref and objs is not None:
+            out[e["name"]] = objs[("ConfigMap", ref["name"])]["data"][ref["key"]]
+        else:
+            out[e["name"]] = e.get("value", e.get("valueFrom"))
+    return out
 
 
 def test_versions_pinned_together() -> None:
@@ -85,8 +95,9 @@ def test_defaults_render_what_a_cluster_needs() -> None:
     assert ports["health"] == 9441 and f"--health-port={ports['health']}" in op["args"]
     assert "--lease-name=eniway-operator" in op["args"]
     assert op["resources"]["requests"] and op["resources"]["limits"]["memory"]
-    env = _env(op)
-    assert env["ENIWAY_CLOUD_PROVIDER"] == "aliyun" and "ENIWAY_CLOUD_ENDPOINT" not in env
+    env = _env(op, objs)
+    assert env["ENIWAY_CLOUD_PROVIDER"] == "aliyun" and env["ENIWAY_CLUSTER_ID"] == "eniway"
+    assert "ENIWAY_CLOUD_ENDPOINT" not in env
     assert "ALIBABA_CLOUD_ACCESS_KEY_ID" not in env
     role = objs[("Role", "eniway-operator")]
     assert not any("secrets" in r["resources"] for r in role["rules"])
@@ -153,7 +164,7 @@ def test_other_values_render_cloudsim_credentials_and_paths() -> None:
     assert op["image"] == "registry.example/eniway@sha256:" + "a" * 64
     assert "--standalone" in op["args"]
     assert "host" not in op["livenessProbe"]["httpGet"]
-    env = _env(op)
+    env = _env(op, objs)
     assert env["ALIBABA_CLOUD_ACCESS_KEY_ID"] == {
         "secretKeyRef": {"name": "ecs-ak", "key": "access-key-id"}}
     assert env["ENIWAY_CLOUD_REGION"] == "cn-beijing"
@@ -192,8 +203,9 @@ def test_configmap_is_accepted_by_the_operator() -> None:
     assert cfg.vswitches_for("cn-hangzhou-i") == ("vsw-aaaa1", "vsw-bbbb2")
     assert cfg.vswitch_selection_policy == "ordered" and cfg.ip_cooldown == 45.0
     assert cfg.security_group_ids == ("sg-web01", "sg-db002") and cfg.eni_tags == {"team": "net"}
-    cloud = yaml.safe_load(docs[0]["data"]["cloud.yaml"])
-    assert cloud["provider"] == "aliyun" and cloud["clusterId"] == "eniway"
+    data = docs[0]["data"]
+    assert (data["cloud-provider"], data["cloud-region"], data["cluster-id"]) == (
+        "aliyun", "cn-hangzhou", "eniway")
 
 
 def test_every_pool_knob_in_values_is_known_to_the_operator() -> None:
@@ -235,7 +247,7 @@ def test_cloudsim_elsewhere_and_its_builtin_key() -> None:
                           "cloudsim": {"deploy": False}})
     assert not any("cloudsim" in d["metadata"]["name"] for d in docs)
     dep = next(d for d in docs if d["kind"] == "Deployment")
-    env = _env(dep["spec"]["template"]["spec"]["containers"][0])
+    env = _env(dep["spec"]["template"]["spec"]["containers"][0], _by_kind(docs))
     assert env["ENIWAY_CLOUD_ENDPOINT"] == "http://172.18.0.9:8765"
     assert (env["ALIBABA_CLOUD_ACCESS_KEY_ID"], env["ALIBABA_CLOUD_ACCESS_KEY_SECRET"]) == (
         "eniway", "eniway-secret")
@@ -265,7 +277,8 @@ def test_rendered_commands_are_accepted_by_the_real_programs(
     objs = _by_kind(render(values=values))
     dep = objs[("Deployment", "eniway-operator")]["spec"]["template"]["spec"]
     op = _container(dep, "operator")
-    env = {**_env(op), "POD_NAME": "op-0", "POD_NAMESPACE": "eniway-system", "NODE_NAME": "n1"}
+    env = {**_env(op, objs), "POD_NAME": "op-0", "POD_NAMESPACE": "eniway-system",
+           "NODE_NAME": "n1"}
     for name, value in env.items():
         monkeypatch.setenv(name, value if isinstance(value, str) else "from-secret")
     args = operator_main.parse_args(_expand(op["args"], env))

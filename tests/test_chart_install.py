@@ -120,7 +120,7 @@ def test_upgrade_changes_what_it_should(release: LocalCluster) -> None:
     assert env["ALIBABA_CLOUD_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "ak"
     cm = _get(cluster, "configmap", f"{FULL}-config", "-n", NS)
     assert yaml.safe_load(cm["data"]["config.yaml"])["max_pool_size"] == 9
-    assert yaml.safe_load(cm["data"]["cloud.yaml"])["provider"] == "cloudsim"
+    assert cm["data"]["cloud-provider"] == "cloudsim"
     names = _names(cluster, "deployments,services", "-n", NS)
     assert {f"deployment.apps/{FULL}-cloudsim", f"service/{FULL}-cloudsim"} <= names
     ds = _get(cluster, "daemonset", f"{FULL}-agent", "-n", NS)
@@ -138,9 +138,9 @@ def test_upgrade_changes_what_it_should(release: LocalCluster) -> None:
     # Back to the defaults: the emulator goes away again.
     _helm(cluster, "upgrade", RELEASE, str(CHART), "-n", NS, "--reset-values")
     assert not {n for n in _names(cluster, "deployments,services", "-n", NS) if "cloudsim" in n}
-    env = {e["name"] for e in _get(cluster, "deployment", f"{FULL}-operator", "-n", NS)[
-        "spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert "ALIBABA_CLOUD_ACCESS_KEY_ID" not in env
+    op = _get(cluster, "deployment", f"{FULL}-operator", "-n", NS)
+    names_of_env = {e["name"] for e in op["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "ALIBABA_CLOUD_ACCESS_KEY_ID" not in names_of_env
     assert _get(cluster, "deployment", f"{FULL}-operator", "-n", NS)["spec"]["replicas"] == 2
     status = json.loads(_helm(cluster, "status", RELEASE, "-n", NS, "-o", "json"))
     assert status["version"] == 4

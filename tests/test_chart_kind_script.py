@@ -62,8 +62,6 @@ def test_script_helm_values_pass_the_schema() -> None:
         args += ["--set", item.replace('"', "")]
     docs = render(extra=tuple(args))
     assert not [d for d in docs if d["metadata"]["name"].endswith("-cloudsim")]
-    dep = next(d for d in docs if d["kind"] == "Deployment")
-    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0][
-        "env"]}
-    assert env["ENIWAY_CLOUD_ENDPOINT"] == "http://172.18.0.2:8765"
-    assert env["ENIWAY_CLOUD_PROVIDER"] == "cloudsim"
+    cm = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    assert cm["cloud-endpoint"] == "http://172.18.0.2:8765"
+    assert cm["cloud-provider"] == "cloudsim" and cm["cluster-id"] == "eniway-e2e"

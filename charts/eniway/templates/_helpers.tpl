@@ -73,18 +73,21 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- end -}}
 
 {{/*
-Cloud settings as container env. With the chart's own cloudsim the address comes from the
-Service link variables kubelet injects: the operator uses the host network and the host's
-resolver, so a cluster DNS name would not resolve before the pod network exists.
+Cloud settings as container env, from the ConfigMap. With the chart's own cloudsim the address
+comes from the Service link variables kubelet injects: the operator uses the host network and
+the host's resolver, so a cluster DNS name would not resolve before the pod network exists.
 */}}
 {{- define "eniway.cloudEnv" -}}
+{{- $cm := include "eniway.configName" . }}
+- name: ENIWAY_CLUSTER_ID
+  valueFrom: {configMapKeyRef: {name: {{ $cm }}, key: cluster-id}}
 - name: ENIWAY_CLOUD_PROVIDER
-  value: {{ .Values.cloud.provider | quote }}
+  valueFrom: {configMapKeyRef: {name: {{ $cm }}, key: cloud-provider}}
 - name: ENIWAY_CLOUD_REGION
-  value: {{ .Values.cloud.region | quote }}
+  valueFrom: {configMapKeyRef: {name: {{ $cm }}, key: cloud-region}}
 {{- if .Values.cloud.endpoint }}
 - name: ENIWAY_CLOUD_ENDPOINT
-  value: {{ .Values.cloud.endpoint | quote }}
+  valueFrom: {configMapKeyRef: {name: {{ $cm }}, key: cloud-endpoint}}
 {{- else if include "eniway.deployCloudsim" . }}
 {{- $p := include "eniway.cloudsimEnvPrefix" . }}
 - name: ENIWAY_CLOUD_ENDPOINT
