@@ -263,9 +263,13 @@ def _expand(args: list[str], env: dict[str, Any]) -> list[str]:
     return [one(a) for a in args]
 
 
-@pytest.mark.parametrize("values", [{}, {"cloud": {"provider": "cloudsim"}, "agent": {"mtu": 9000},
-                                         "operator": {"leaderElection": {
-                                             "enabled": False, "leaseName": "x"}}}])
+@pytest.mark.parametrize("values", [
+    {},
+    {"cloud": {"provider": "cloudsim"}, "agent": {"mtu": 9000}, "pool": {"ip_cooldown": "250ms"},
+     "operator": {"leaderElection": {"enabled": False, "leaseName": "x"}}},
+    {"pool": {"ip_cooldown": 7}},
+    {"pool": {"ip_cooldown": "2m"}},
+])
 def test_rendered_commands_are_accepted_by_the_real_programs(
         values: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     """Every container's command line goes through its program's own argument parser, with
@@ -296,6 +300,8 @@ def test_rendered_commands_are_accepted_by_the_real_programs(
     assert (a.node_name, a.socket, a.state_dir) == ("n1", "/run/eniway/eniway.sock",
                                                     "/var/lib/eniway")
     assert a.metrics_addr == "0.0.0.0:9901" and a.mtu == values.get("agent", {}).get("mtu")
+    cooldown = values.get("pool", {}).get("ip_cooldown", "30s")
+    assert a.cooldown == pool_config.parse_duration(cooldown, "ip_cooldown")
 
     if ("Deployment", "eniway-cloudsim") in objs:
         sim = objs[("Deployment", "eniway-cloudsim")]["spec"]["template"]["spec"]

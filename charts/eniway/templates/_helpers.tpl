@@ -118,3 +118,14 @@ the host's resolver, so a cluster DNS name would not resolve before the pod netw
 - name: NODE_NAME
   valueFrom: {fieldRef: {fieldPath: spec.nodeName}}
 {{- end -}}
+
+{{/* Seconds from a duration as the operator reads it: a number, or 250ms / 30s / 5m / 1h. */}}
+{{- define "eniway.seconds" -}}
+{{- $v := toString . | trim -}}
+{{- if regexMatch "^[0-9.]+ms$" $v -}}{{ divf (trimSuffix "ms" $v | float64) 1000 }}
+{{- else if regexMatch "^[0-9.]+s$" $v -}}{{ trimSuffix "s" $v | float64 }}
+{{- else if regexMatch "^[0-9.]+m$" $v -}}{{ mulf (trimSuffix "m" $v | float64) 60 }}
+{{- else if regexMatch "^[0-9.]+h$" $v -}}{{ mulf (trimSuffix "h" $v | float64) 3600 }}
+{{- else -}}{{ $v | float64 }}
+{{- end -}}
+{{- end -}}
