@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 
 APT_PACKAGES=(
-  iproute2 iptables iputils-ping openssl procps psmisc patchelf
+  iproute2 iptables nftables iputils-ping openssl procps psmisc patchelf
   etcd-server containernetworking-plugins
   golang-go dpkg-dev golang-github-modern-go-reflect2-dev golang-github-json-iterator-go-dev
   podman runc busybox-static golang-github-appc-cni-dev
