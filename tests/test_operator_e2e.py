@@ -328,3 +328,172 @@ def test_churn_batches_and_releases_only_after_ack(env: Env) -> None:
     assert down.get("UnassignPrivateIpAddresses", 0) <= 2 + 4 + enis_used
     assert agent.violations == []
     env.check_truth(node)
+
+
+def _no_leaks(env: Env, node: str) -> None:
+    """Every ENI tagged with this cluster is attached to the node and recorded."""
+    inst = env.instance_id(node)
+    left = env.tagged_leftovers()
+    assert all(e.instance_id == inst and e.status == "InUse" for e in left), left
+    recorded = {r["metadata"]["name"] for r in env.enis(node)}
+    assert {e.eni_id for e in left} <= recorded
+
+
+@pytest.mark.parametrize("api", ["CreateNetworkInterface", "AttachNetworkInterface",
+                                 "AssignPrivateIpAddresses"])
+def test_sigkill_mid_call_then_restart_converges(env: Env, api: str) -> None:
+    env.config(min_pool_size=0, max_pool_size=5)
+    node = env.add_node("ecs.g6.4xlarge")
+    agent = env.start_agent()
+    op = env.operator()
+    first = 5 if api == "AssignPrivateIpAddresses" else 0
+    if first:  # an ENI with room, so the next demand is an assign on it
+        _pods_ns(env, node, first, prefix="a")
+        wait_for(lambda: len(agent.held(node)) == first, 60, "first pods")
+        wait_for(lambda: env.converged(node, 0, 5), 60, "first pool")
+    env.sim.admin.set_faults({api: {"latency_ms": 2500}})
+    before = env.sim.admin.call_counts()["calls"].get(api, 0)
+    _pods_ns(env, node, 12, prefix="b")
+    wait_for(lambda: env.sim.admin.call_counts()["calls"].get(api, 0) > before, 60,
+             f"{api} in flight")
+    op.kill(signal.SIGKILL)  # the call still completes in the cloud: its answer is lost
+    time.sleep(3)
+    env.sim.admin.clear_faults()
+    env.operator()
+    wait_for(lambda: len(agent.held(node)) == first + 12, 90, "every pod served")
+    wait_for(lambda: env.converged(node, 0, 5), 90, "pool after restart")
+    wait_for(lambda: not [e for e in env.tagged_leftovers() if e.status == "Available"], 60,
+             "leaked ENIs adopted or collected")
+    _no_leaks(env, node)
+    env.check_truth(node)
+    enis = [e for e in env.cloud_enis(node) if e.type != "Primary"]
+    assert len(enis) == 1, enis  # 17 pods + <= 5 free fit in one ENI: nothing duplicated
+    assert agent.violations == []
+
+
+def test_two_replicas_never_act_at_once(env: Env) -> None:
+    env.config(min_pool_size=2)
+    node = env.add_node("ecs.g6.xlarge")
+    agent = env.start_agent()
+    a = env.operator()
+    b = env.operator()
+    leader = wait_for(lambda: [o for o in (a, b) if o.is_leader()], 60, "a leader")
+    assert len(leader) == 1
+    standby = b if leader[0] is a else a
+    wait_for(lambda: env.converged(node, 2, 5), 60, "pool")
+    assert standby.cloud_calls() == 0 and not standby.is_leader()
+    leader[0].kill(signal.SIGKILL)
+    wait_for(lambda: standby.is_leader(), 60, "standby takes over")
+    _pods_ns(env, node, 4)
+    wait_for(lambda: len(agent.held(node)) == 4, 60, "pods served by the new leader")
+    wait_for(lambda: env.converged(node, 2, 5), 60, "pool under the new leader")
+    assert standby.cloud_calls() > 0
+    env.check_truth(node)
+
+
+def test_throttling_errors_and_latency_lose_nothing(env: Env) -> None:
+    env.config(min_pool_size=0, max_pool_size=5)
+    node = env.add_node("ecs.g6.4xlarge")
+    agent = env.start_agent()
+    env.sim.admin.set_faults({
+        "AssignPrivateIpAddresses": {"error_rate": 0.4, "code": "InternalError",
+                                     "status": 500, "latency_ms": 100, "phase": "after"},
+        "CreateNetworkInterface": {"error_rate": 0.3, "code": "ServiceUnavailable",
+                                   "status": 503, "phase": "after"},
+        "AttachNetworkInterface": {"error_rate": 0.3, "code": "InternalError", "status": 500},
+        "UnassignPrivateIpAddresses": {"error_rate": 0.3, "code": "InternalError",
+                                       "status": 500, "phase": "after"},
+    }, seed=7)
+    env.sim.admin.set_throttle("DescribeNetworkInterfaces", 5, burst=3)
+    env.operator()
+    pods = _pods_ns(env, node, 30)
+    wait_for(lambda: len(agent.held(node)) == 30, 120, "30 pods served despite faults")
+    delete_pods(env.api, pods[:20], env.namespace)
+    wait_for(lambda: len(agent.held(node)) == 10, 60, "PodIPs released")
+    wait_for(lambda: env.converged(node, 0, 5), 120, "pool despite faults")
+    errors = env.sim.admin.call_counts()["errors"]
+    assert errors, "faults were injected"
+    env.sim.admin.clear_faults()
+    env.sim.admin.set_throttle("DescribeNetworkInterfaces", None)
+    time.sleep(6)  # a resync after the faults: still the same truth
+    _no_leaks(env, node)
+    env.check_truth(node)
+    assert agent.violations == []
+
+
+def test_vswitch_exhaustion_moves_on_and_says_so(env: Env) -> None:
+    # First choice: the /28 (few addresses); then the /24.
+    env.config(min_pool_size=0, vswitch_selection_policy="ordered",
+               vswitches={ZONE: [env.vsw[2], env.vsw[1]]})
+    node = env.add_node("ecs.g6.4xlarge")
+    agent = env.start_agent()
+    env.operator()
+    _pods_ns(env, node, 30)
+    wait_for(lambda: len(agent.held(node)) == 30, 120, "30 pods served")
+    wait_for(lambda: env.converged(node, 0, 5), 60, "pool")
+    used = {e.vswitch_id for e in env.cloud_enis(node) if e.type != "Primary"}
+    assert env.vsw[1] in used
+    assert env.condition(node, "VSwitchExhausted") == "True"
+    assert any(e["reason"] == "VSwitchExhausted" for e in env.events(node))
+    env.check_truth(node)
+
+
+def test_node_deletion_leaves_nothing_in_the_cloud(env: Env) -> None:
+    env.config(min_pool_size=4)
+    node = env.add_node("ecs.g6.2xlarge")
+    agent = env.start_agent()
+    env.operator()
+    _pods_ns(env, node, 6)
+    wait_for(lambda: len(agent.held(node)) == 6, 60, "pods served")
+    wait_for(lambda: env.converged(node, 4, 5), 60, "pool")
+    assert env.tagged_leftovers()
+    agent.stop()
+    env.core.delete_node(node)
+    wait_for(lambda: env.pool(node) is None and not env.enis(node), 60, "node resources gone")
+    assert env.tagged_leftovers() == []
+    assert [e for e in env.cloud_enis(node) if e.type != "Primary"] == []
+
+
+def test_deleting_an_eni_resource_frees_the_cloud_eni(env: Env) -> None:
+    env.config(min_pool_size=3)
+    node = env.add_node("ecs.g6.xlarge")
+    agent = env.start_agent()
+    env.operator()
+    wait_for(lambda: env.converged(node, 3, 5), 60, "pool")
+    victim = next(r["metadata"]["name"] for r in env.enis(node) if not r["spec"]["primary"])
+    agent.gone_enis.add(victim)
+    env.custom.delete_cluster_custom_object(contract.GROUP, contract.VERSION,
+                                            contract.PLURAL_ENI, victim)
+    wait_for(lambda: not env.provider.describe_enis(eni_ids=[victim]), 60, "cloud ENI deleted")
+    wait_for(lambda: env.converged(node, 3, 5), 60, "pool refilled")
+    assert victim not in {r["metadata"]["name"] for r in env.enis(node)}
+    env.check_truth(node)
+    # The primary ENI's record may go too, but the ENI itself is never touched.
+    primary = next(r["metadata"]["name"] for r in env.enis(node) if r["spec"]["primary"])
+    env.custom.delete_cluster_custom_object(contract.GROUP, contract.VERSION,
+                                            contract.PLURAL_ENI, primary)
+    wait_for(lambda: env.converged(node, 3, 5) and primary in {
+        r["metadata"]["name"] for r in env.enis(node)}, 60, "primary re-recorded")
+    assert env.provider.describe_enis(eni_ids=[primary])[0].status == "InUse"
+
+
+def test_gc_deletes_leaked_tagged_enis_only(env: Env) -> None:
+    env.config(min_pool_size=0)
+    node = env.add_node("ecs.g6.xlarge")
+    env.start_agent()
+    sg = [env.topo.security_group_id]
+    leaked = env.provider.create_eni(env.vsw[0], sg, {
+        contract.TAG_CREATOR: contract.TAG_CREATOR_VALUE, contract.TAG_CLUSTER: env.cluster_id,
+        contract.TAG_NODE: "ghost-node", contract.TAG_INSTANCE: "i-ghost0000"})
+    foreign = env.provider.create_eni(env.vsw[0], sg, {"owner": "someone-else"})
+    other_cluster = env.provider.create_eni(env.vsw[0], sg, {
+        contract.TAG_CREATOR: contract.TAG_CREATOR_VALUE, contract.TAG_CLUSTER: "another"})
+    env.operator()
+    wait_for(lambda: not env.provider.describe_enis(eni_ids=[leaked.eni_id]), 60,
+             "leaked ENI collected")
+    time.sleep(6)  # more GC passes: the others stay
+    assert env.provider.describe_enis(eni_ids=[foreign.eni_id])
+    assert env.provider.describe_enis(eni_ids=[other_cluster.eni_id])
+    env.check_truth(node)
+    for e in (foreign, other_cluster):
+        env.provider.delete_eni(e.eni_id)
