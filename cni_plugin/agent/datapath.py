@@ -33,7 +33,13 @@ RT_TABLE_MAIN = 254
 RT_SCOPE_LINK = 253
 RTNH_F_ONLINK = 4
 NUD_PERMANENT = 0x80
-LOOPBACK_INDEX = 1  # "lo" is always ifindex 1 in a network namespace
+
+
+def _random_mac() -> str:
+    """A random locally administered unicast MAC (chosen here, so ADD need not ask)."""
+    b = bytearray(os.urandom(6))
+    b[0] = (b[0] & 0xFE) | 0x02
+    return ":".join(f"{x:02x}" for x in b)
 
 
 class DatapathError(Exception):
@@ -93,12 +99,25 @@ class Datapath:
             self._local.ipr = None
 
     @contextlib.contextmanager
-    def _pod(self, netns_path: str) -> Iterator[IPRoute]:
-        ipr = IPRoute(use_socket=netns.netlink_socket(netns_path))
+    def _pod(self, netns_path: str, ifname: str | None = None
+             ) -> Iterator[tuple[IPRoute, int | None]]:
+        """A netlink handle in the pod netns, and ``ifname``'s index there (looked up
+        while the thread is inside: cheaper than a netlink round trip)."""
+        with netns.entered(netns_path):
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, netns.NETLINK_ROUTE)
+            try:
+                index = socket.if_nametoindex(ifname) if ifname else None
+            except OSError:
+                index = None
+        ipr = IPRoute(use_socket=sock)
         try:
-            yield ipr
+            yield ipr, index
         finally:
             ipr.close()
+
+    def _host_index(self, ifname: str) -> int:
+        with netns.entered(self.host_path):
+            return socket.if_nametoindex(ifname)
 
     # -- node ----------------------------------------------------------------------------
 
@@ -146,10 +165,13 @@ class Datapath:
             ns_fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
             raise DatapathError(step, e) from e
+        host_mac, pod_mac = _random_mac(), _random_mac()
         try:
             step = f"create veth {veth} <-> {ifname}"
             spec = {"ifname": veth, "kind": "veth", "mtu": mtu, "state": "up",
-                    "peer": {"ifname": ifname, "net_ns_fd": ns_fd, "mtu": mtu}}
+                    "address": host_mac,
+                    "peer": {"ifname": ifname, "net_ns_fd": ns_fd, "mtu": mtu,
+                             "address": pod_mac}}
             try:
                 host.link("add", **spec)
             except NetlinkError as e:
@@ -166,15 +188,13 @@ class Datapath:
             os.close(ns_fd)
         try:
             step = f"look up {veth}"
-            link = host.link("get", ifname=veth)[0]
-            host_idx, host_mac = int(link["index"]), str(link.get("address"))
-            with self._pod(netns_path) as pod:
-                step = f"configure {ifname} in {netns_path}"
-                plink = pod.link("get", ifname=ifname)[0]
-                idx, pod_mac = int(plink["index"]), str(plink.get("address"))
+            host_idx = self._host_index(veth)
+            step = f"configure {ifname} in {netns_path}"
+            with self._pod(netns_path, ifname) as (pod, idx):
+                if idx is None:
+                    raise OSError(errno.ENODEV, f"{ifname} not found in {netns_path}")
                 pod.addr("add", index=idx, address=ip, prefixlen=32)
                 pod.link("set", index=idx, state="up")
-                pod.link("set", index=LOOPBACK_INDEX, state="up")
                 pod.neigh("replace", dst=contract.POD_GATEWAY, lladdr=host_mac, ifindex=idx,
                           state=NUD_PERMANENT)
                 pod.route("replace", dst="0.0.0.0/0", gateway=contract.POD_GATEWAY, oif=idx,
@@ -262,11 +282,10 @@ class Datapath:
                             f"lookup {table} missing")
         if not os.path.exists(netns_path):
             return [*problems, f"netns {netns_path} missing"]
-        with self._pod(netns_path) as pod:
-            pidx = pod.link_lookup(ifname=ifname)
-            if not pidx:
+        with self._pod(netns_path, ifname) as (pod, pidx):
+            if pidx is None:
                 return [*problems, f"{ifname} missing in {netns_path}"]
-            addrs = [a.get("address") for a in pod.get_addr(index=pidx[0], family=socket.AF_INET)]
+            addrs = [a.get("address") for a in pod.get_addr(index=pidx, family=socket.AF_INET)]
             if ip not in addrs:
                 problems.append(f"{ifname} lacks {ip}/32 (has {addrs})")
             if not [r for r in pod.get_routes(family=socket.AF_INET, table=RT_TABLE_MAIN)
