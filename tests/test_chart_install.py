@@ -175,3 +175,22 @@ def test_install_fails_cleanly_on_bad_values(release: LocalCluster, tmp_path: Pa
                kubeconfig=cluster.kubeconfig, check=False)
     assert out.returncode != 0 and "max_eni" in out.stderr
     assert "ebad" not in helm("list", "-A", "-q", kubeconfig=cluster.kubeconfig).stdout.split()
+
+
+def test_install_on_a_bare_cluster_brings_the_crds() -> None:
+    """A control plane without eniway's CRDs: ``helm install`` installs them from the
+    chart's crds/ before the rest, they are served, and ``helm uninstall`` keeps them."""
+    bare = LocalCluster(controllers=False, install_crds=False).start()
+    try:
+        assert "network.eniway.io" not in bare.kubectl("get", "crd", "-o", "name").stdout
+        _helm(bare, "install", "bare", str(CHART), "-n", "eniway-bare", "--create-namespace")
+        names = bare.kubectl("get", "crd", "-o", "name").stdout.split()
+        expected = {f"customresourcedefinition.apiextensions.k8s.io/{p}.network.eniway.io"
+                    for p in ("enis", "enipools", "podips")}
+        assert expected <= set(names)
+        bare.kubectl("wait", "--for=condition=Established", "--timeout=60s", *expected)
+        assert bare.kubectl("get", "enipools").returncode == 0
+        _helm(bare, "uninstall", "bare", "-n", "eniway-bare")
+        assert expected <= set(bare.kubectl("get", "crd", "-o", "name").stdout.split())
+    finally:
+        bare.stop()
