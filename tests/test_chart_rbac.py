@@ -146,11 +146,11 @@ def test_operator_real_requests(cluster: LocalCluster, rbac: ChartRBAC) -> None:
     assert _call(cluster, op, "POST", leases, lease) == 201
     code, got = cluster.request("GET", f"{leases}/{LEASE}", token=_token(op))
     assert code == 200
-    got["spec"]["holderIdentity"] = "op-b"  # type: ignore[index]
+    got["spec"]["holderIdentity"] = "op-b"
     assert _call(cluster, op, "PUT", f"{leases}/{LEASE}", got) == 200
     assert _call(cluster, op, "DELETE", f"{api}/enis/eni-rbacop01") == 200
     # What it must not do.
-    refused = [
+    refused: list[tuple[str, str, Any]] = [
         ("POST", f"/api/v1/namespaces/{NS}/pods", {
             "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"},
             "spec": {"containers": [{"name": "x", "image": "x"}]}}),
@@ -190,13 +190,13 @@ def test_agent_real_requests(cluster: LocalCluster, rbac: ChartRBAC) -> None:
         podip_path = f"{api}/namespaces/default/podips/rbac-pod"
         code, podip = cluster.request("GET", podip_path, token=_token(ag))
         assert code == 200
-        podip["spec"]["containerId"] = "abc"  # type: ignore[index]
+        podip["spec"]["containerId"] = "abc"
         assert _call(cluster, ag, "PUT", podip_path, podip) == 200
         assert _call(cluster, ag, "DELETE", f"{api}/namespaces/default/podips/rbac-pod") == 200
         assert _call(cluster, ag, "GET", "/api/v1/namespaces/default/pods") == 200
         # What it must not do: write ENIs or pool specs, read Secrets or configuration,
         # touch pods or nodes.
-        refused = [
+        refused: list[tuple[str, str, Any]] = [
             ("POST", f"{api}/enis", _eni("eni-rbacag02")),
             ("DELETE", f"{api}/enis/eni-rbacag01", None),
             ("PATCH", f"{api}/enis/eni-rbacag01/status", {"status": {"phase": "Failed"}}),
