@@ -37,7 +37,7 @@ def conflist(mtu: int | None = None, socket: str = contract.DEFAULT_SOCKET,
     plugins: list[dict[str, object]] = [plugin]
     plugins += chain if chain is not None else [
         {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True}]
-    return {"cniVersion": contract.CNI_SPEC_VERSION, "name": contract.CNI_NETWORK_NAME,
+    return {"cniVersion": contract.CNI_CONFLIST_VERSION, "name": contract.CNI_NETWORK_NAME,
             "plugins": plugins}
 
 

@@ -77,6 +77,9 @@ VETH_PREFIX = "eni"
 # CNI spec
 CNI_SPEC_VERSION = "1.1.0"
 CNI_SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+# The conflist's version: the newest the usual chained plugins (portmap, bandwidth, tuning
+# of containernetworking/plugins 1.1) accept; eniway itself answers in any supported one.
+CNI_CONFLIST_VERSION = "1.0.0"
 
 # CNI error codes (spec §"Error"), plus our own range (100+)
 ERR_INCOMPATIBLE_VERSION = 1

@@ -178,6 +178,9 @@ class KubeletStandin:
                 result = self.runtime.add(uid, f"/var/run/netns/{ns}", "eth0",
                                           self._cni_args(pod))
             except CNIError:
+                # as a runtime does after a failed sandbox setup: DEL, then drop the netns
+                with contextlib.suppress(Exception):
+                    self.runtime.delete(uid, f"/var/run/netns/{ns}", "eth0", self._cni_args(pod))
                 subprocess.run(["ip", "netns", "del", ns], capture_output=True)
                 raise
             ip = pod_ip(result)
