@@ -41,7 +41,8 @@ class Pods:
         name = name or f"pod{self.n}-{time.monotonic_ns() % 100000}"
         netns = self.env.net.pod_netns()
         cid = f"cid-{name}"
-        ident = ("default", name, f"uid-{name}")
+        # A real Pod object, so GC (grace 2 s here) sees the pod alive.
+        ident = ("default", name, self.env.op.create_pod("default", name))
         r = self.env.shim.add(cid, netns, pod=ident, **kw)
         self.live[cid] = (netns, ident)
         if expect_ok:
@@ -54,6 +55,8 @@ class Pods:
         r = self.env.shim.delete(cid, netns, pod=ident)
         assert r.rc == 0, r
         self.env.net.remove_pod_netns(netns)
+        if ident[1]:
+            self.env.op.delete_pod(ident[0], ident[1])
 
     def delete_all(self) -> None:
         for cid in list(self.live):
@@ -197,9 +200,10 @@ def test_bad_inputs_get_codes_and_leak_nothing(env: NodeEnv, pods: Pods) -> None
 def test_concurrent_add_for_the_same_pod_is_refused(env: NodeEnv, pods: Pods) -> None:
     results = []
     nss = [env.net.pod_netns() for _ in range(6)]
+    uid = env.op.create_pod("default", "racer")
 
     def go(i: int) -> None:
-        results.append((i, env.shim.add(f"race-{i}", nss[i], pod=("default", "racer", "u"))))
+        results.append((i, env.shim.add(f"race-{i}", nss[i], pod=("default", "racer", uid))))
 
     threads = [threading.Thread(target=go, args=(i,)) for i in range(6)]
     for t in threads:
@@ -211,7 +215,7 @@ def test_concurrent_add_for_the_same_pod_is_refused(env: NodeEnv, pods: Pods) ->
     assert len(ok) == 1, results
     assert all(r.out["code"] == contract.ERR_TRY_AGAIN for r in refused), refused
     for i, _ in ok:
-        pods.live[f"race-{i}"] = (nss[i], ("default", "racer", "u"))
+        pods.live[f"race-{i}"] = (nss[i], ("default", "racer", uid))
     for i in range(6):
         if f"race-{i}" not in pods.live:
             env.net.remove_pod_netns(nss[i])
@@ -301,3 +305,17 @@ def test_agent_memory_and_health(env: NodeEnv) -> None:
         assert name in body
     assert env.agent.metric("eniway_enis_ready") == 2
     print(f"agent peak RSS {env.agent.rss_kb() / 1024:.1f} MB")
+
+
+def test_cni_gc_and_status(env: NodeEnv, pods: Pods) -> None:
+    keep = pods.add("keeper")
+    drop = pods.add("dropped")
+    status = env.shim.run("STATUS", conf=env.shim.conf("1.1.0"))
+    assert status.rc == 0, status
+    cids = list(pods.live)
+    r = env.shim.run("GC", conf=env.shim.conf("1.1.0", **{"cni.dev/valid-attachments": [
+        {"containerID": cids[0], "ifname": "eth0"}]}))
+    assert r.rc == 0, r
+    left = env.pod_artifacts()
+    assert f"record {keep}" in left and f"record {drop}" not in left
+    assert not [a for a in left if drop in a], left

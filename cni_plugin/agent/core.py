@@ -91,6 +91,7 @@ class NodeAgent:
         self.enis: dict[str, EniState] = {}
         self.enis_synced = False
         self.pool_synced = False
+        self._stale_since: dict[str, float] = {}  # ip -> when GC first found it stale
         self._reaper: queue.Queue[tuple[Allocation, int | None]] = queue.Queue()
         threading.Thread(target=self._reap_forever, name="reaper", daemon=True).start()
         # Hooks the API side plugs in (PodIP writes, status.agent publishing).
@@ -514,14 +515,22 @@ class NodeAgent:
         with self.lock:
             snapshot = list(self.records.values())
             busy = set(self.inflight)
+        for ip in set(self._stale_since) - {r.ip for r in snapshot}:
+            del self._stale_since[ip]
         for rec in snapshot:
             if f"att:{rec.containerId}/{rec.ifname}" in busy or f"rel:{rec.ip}" in busy:
                 continue
             reason = self._stale_reason(rec, pods)
-            if reason and now - rec.allocatedAtEpoch >= self.cfg.gc_grace:
-                if self._reclaim(rec, reason):
+            if reason:
+                # Stale for a whole grace period (and not younger than it): the runtime's
+                # own DEL normally comes first.
+                since = self._stale_since.setdefault(rec.ip, now)
+                if (now - since >= self.cfg.gc_grace
+                        and now - rec.allocatedAtEpoch >= self.cfg.gc_grace
+                        and self._reclaim(rec, reason)):
                     released.append(rec.ip)
                 continue
+            self._stale_since.pop(rec.ip, None)
             try:
                 if self.datapath.repair_host(rec.veth, rec.ip, rec.table):
                     self.metrics.repairs.inc()
