@@ -159,7 +159,7 @@ def call_agent(path: str, req: dict[str, Any], timeout: float) -> dict[str, Any]
 def _agent_down(sock_path: str, e: BaseException) -> str:
     return (f"eniway-agent is not reachable on {sock_path} ({type(e).__name__}: {e}); "
             "check the eniway-agent pod on this node (kubectl -n kube-system get pods "
-            "-l app.kubernetes.io/name=eniway-agent -o wide) and its log")
+            "-l app.kubernetes.io/component=agent -o wide) and its log")
 
 
 # -- slow path: DEL without the agent -----------------------------------------------------

@@ -56,12 +56,18 @@ def netlink_socket(path: str | None) -> socket.socket:
         return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
 
 
+def _sysctl_root() -> str:
+    # In a container /proc/sys is read-only; the chart mounts the host's procfs
+    # writable and names it here. Net sysctls resolve to the opener's netns either way.
+    return os.environ.get("ENIWAY_PROC_SYS", "/proc/sys")
+
+
 def write_sysctl(path: str | None, key: str, value: str) -> None:
-    """Write ``/proc/sys/<key>`` (slash-separated) as seen from the netns at ``path``."""
-    with entered(path), open(f"/proc/sys/{key}", "w") as f:
+    """Write ``<proc sys>/<key>`` (slash-separated) as seen from the netns at ``path``."""
+    with entered(path), open(f"{_sysctl_root()}/{key}", "w") as f:
         f.write(value)
 
 
 def read_sysctl(path: str | None, key: str) -> str:
-    with entered(path), open(f"/proc/sys/{key}") as f:
+    with entered(path), open(f"{_sysctl_root()}/{key}") as f:
         return f.read().strip()
