@@ -531,8 +531,10 @@ class NodeAgent:
                     released.append(rec.ip)
                 continue
             self._stale_since.pop(rec.ip, None)
+            eni = self.enis.get(rec.eniId)
+            table = eni.link.table if eni else rec.table  # the ENI may have been re-attached
             try:
-                if self.datapath.repair_host(rec.veth, rec.ip, rec.table):
+                if self.datapath.repair_host(rec.veth, rec.ip, table):
                     self.metrics.repairs.inc()
             except Exception as e:
                 log.warning("repair of %s: %s", rec.ip, e)
