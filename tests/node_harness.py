@@ -218,6 +218,9 @@ class OperatorDouble:
                              {"gracePeriodSeconds": 0})
 
     def cleanup(self) -> None:
+        for key in self.podips():  # PodIPs the agent had no time to delete before it stopped
+            ns, name = key.split("/", 1)
+            self.cluster.request("DELETE", f"{self.base}/namespaces/{ns}/podips/{name}")
         for e in self.net.enis:
             self.cluster.request("DELETE", f"{self.base}/enis/{e.id}")
         self.cluster.request("DELETE", f"{self.base}/enipools/{self.node}")

@@ -45,7 +45,10 @@ def build_harness() -> Path:
 
 @pytest.fixture(scope="module")
 def env(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeEnv]:
-    e = make_node_env(cluster, tmp_path_factory.mktemp("rt"), ips_per_eni=3)
+    # Runtimes outside Kubernetes (podman) name pods that do not exist in the API: a
+    # longer grace keeps GC off them while a test runs.
+    e = make_node_env(cluster, tmp_path_factory.mktemp("rt"), ips_per_eni=3,
+                      agent_extra=["--gc-grace", "60"])
     try:
         yield e
     finally:
@@ -68,11 +71,12 @@ def test_libcni_chain_with_tuning_bandwidth_portmap(env: NodeEnv, tmp_path: Path
     check_list.write_text(json.dumps({"cniVersion": "1.0.0", "name": "eniway-chain",
                                       "plugins": chain[:3]}))
     pod = env.net.pod_netns()
+    uid = env.op.create_pod("default", "lc")
     caps = {"portMappings": [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}],
             "bandwidth": {"ingressRate": 8_000_000, "ingressBurst": 1_000_000}}
     base = [str(harness), "-conflist", str(conflist), "-netns", f"/run/netns/{pod}",
             "-id", "libcni-1", "-path", str(env.shim.bin_dir), "-cache", str(tmp_path / "cache"),
-            "-args", "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=lc;K8S_POD_UID=u1",
+            "-args", f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=lc;K8S_POD_UID={uid}",
             "-caps", json.dumps(caps)]  # the same RuntimeConf for add, check and del
 
     def run(action: str, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -107,6 +111,7 @@ def test_libcni_chain_with_tuning_bandwidth_portmap(env: NodeEnv, tmp_path: Path
     assert f"{ip}:80" not in sh(f"ip netns exec {env.net.node_ns} iptables -t nat -S").stdout
     assert run("del").returncode == 0  # idempotent through the whole chain
     env.net.remove_pod_netns(pod)
+    env.op.delete_pod("default", "lc")
     wait_for(lambda: env.pod_artifacts() == [], 10, "nothing left")
 
 
