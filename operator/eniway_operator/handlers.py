@@ -109,7 +109,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.batching.worker_limit = 64
-    settings.persistence.finalizer = contract.FINALIZER
+    # contract.FINALIZER is ours, handled by the reconciler; kopf must keep its own name,
+    # or it would strip ours from objects it has no deletion handler for.
     rt = _rt()
     rt.tasks.append(asyncio.create_task(rt.scheduler.run(), name="scheduler"))
     rt.tasks.append(asyncio.create_task(_gc_loop(rt), name="gc"))

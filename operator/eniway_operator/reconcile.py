@@ -567,6 +567,7 @@ class Reconciler:
     # -- acting --------------------------------------------------------------------------
     def _do(self, action: Action, name: str, node: JSON, mem: NodeMemory, instance_id: str,
             cfg: pool_config.PoolConfig, demand: Demand, resources: dict[str, JSON]) -> None:
+        log.info("node %s: %s", name, action)
         if isinstance(action, CreateENI):
             sgs = list(cfg.security_group_ids) or self._primary_groups(mem)
             eni = self.cloud.create_eni(
@@ -695,6 +696,7 @@ class Reconciler:
         if not self.managed(eni) or eni.type == "Primary":
             return True
         if eni.status in (INUSE, ATTACHING) and eni.instance_id:
+            log.info("ENI %s: its resource is deleted; detaching it", eni.eni_id)
             try:
                 self.cloud.detach_eni(eni.eni_id, eni.instance_id)
             except (InvalidState, NotFound) as e:
