@@ -106,7 +106,7 @@ def test_agent_does_its_job_with_the_charts_rights(own_cluster: LocalCluster,
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-0"},
         "spec": {"nodeName": NODE, "containers": [{"name": "c", "image": "x"}]}})
     assert code == 201, pod
-    pod_uid = str(pod["metadata"]["uid"])  # type: ignore[index]
+    pod_uid = str(pod["metadata"]["uid"])
 
     d = tmp_path
     _sh("eniway", "install-cni", "--bin-dir", str(d / "bin"), "--conf-dir", str(d / "net.d"),
@@ -126,7 +126,7 @@ def test_agent_does_its_job_with_the_charts_rights(own_cluster: LocalCluster,
         def agent_status() -> dict[str, Any]:
             code, pool = cluster.request("GET", f"{API}/enipools/{NODE}")
             assert code == 200
-            return dict((pool.get("status") or {}).get("agent") or {})  # type: ignore[union-attr]
+            return dict((pool.get("status") or {}).get("agent") or {})
 
         _wait(lambda: agent_status().get("ready") and agent_status().get("heartbeat"),
               "status.agent ready with a heartbeat", log)
