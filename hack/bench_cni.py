@@ -129,6 +129,11 @@ def bench(env: NodeEnv, iterations: int, workdir: Path) -> None:
         rss.append(int(p.stderr.strip().splitlines()[-1]))
     env.net.remove_pod_netns(ns)
 
+    agent = {}
+    for cmd in ("ADD", "DEL"):
+        total = env.agent.metric("eniway_cni_request_duration_seconds_sum", f'"{cmd}"')
+        count = env.agent.metric("eniway_cni_request_duration_seconds_count", f'"{cmd}"')
+        agent[cmd] = total / count * 1000 if count else 0.0
     e_add, p_add = statistics.median(res["e_add"]), statistics.median(res["p_add"])
     e_del, p_del = statistics.median(res["e_del"]), statistics.median(res["p_del"])
     print(f"\neniway CNI benchmark ({iterations} interleaved iterations, warm pool, "
@@ -137,6 +142,8 @@ def bench(env: NodeEnv, iterations: int, workdir: Path) -> None:
     print(row("ptp+host-local ADD", res["p_add"]))
     print(row("eniway DEL", res["e_del"]))
     print(row("ptp+host-local DEL", res["p_del"]))
+    print(f"  (inside the agent, mean: ADD {agent['ADD']:.2f} ms, DEL {agent['DEL']:.2f} ms; "
+          "the rest is the shim's process start and the socket round trip)")
     print(f"  ADD ratio (median)           {e_add / p_add:5.2f}x   (target <= 2.0x, aim 1.5x)")
     print(f"  DEL ratio (median)           {e_del / p_del:5.2f}x   (target <= 1.0x)")
     print(f"  50 concurrent ADDs           p99 {pct(conc, 99) * 1000:7.1f} ms   "

@@ -53,6 +53,7 @@ class AgentConfig:
     gc_grace: float = 120.0
     heartbeat_interval: float = 30.0
     resync_interval: float = 30.0
+    store_fsync: bool = False
 
 
 @dataclass
@@ -82,7 +83,7 @@ class NodeAgent:
         self.cfg = cfg
         self.datapath = datapath
         self.metrics = metrics
-        self.store = store or AllocationStore(Path(cfg.state_dir))
+        self.store = store or AllocationStore(Path(cfg.state_dir), cfg.store_fsync)
         self.pool = Pool(cfg.cooldown)
         self.lock = threading.RLock()
         self.records: dict[str, Allocation] = {}  # ip -> record
