@@ -1,0 +1,202 @@
+"""The reconciler in-process (no kopf), against the real apiserver and eniway-cloudsim:
+rounds are driven by the test, so the moments between planning and acting can be reached."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any, cast
+
+import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from cni_plugin import contract
+from eniway_operator import kube as kube_mod
+from eniway_operator.metrics import MeteredProvider
+from eniway_operator.reconcile import Demand, Reconciler, Settings
+from eniway_operator.testing import make_node
+
+pytestmark = pytest.mark.cluster
+ZONE = "cn-hangzhou-i"
+UNASSIGN = "UnassignPrivateIpAddresses"
+
+
+class World:
+    def __init__(self, cluster: Any, sim: Any) -> None:
+        self.tag = uuid.uuid4().hex[:6]
+        self.api = kube_mod.load_config(str(cluster.kubeconfig))
+        self.core = client.CoreV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
+        self.ns = f"rec-{self.tag}"
+        self.core.create_namespace({"metadata": {"name": self.ns}})  # type: ignore[arg-type]
+        self.topo = sim.admin.bootstrap({ZONE: ["10.0.0.0/24"]})
+        self.sim = sim
+        self.cloud = MeteredProvider(sim.provider())
+        self.kube = kube_mod.Kube(self.api, self.ns)
+        self.rec = Reconciler(self.kube, self.cloud, Settings(
+            cluster_id=f"rec-{self.tag}", config_namespace=self.ns, config_ttl=0))
+        self.nodes: list[str] = []
+        self.config({})
+
+    def config(self, extra: dict[str, Any]) -> None:
+        cfg = {"security_group_ids": [self.topo.security_group_id], "ip_cooldown": 0,
+               **extra}
+        body = {"metadata": {"name": "eniway-config"}, "data": {"config.json": json.dumps(cfg)}}
+        try:
+            self.core.create_namespaced_config_map(self.ns, body)  # type: ignore[arg-type]
+        except ApiException:
+            self.core.replace_namespaced_config_map("eniway-config", self.ns,
+                                                    body)  # type: ignore[arg-type]
+
+    def node(self, instance_type: str = "ecs.g6.xlarge", provider_id: str | None = None,
+             annotations: dict[str, str] | None = None) -> str:
+        name = f"r{len(self.nodes)}-{self.tag}"
+        if provider_id is None:
+            inst = self.sim.admin.create_instance(
+                instance_type, self.topo.vswitch_ids(ZONE)[0], [self.topo.security_group_id])
+            provider_id = inst["provider_id"]
+        make_node(self.api, name, provider_id, instance_type, ZONE, annotations)
+        self.nodes.append(name)
+        return name
+
+    def rounds(self, node: str, demand: Demand, until: Any, limit: int = 40) -> None:
+        for _ in range(limit):
+            delay = self.rec.reconcile(node, demand)
+            if until():
+                return
+            time.sleep(min(delay or 0.1, 0.3))
+        raise AssertionError(f"not converged after {limit} rounds")
+
+    def pool(self, node: str) -> dict[str, Any]:
+        return cast(dict[str, Any], self.custom.get_cluster_custom_object(
+            contract.GROUP, contract.VERSION, contract.PLURAL_ENIPOOL, node))
+
+    def release(self, node: str) -> list[str]:
+        return list(((self.pool(node).get("spec") or {}).get("release") or {}).get("ips") or [])
+
+    def ack(self, node: str, ips: list[str]) -> None:
+        self.custom.patch_cluster_custom_object_status(
+            contract.GROUP, contract.VERSION, contract.PLURAL_ENIPOOL, node,
+            {"status": {"agent": {"acknowledged": ips, "allocated": []}}})
+
+    def cloud_ips(self, node: str) -> set[str]:
+        inst = self.pool(node)["spec"]["instanceId"]
+        return {ip for e in self.cloud.inner.describe_enis(instance_id=inst)
+                for ip in e.private_ips}
+
+    def close(self) -> None:
+        for n in self.nodes:
+            with contextlib.suppress(ApiException):
+                self.core.delete_node(n)
+            with contextlib.suppress(Exception):
+                for _ in range(30):
+                    if self.rec.reconcile(n, Demand()) is None:
+                        break
+                    time.sleep(0.3)
+        with contextlib.suppress(ApiException):
+            self.core.delete_namespace(self.ns)
+        self.api.close()
+
+
+@pytest.fixture
+def world(cluster: Any, cloudsim: Any) -> Iterator[World]:
+    w = World(cluster, cloudsim)
+    try:
+        yield w
+    finally:
+        w.close()
+
+
+def _counts(w: World, node: str) -> dict[str, int]:
+    return cast(dict[str, int], (w.pool(node).get("status") or {}).get("counts") or {})
+
+
+def test_withdrawn_ack_between_plan_and_act_stops_the_unassign(world: World) -> None:
+    node = world.node()
+    world.rounds(node, Demand(pending=8), lambda: _counts(world, node).get("free") == 8)
+    # Demand gone: 3 above max_pool_size (5) are marked, nothing unassigned yet.
+    world.rec.reconcile(node, Demand())
+    marked = world.release(node)
+    assert len(marked) == 3
+    assert world.cloud.calls[UNASSIGN] == 0
+    world.ack(node, marked)
+
+    # The agent withdraws one acknowledgement after the round planned the unassign,
+    # just before it acts: that IP must stay.
+    original = world.rec._unassign
+    withdrawn = marked[0]
+
+    def late_withdraw(*args: Any, **kw: Any) -> None:
+        world.ack(node, marked[1:])
+        original(*args, **kw)
+
+    world.rec._unassign = late_withdraw  # type: ignore[method-assign]
+    world.rec.reconcile(node, Demand())
+    world.rec._unassign = original  # type: ignore[method-assign]
+    assert world.cloud.calls[UNASSIGN] == 1
+    on_cloud = world.cloud_ips(node)
+    assert withdrawn in on_cloud
+    assert not set(marked[1:]) & on_cloud
+    assert world.release(node) == [withdrawn]
+
+    # Withdrawn for good: further rounds leave it alone.
+    world.ack(node, [])
+    for _ in range(3):
+        world.rec.reconcile(node, Demand())
+    assert withdrawn in world.cloud_ips(node)
+    assert world.cloud.calls[UNASSIGN] == 1
+    # Demand comes back: the mark is taken back rather than new IPs assigned.
+    assigns = world.cloud.calls["AssignPrivateIpAddresses"]
+    world.rec.reconcile(node, Demand(pending=6))
+    assert world.release(node) == []
+    assert world.cloud.calls["AssignPrivateIpAddresses"] == assigns
+
+
+def test_ip_held_by_a_pod_is_never_unassigned_even_if_acked(world: World) -> None:
+    node = world.node()
+    world.rounds(node, Demand(pending=8), lambda: _counts(world, node).get("free") == 8)
+    world.rec.reconcile(node, Demand())
+    marked = world.release(node)
+    # A buggy agent acknowledges an IP a PodIP holds: the operator still keeps it.
+    held = marked[0]
+    world.ack(node, marked)
+    pods = {held: ("default", "p0", "uid-0")}
+    world.rec.reconcile(node, Demand(pods=pods))
+    on_cloud = world.cloud_ips(node)
+    assert held in on_cloud
+    assert held not in world.release(node)
+
+
+def test_invalid_config_is_a_condition_and_an_event(world: World) -> None:
+    node = world.node(annotations={contract.ANNOTATION_POOL_OVERRIDE: '{"max_pool_size": -1}'})
+    world.rec.reconcile(node, Demand())
+    conds = {c["type"]: c for c in world.pool(node)["status"]["conditions"]}
+    assert conds["ConfigInvalid"]["status"] == "True"
+    assert "max_pool_size" in conds["ConfigInvalid"]["message"]
+    assert conds["Ready"]["status"] == "False"
+    evs = world.core.list_namespaced_event("default",
+                                           field_selector=f"involvedObject.name={node}")
+    assert any(e.reason == "ConfigInvalid" for e in evs.items)
+    # Fixed on the ENIPool (highest precedence): back to Ready.
+    world.custom.patch_cluster_custom_object(
+        contract.GROUP, contract.VERSION, contract.PLURAL_ENIPOOL, node,
+        {"spec": {"config": {"max_pool_size": 7}}})
+    world.core.patch_node(node, {"metadata": {"annotations": {
+        contract.ANNOTATION_POOL_OVERRIDE: None}}})
+    world.rec.reconcile(node, Demand())
+    status = world.pool(node)["status"]
+    conds = {c["type"]: c for c in status["conditions"]}
+    assert conds["ConfigInvalid"]["status"] == "False"
+    assert status["config"]["max_pool_size"] == 7
+
+
+def test_node_without_instance_id_is_left_alone(world: World) -> None:
+    node = world.node(provider_id="kind://docker/kind/node")
+    assert world.rec.reconcile(node, Demand(pending=3)) == 60.0
+    with pytest.raises(ApiException):
+        world.pool(node)
+    assert world.cloud.calls["CreateNetworkInterface"] == 0
