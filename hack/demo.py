@@ -28,6 +28,7 @@ NODES = [
     NodeSpec("node-c", "ecs.g6.xlarge"),  # 3 ENIs x 10 IPs
 ]
 APP = "web"
+BIG = 30  # node-a holds 5 pods at most; node-b and node-c then need a second ENI
 
 T0 = time.monotonic()
 
@@ -54,6 +55,19 @@ def pools_warm(box: ClusterBox) -> bool:
     pools = box.pools()
     return len(pools) == len(NODES) and all(
         p.get("status", {}).get("counts", {}).get("free", 0) >= 2 for p in pools.values())
+
+
+def pools_trimmed(box: ClusterBox, pods: list[dict[str, object]]) -> bool:
+    """Each pool holds its pods' IPs plus at most max_pool_size free ones."""
+    per_node: dict[str, int] = {}
+    for p in pods:
+        node = p["spec"]["nodeName"]  # type: ignore[index]
+        per_node[node] = per_node.get(node, 0) + 1
+    for name, pool in box.pools().items():
+        counts = pool.get("status", {}).get("counts", {})
+        if counts.get("allocated") != per_node.get(name, 0) or counts.get("free", 99) > 5:
+            return False
+    return True
 
 
 def wait_running(box: ClusterBox, n: int, timeout: float = 180) -> list[dict[str, object]]:
@@ -101,7 +115,9 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     title("Starting eniway on the embedded cloud emulator")
-    box = ClusterBox(NODES, log=say, pool_config={"min_pool_size": 2, "max_pool_size": 5})
+    box = ClusterBox(NODES, log=say, pool_config={
+        "min_pool_size": 2, "max_pool_size": 5, "ip_cooldown": "5s",
+        "empty_eni_reclaim_after": "10s"})
     try:
         box.start()
         say("waiting for the operator to warm every node's pool")
@@ -118,10 +134,10 @@ def main() -> int:
         title("Pod-to-pod traffic across nodes and ENIs (real packets, VPC source check on)")
         check_traffic(box, pods)
 
-        title("Scale to 18: node-a needs more than its one secondary ENI can hold elsewhere")
+        title(f"Scale to {BIG}: more pods than one ENI holds on node-b and node-c")
         before = {n.name: eni_count(box, n.name) for n in NODES}
-        box.scale(APP, 18)
-        pods = wait_running(box, 18, 300)
+        box.scale(APP, BIG)
+        pods = wait_running(box, BIG, 300)
         after = {n.name: eni_count(box, n.name) for n in NODES}
         say(f"secondary ENIs in use per node: before {before}, after {after}")
         show(box, "get", "enis,enipools")
@@ -129,10 +145,12 @@ def main() -> int:
 
         title("Scale back to 3: IPs go back to the cloud through the release handshake")
         box.scale(APP, 3)
-        wait_running(box, 3)
-        wait_for(lambda: all(p.get("status", {}).get("counts", {}).get("free", 99) <= 5
-                             for p in box.pools().values()), 180, "pools trimmed to max")
-        show(box, "get", "enipools")
+        pods = wait_running(box, 3)
+        say("waiting for the pools to shrink to max_pool_size and empty ENIs to go")
+        wait_for(lambda: pools_trimmed(box, pods), 240, "pools trimmed to max_pool_size")
+        wait_for(lambda: sum(eni_count(box, n.name) for n in NODES) < sum(after.values()),
+                 120, "empty ENIs detached and deleted")
+        show(box, "get", "enis,enipools")
         calls = box.cloud.admin.call_counts() if box.cloud else {}
         say(f"cloud API calls in the whole demo: {calls.get('total')} "
             f"({', '.join(f'{k} {v}' for k, v in sorted(calls.get('calls', {}).items()))})")
