@@ -185,8 +185,8 @@ class KubeSync:
         }
 
     def _bind(self, rec: Allocation) -> None:
-        if not rec.podName or rec.ifname != "eth0" or rec.ip not in self.agent.records:
-            return
+        if not rec.podName or rec.ifname != "eth0" or self.agent.records.get(rec.ip) is not rec:
+            return  # released meanwhile (maybe already handed to another pod)
         body = self._podip(rec)
         try:
             self.kube.request("POST", podip_path(rec.podNamespace), body)
