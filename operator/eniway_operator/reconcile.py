@@ -99,7 +99,8 @@ class NodeMemory:
 
     view: dict[str, NetworkInterface] = field(default_factory=dict)
     view_at: float = 0.0
-    dirty: bool = True
+    dirty: bool = True  # a full describe is due
+    polling: set[str] = field(default_factory=set)  # ENIs attaching or detaching
     info: InstanceInfo | None = None
     info_at: float = 0.0
     vswitches: tuple[VSwitch, ...] = ()
@@ -138,6 +139,8 @@ class Reconciler:
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._limits: dict[str, InstanceLimits] = {}
+        self._vsw_cache: dict[tuple[str, ...], tuple[float, tuple[VSwitch, ...]]] = {}
+        self._vsw_lock = threading.Lock()
         self._cm: tuple[float, Mapping[str, Any] | Exception] = (0.0, {})
 
     # -- helpers -------------------------------------------------------------------------
@@ -240,6 +243,8 @@ class Reconciler:
         try:
             if mem.dirty or now - mem.view_at >= self.settings.resync:
                 self._refresh_view(name, mem, instance_id, resources)
+            elif mem.polling:
+                self._poll(name, mem, instance_id)
             self._cleanup_deleting(name, mem, resources)
             vswitches = self._vswitches(mem, cfg, info.zone_id, now)
         except CloudError as e:
@@ -312,8 +317,9 @@ class Reconciler:
         if errors.any:
             return self._backoff(mem, errors)
         mem.failures = 0
-        if any(e.status in (ATTACHING, DETACHING) for e in mem.view.values()):
-            mem.dirty = True
+        moving = {e.eni_id for e in mem.view.values() if e.status in (ATTACHING, DETACHING)}
+        if moving:
+            mem.polling |= moving
             return self.settings.poll
         if plan.actions or plan.release != state.release:
             return 0.2  # look again at once: the next step may depend on this one
@@ -335,10 +341,13 @@ class Reconciler:
         ids = cfg.vswitches_for(zone)
         if not ids:
             return ()
-        if ids != mem.vsw_key or now - mem.vsw_at >= self.settings.vswitch_ttl:
-            mem.vswitches = tuple(self.cloud.describe_vswitches(list(ids)))
-            mem.vsw_key, mem.vsw_at = ids, now
-        return mem.vswitches
+        with self._vsw_lock:
+            at, cached = self._vsw_cache.get(ids, (0.0, ()))
+            if now - at >= self.settings.vswitch_ttl:
+                cached = tuple(self.cloud.describe_vswitches(list(ids)))
+                self._vsw_cache[ids] = (now, cached)
+        mem.vswitches, mem.vsw_key, mem.vsw_at = cached, ids, now
+        return cached
 
     def _refresh_view(self, name: str, mem: NodeMemory, instance_id: str,
                       resources: Mapping[str, JSON]) -> None:
@@ -366,6 +375,23 @@ class Reconciler:
         mem.view = {k: v for k, v in view.items() if v.status != "CreateFailed"}
         mem.view_at = self.clock()
         mem.dirty = False
+        mem.polling.clear()
+
+    def _poll(self, name: str, mem: NodeMemory, instance_id: str) -> None:
+        """While ENIs attach or detach, describe only those (one call), not the node."""
+        found = {e.eni_id: e for e in self.cloud.describe_enis(eni_ids=sorted(mem.polling))}
+        for eni_id in list(mem.polling):
+            e = found.get(eni_id)
+            ours = e is not None and (e.instance_id == instance_id or (
+                e.status == AVAILABLE and self.managed(e)
+                and e.tags.get(contract.TAG_NODE) == name))
+            if e is not None and ours:
+                mem.view[eni_id] = e
+            else:
+                mem.view.pop(eni_id, None)
+                mem.dirty = True  # something unexpected: look at everything next time
+            if e is None or e.status not in (ATTACHING, DETACHING):
+                mem.polling.discard(eni_id)
 
     def _describe_one(self, eni_id: str) -> NetworkInterface | None:
         try:
@@ -581,12 +607,12 @@ class Reconciler:
             self.cloud.attach_eni(eni.eni_id, instance_id)
             mem.view[eni.eni_id] = replace(eni, status=ATTACHING, instance_id=instance_id)
             self.kube.patch_eni_status(eni.eni_id, {"phase": contract.PHASE_ATTACHING})
-            mem.dirty = True
+            mem.polling.add(eni.eni_id)
         elif isinstance(action, AttachENI):
             self.cloud.attach_eni(action.eni_id, instance_id)
             mem.view[action.eni_id] = replace(mem.view[action.eni_id], status=ATTACHING,
                                               instance_id=instance_id)
-            mem.dirty = True
+            mem.polling.add(action.eni_id)
         elif isinstance(action, AssignIPs):
             got = self.cloud.assign_ips(action.eni_id, action.count,
                                         client_token=f"eniway-{uuid.uuid4().hex[:24]}")
@@ -598,7 +624,7 @@ class Reconciler:
         elif isinstance(action, DetachENI):
             self.cloud.detach_eni(action.eni_id, instance_id)
             mem.view[action.eni_id] = replace(mem.view[action.eni_id], status=DETACHING)
-            mem.dirty = True
+            mem.polling.add(action.eni_id)
         elif isinstance(action, DeleteENI):
             with contextlib.suppress(NotFound):
                 self.cloud.delete_eni(action.eni_id)
@@ -648,7 +674,8 @@ class Reconciler:
                 if isinstance(action, AssignIPs) and action.eni_id in mem.view else "")
             if vsw:
                 mem.blocked[vsw] = self.clock() + block_for
-            mem.vsw_at = 0.0
+            with self._vsw_lock:
+                self._vsw_cache.clear()  # free counts changed: describe again
             errors.add(COND_VSW, "VSwitchExhausted", f"{vsw}: {e}")
             self.kube.node_event(name, "VSwitchExhausted", f"{vsw} has no free IP: {e}", uid=uid)
             errors.any = True
