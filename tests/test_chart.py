@@ -224,7 +224,8 @@ def test_every_pool_knob_in_values_is_known_to_the_operator() -> None:
     (["--set-json", 'pool.vswitches={"cn-hangzhou-i":["subnet-1"]}'], "vswitches"),
     (["--set-json", 'pool.eni_tags={"eniway.io/cluster":"x"}'], "eni_tags"),
     (["--set", "cloud.provider=aws"], "cloud.provider"),
-    (["--set", "cloud.endpoint=ecs.example.com"], "cloud.endpoint"),
+    (["--set", "cloud.endpoint=ftp://ecs.example.com"], "cloud.endpoint"),
+    (["--set", "cloud.endpoint=ecs example"], "cloud.endpoint"),
     (["--set", "operator.replicas=0"], "operator.replicas"),
     (["--set", "agent.mtu=100"], "agent.mtu"),
     (["--set", "agent.metricsPort=70000"], "agent.metricsPort"),
@@ -309,3 +310,19 @@ def test_rendered_commands_are_accepted_by_the_real_programs(
         parsed = cloudsim_main.build_parser().parse_args(c["args"])
         assert parsed.listen == "0.0.0.0:9480" and parsed.state.startswith("/var/lib/cloudsim/")
         assert c["ports"][0]["containerPort"] == 9480
+
+
+def test_pool_changes_apply_live_cloud_changes_restart() -> None:
+    """The operator re-reads pool settings through the API: changing them must not roll its
+    pods; cloud settings reach it as environment variables, so changing them must."""
+    def template(values: dict[str, Any]) -> dict[str, Any]:
+        docs = render(values=values, show_only=("templates/operator-deployment.yaml",))
+        dep = next(d for d in docs if d["kind"] == "Deployment")
+        return dict(dep["spec"]["template"])
+
+    base = template({})
+    assert template({"pool": {"max_pool_size": 20, "min_pool_size": 3}}) == base
+    for changed in ({"cloud": {"region": "cn-beijing"}}, {"clusterId": "other"},
+                    {"cloud": {"endpoint": "ecs-vpc.cn-hangzhou.aliyuncs.com"}},
+                    {"cloud": {"credentials": {"existingSecret": "ak2"}}}):
+        assert template(changed)["metadata"] != base["metadata"], changed

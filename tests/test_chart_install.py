@@ -108,14 +108,14 @@ def test_install_creates_everything(release: LocalCluster) -> None:
 def test_upgrade_changes_what_it_should(release: LocalCluster) -> None:
     cluster = release
     before = _get(cluster, "deployment", f"{FULL}-operator", "-n", NS)
-    checksum = before["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+    checksum = before["spec"]["template"]["metadata"]["annotations"]["checksum/cloud"]
     agent_gen = _get(cluster, "daemonset", f"{FULL}-agent", "-n", NS)["metadata"]["generation"]
     _helm(cluster, "upgrade", RELEASE, str(CHART), "-n", NS, "--reuse-values",
           "--set", "operator.replicas=3", "--set", "pool.max_pool_size=9",
           "--set", "cloud.provider=cloudsim", "--set", "cloud.credentials.existingSecret=ak")
     dep = _get(cluster, "deployment", f"{FULL}-operator", "-n", NS)
     assert dep["spec"]["replicas"] == 3
-    assert dep["spec"]["template"]["metadata"]["annotations"]["checksum/config"] != checksum
+    assert dep["spec"]["template"]["metadata"]["annotations"]["checksum/cloud"] != checksum
     env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["ALIBABA_CLOUD_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "ak"
     cm = _get(cluster, "configmap", f"{FULL}-config", "-n", NS)
