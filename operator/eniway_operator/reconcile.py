@@ -85,6 +85,7 @@ class Settings:
     resync: float = 60.0  # full cloud describe at least this often per node
     instance_ttl: float = 60.0
     vswitch_ttl: float = 30.0
+    tagged_ttl: float = 5.0
     config_ttl: float = 5.0
     poll: float = 1.0  # while an ENI attaches or detaches
     backoff_base: float = 2.0
@@ -141,6 +142,8 @@ class Reconciler:
         self._limits: dict[str, InstanceLimits] = {}
         self._vsw_cache: dict[tuple[str, ...], tuple[float, tuple[VSwitch, ...]]] = {}
         self._vsw_lock = threading.Lock()
+        self._tagged: tuple[float, list[NetworkInterface]] = (-1e9, [])
+        self._tagged_lock = threading.Lock()
         self._cm: tuple[float, Mapping[str, Any] | Exception] = (0.0, {})
 
     # -- helpers -------------------------------------------------------------------------
@@ -352,12 +355,9 @@ class Reconciler:
     def _refresh_view(self, name: str, mem: NodeMemory, instance_id: str,
                       resources: Mapping[str, JSON]) -> None:
         view = {e.eni_id: e for e in self.cloud.describe_enis(instance_id=instance_id)}
-        tagged = self.cloud.describe_enis(tags={
-            contract.TAG_CREATOR: contract.TAG_CREATOR_VALUE,
-            contract.TAG_CLUSTER: self.settings.cluster_id, contract.TAG_NODE: name})
-        for e in tagged:
-            if e.status == AVAILABLE and (e.tags.get(contract.TAG_INSTANCE) or "") in (
-                    "", instance_id):
+        for e in self._tagged_available():
+            if e.eni_id not in view and e.tags.get(contract.TAG_NODE) == name and (
+                    e.tags.get(contract.TAG_INSTANCE) or "") in ("", instance_id):
                 view[e.eni_id] = e
         for eni_id in set(resources) - set(view):
             found = self._describe_one(eni_id)
@@ -376,6 +376,25 @@ class Reconciler:
         mem.view_at = self.clock()
         mem.dirty = False
         mem.polling.clear()
+
+    def _tagged_available(self) -> list[NetworkInterface]:
+        """This cluster's Available ENIs (created, not attached), for every node at once.
+        Shared for a few seconds: only this (leading) process creates ENIs and it keeps
+        those in its node views, so a short-lived copy cannot hide a fresh one; what it
+        finds are leftovers of a previous process (a create whose answer was lost)."""
+        with self._tagged_lock:
+            at, cached = self._tagged
+            now = time.monotonic()
+            if now - at >= self.settings.tagged_ttl:
+                cached = self.cloud.describe_enis(status=AVAILABLE, tags={
+                    contract.TAG_CREATOR: contract.TAG_CREATOR_VALUE,
+                    contract.TAG_CLUSTER: self.settings.cluster_id})
+                self._tagged = (now, cached)
+            return [e for e in cached if e.status == AVAILABLE and self.managed(e)]
+
+    def _forget_tagged(self) -> None:
+        with self._tagged_lock:
+            self._tagged = (-1e9, [])
 
     def _poll(self, name: str, mem: NodeMemory, instance_id: str) -> None:
         """While ENIs attach or detach, describe only those (one call), not the node."""
@@ -609,6 +628,7 @@ class Reconciler:
             self.kube.patch_eni_status(eni.eni_id, {"phase": contract.PHASE_ATTACHING})
             mem.polling.add(eni.eni_id)
         elif isinstance(action, AttachENI):
+            self._forget_tagged()
             self.cloud.attach_eni(action.eni_id, instance_id)
             mem.view[action.eni_id] = replace(mem.view[action.eni_id], status=ATTACHING,
                                               instance_id=instance_id)
@@ -626,6 +646,7 @@ class Reconciler:
             mem.view[action.eni_id] = replace(mem.view[action.eni_id], status=DETACHING)
             mem.polling.add(action.eni_id)
         elif isinstance(action, DeleteENI):
+            self._forget_tagged()
             with contextlib.suppress(NotFound):
                 self.cloud.delete_eni(action.eni_id)
             mem.view.pop(action.eni_id, None)
@@ -730,6 +751,8 @@ class Reconciler:
                 log.info("detach %s: %s (will retry)", eni.eni_id, e)
             return False
         if eni.status == AVAILABLE:
+            log.info("ENI %s: its resource is deleted; deleting it", eni.eni_id)
+            self._forget_tagged()
             with contextlib.suppress(NotFound):
                 self.cloud.delete_eni(eni.eni_id)
             metrics.GC_DELETED.labels("eni").inc()
