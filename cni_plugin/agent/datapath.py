@@ -109,7 +109,11 @@ class Datapath:
                 index = socket.if_nametoindex(ifname) if ifname else None
             except OSError:
                 index = None
-        ipr = IPRoute(use_socket=sock)
+        # Reuse this thread's event loop (the host handle's): a new loop per pod costs
+        # about half a millisecond to create and tear down.
+        loop = getattr(getattr(self.host(), "asyncore", None), "event_loop", None)
+        ipr = IPRoute(use_socket=sock, use_event_loop=loop) if loop else IPRoute(
+            use_socket=sock)
         try:
             yield ipr, index
         finally:
