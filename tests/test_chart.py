@@ -143,7 +143,7 @@ def test_other_values_render_cloudsim_credentials_and_paths() -> None:
                   "credentials": {"existingSecret": "ecs-ak"}},
         "operator": {"replicas": 3, "hostNetwork": False,
                      "leaderElection": {"enabled": False, "leaseName": "x"}},
-        "agent": {"mtu": 1400, "cniChain": [{"type": "bandwidth", "capabilities": {
+        "agent": {"mtu": 1400, "hostPID": True, "cniChain": [{"type": "bandwidth", "capabilities": {
                   "bandwidth": True}}], "updateStrategy": {"maxUnavailable": "20%"},
                   "installCNI": {"enabled": True, "binDir": "/home/kubernetes/bin",
                                  "confDir": "/etc/cni/net.d", "libDir": "/opt/eniway"}},
@@ -180,6 +180,9 @@ def test_other_values_render_cloudsim_credentials_and_paths() -> None:
 
     ds = objs[("DaemonSet", "net-agent")]
     assert ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"] == "20%"
+    assert _container(agent_pod, "agent")["securityContext"]["capabilities"]["add"] == [
+        "NET_ADMIN", "NET_RAW", "SYS_ADMIN", "SYS_PTRACE"]
+    assert agent_pod["hostPID"] is True
     script = _container(agent_pod, "install-cni", init=True)["args"][0]
     assert "--bin-dir /home/kubernetes/bin" in script and "--mtu 1400" in script
     assert """--chain '[{"capabilities":{"bandwidth":true},"type":"bandwidth"}]'""" in script
