@@ -1,0 +1,220 @@
+#!/usr/bin/env python3
+"""Operator benchmark: cloud calls per 100 pods of churn, and time to warm N nodes against
+the time ECS's default rate limits alone would need.
+
+Real parts: a local control plane (hack/localcluster.py), eniway-cloudsim throttled at ECS's
+default per-API rates (the figures Terway uses, DESIGN.md §10), the operator as a child
+process talking to it through the official SDK, and the agent double for the nodes.
+
+    python3 hack/bench_operator.py [--nodes 200] [--pods 100] [--attach-delay 1.0]
+
+Prints figures; passes or fails nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, cast
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "hack"))
+sys.path.insert(0, str(REPO / "operator"))
+
+import yaml  # noqa: E402
+from kubernetes import client  # noqa: E402
+
+from cni_plugin import contract  # noqa: E402
+from eniway_cloudsim.testing import start_in_process  # noqa: E402
+from eniway_operator import kube as kube_mod  # noqa: E402
+from eniway_operator.cloud.ratelimit import DEFAULT_RATES  # noqa: E402
+from eniway_operator.testing import (  # noqa: E402
+    AgentDouble,
+    OperatorProcess,
+    delete_pods,
+    make_node,
+    make_pods,
+    wait_for,
+)
+from localcluster import LocalCluster  # noqa: E402
+
+ZONE = "cn-hangzhou-i"
+MUTATING = ("CreateNetworkInterface", "AttachNetworkInterface", "AssignPrivateIpAddresses",
+            "UnassignPrivateIpAddresses", "DetachNetworkInterface", "DeleteNetworkInterface")
+IP_CALLS = ("CreateNetworkInterface", "AssignPrivateIpAddresses", "UnassignPrivateIpAddresses")
+
+
+def rate_bound(calls: dict[str, int]) -> float:
+    """Seconds the per-API token buckets alone need for these calls (APIs in parallel,
+    each starting with a full bucket)."""
+    worst = 0.0
+    for api, n in calls.items():
+        rate = DEFAULT_RATES.get(api)
+        if rate is None or n <= rate.burst:
+            continue
+        worst = max(worst, (n - rate.burst) / rate.per_second)
+    return worst
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nodes", type=int, default=200)
+    ap.add_argument("--pods", type=int, default=100)
+    ap.add_argument("--warm", type=int, default=5, help="min_pool_size while warming")
+    ap.add_argument("--instance-type", default="ecs.g6.xlarge")
+    ap.add_argument("--attach-delay", type=float, default=1.0,
+                    help="seconds the emulator takes to attach an ENI")
+    ap.add_argument("--workers", type=int, default=16)
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="eniway-bench-"))
+    cluster = LocalCluster().start()
+    sim = start_in_process(attach_delay=args.attach_delay, detach_delay=args.attach_delay,
+                           eni_quota=10 * args.nodes + 100)
+    op: OperatorProcess | None = None
+    agent: AgentDouble | None = None
+    results: dict[str, Any] = {}
+    try:
+        for api_name, rate in DEFAULT_RATES.items():
+            sim.admin.set_throttle(api_name, rate.per_second, burst=rate.burst)
+        topo = sim.admin.bootstrap({ZONE: ["10.0.0.0/16", "10.1.0.0/16"]})
+        api = kube_mod.load_config(str(cluster.kubeconfig))
+        core = client.CoreV1Api(api)
+        ns = "eniway-bench"
+        core.create_namespace({"metadata": {"name": ns}})  # type: ignore[arg-type]
+        wait_for(lambda: core.list_namespaced_service_account(ns).items, 60, "service account")
+
+        def config(**pool: Any) -> None:
+            cfg = {"security_group_ids": [topo.security_group_id],
+                   "vswitches": {ZONE: topo.vswitch_ids(ZONE)}, "ip_cooldown": 0, **pool}
+            body = {"metadata": {"name": "eniway-config"},
+                    "data": {"config.yaml": yaml.safe_dump(cfg)}}
+            try:
+                core.create_namespaced_config_map(ns, body)  # type: ignore[arg-type]
+            except client.ApiException:
+                core.replace_namespaced_config_map("eniway-config", ns,
+                                                   body)  # type: ignore[arg-type]
+
+        def counts() -> dict[str, int]:
+            return {k: int(v) for k, v in sim.admin.call_counts()["calls"].items()}
+
+        def node_counts(name: str) -> dict[str, int]:
+            try:
+                pool = cast(dict[str, Any], client.CustomObjectsApi(api)
+                            .get_cluster_custom_object(contract.GROUP, contract.VERSION,
+                                                       contract.PLURAL_ENIPOOL, name))
+            except client.ApiException:
+                return {}
+            return cast(dict[str, int], (pool.get("status") or {}).get("counts") or {})
+
+        # --- churn ---------------------------------------------------------------------
+        config(min_pool_size=0, max_pool_size=5)
+        inst = sim.admin.create_instance("ecs.g6.4xlarge", topo.vswitch_ids(ZONE)[0],
+                                         [topo.security_group_id])
+        make_node(api, "churn", inst["provider_id"], "ecs.g6.4xlarge", ZONE)
+        agent = AgentDouble(api, ["churn"], interval=0.1).start()
+        op = OperatorProcess(cluster.kubeconfig, "bench", sim.endpoint, sim.region, ns,
+                             "eniway-config", (sim.access_key_id, sim.access_key_secret),
+                             tmp / "operator.log", extra=(f"--workers={args.workers}",))
+        op.start()
+        wait_for(lambda: node_counts("churn").get("total") == 0, 120, "churn node ready")
+        sim.admin.reset_call_counts()
+        t0 = time.monotonic()
+        pods = make_pods(api, "churn", args.pods, namespace=ns)
+        wait_for(lambda: len(agent.held("churn")) == args.pods, 600, "pods served")
+        t_up = time.monotonic() - t0
+        up = counts()
+        sim.admin.reset_call_counts()
+        delete_pods(api, pods, ns)
+        wait_for(lambda: len(agent.held("churn")) == 0, 300, "pods gone")
+        wait_for(lambda: node_counts("churn").get("free", 99) <= 5
+                 and not node_counts("churn").get("releasing"), 600, "pool shrunk")
+        down = counts()
+        per = 100.0 / args.pods
+        results["churn"] = {
+            "pods": args.pods, "scale_up_s": round(t_up, 2),
+            "up_calls": up, "down_calls": down,
+            "ip_calls_per_100_pods_up": round(sum(up.get(a, 0) for a in IP_CALLS) * per, 1),
+            "ip_calls_per_100_pods_down": round(
+                sum(down.get(a, 0) for a in IP_CALLS) * per, 1),
+            "mutating_calls_per_100_pods_churn": round(
+                sum(up.get(a, 0) + down.get(a, 0) for a in MUTATING) * per, 1),
+            "all_calls_per_100_pods_churn": round(
+                (sum(up.values()) + sum(down.values())) * per, 1),
+            "peer_one_ip_per_call": 200,
+        }
+
+        # --- warm N nodes --------------------------------------------------------------
+        config(min_pool_size=args.warm, max_pool_size=max(5, args.warm))
+        agent.stop()
+        names = []
+        instances = []
+        for i in range(args.nodes):
+            instances.append(sim.admin.create_instance(
+                args.instance_type, topo.vswitch_ids(ZONE)[i % 2], [topo.security_group_id]))
+        time.sleep(6)  # the operator has read the new config (its cache lasts 5 s)
+        sim.admin.reset_call_counts()
+        t0 = time.monotonic()
+        for i, inst in enumerate(instances):
+            name = f"warm-{i:04d}"
+            make_node(api, name, inst["provider_id"], args.instance_type, ZONE)
+            names.append(name)
+        t_nodes = time.monotonic() - t0
+
+        def warm_count() -> int:
+            got = cast(dict[str, Any], client.CustomObjectsApi(api).list_cluster_custom_object(
+                contract.GROUP, contract.VERSION, contract.PLURAL_ENIPOOL))
+            items = cast(list[dict[str, Any]], got["items"])
+            return len([p for p in items if p["metadata"]["name"].startswith("warm-")
+                        and ((p.get("status") or {}).get("counts") or {}).get("free", 0)
+                        >= args.warm])
+
+        wait_for(lambda: warm_count() == args.nodes, 1800, f"{args.nodes} nodes warm",
+                 every=0.5)
+        t_warm = time.monotonic() - t0
+        calls = counts()
+        enis_per_node = math.ceil(args.warm / 10) if args.warm else 0
+        necessary = {"CreateNetworkInterface": args.nodes * enis_per_node,
+                     "AttachNetworkInterface": args.nodes * enis_per_node,
+                     "DescribeInstances": args.nodes}
+        bound_needed = rate_bound(necessary)
+        bound_made = rate_bound(calls)
+        results["warm"] = {
+            "nodes": args.nodes, "instance_type": args.instance_type, "min_pool_size": args.warm,
+            "attach_delay_s": args.attach_delay, "node_objects_created_s": round(t_nodes, 2),
+            "time_to_warm_s": round(t_warm, 2), "calls": calls,
+            "rate_limit_bound_for_necessary_calls_s": round(bound_needed, 2),
+            "rate_limit_bound_for_calls_made_s": round(bound_made, 2),
+            "ratio_vs_necessary": round(t_warm / bound_needed, 2) if bound_needed else None,
+            "ratio_vs_calls_made": round(t_warm / bound_made, 2) if bound_made else None,
+        }
+        print(json.dumps(results, indent=2))
+        c = results["churn"]
+        w = results["warm"]
+        print(f"\nchurn of {args.pods} pods: {c['ip_calls_per_100_pods_up']} IP calls per 100 "
+              f"pods up, {c['ip_calls_per_100_pods_down']} down (one IP per call: 100 each); "
+              f"{c['mutating_calls_per_100_pods_churn']} mutating calls, "
+              f"{c['all_calls_per_100_pods_churn']} calls with describes per 100 pods up+down")
+        print(f"warm {args.nodes} nodes: {w['time_to_warm_s']} s; ECS default rate limits "
+              f"alone need {w['rate_limit_bound_for_necessary_calls_s']} s for the necessary "
+              f"calls (ratio {w['ratio_vs_necessary']}), "
+              f"{w['rate_limit_bound_for_calls_made_s']} s for the calls made "
+              f"(ratio {w['ratio_vs_calls_made']})")
+        return 0
+    finally:
+        if agent is not None:
+            agent.stop()
+        if op is not None:
+            op.stop()
+        sim.close()
+        cluster.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
