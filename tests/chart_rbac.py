@@ -2,16 +2,18 @@
 kubeconfigs, so the operator and the agent can run as processes with exactly the rights the
 chart grants them.
 
-    rbac = install_chart_rbac(cluster)               # namespace eniway-system, release eniway
-    eniway-operator --kubeconfig rbac.operator_kubeconfig --namespace rbac.namespace \
-        --configmap rbac.configmap --lease-name rbac.lease_name --cluster-id ...
-    eniway-agent --kubeconfig rbac.agent_kubeconfig --node-name ...
+    rbac = install_chart_rbac(cluster)   # namespace eniway-system, release eniway
+    # eniway-operator --kubeconfig {rbac.operator_kubeconfig} --namespace {rbac.namespace}
+    #     --configmap {rbac.configmap} --lease-name {rbac.lease_name} --cluster-id ...
+    # eniway-agent --kubeconfig {rbac.agent_kubeconfig} --node-name ...
     rbac.uninstall(cluster)
 
 What is applied is what ``helm template`` renders from charts/eniway (ServiceAccounts,
 ClusterRoles, Roles and their bindings, and by default the pool ConfigMap), with the same
-values a real install would use. The operator may read only that ConfigMap (by name) and
-hold only that Lease (by name) in ``namespace``.
+values a real install would use. The operator may read only that ConfigMap (by name:
+``<release>-config``, so ``eniway-config`` for release ``eniway``) and hold only that Lease
+(``eniway-operator`` by default) in ``namespace``. To bring a ConfigMap of your own under
+that name, pass ``with_config=False``.
 """
 
 from __future__ import annotations
