@@ -13,8 +13,8 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 log = logging.getLogger("eniway.server")
@@ -27,9 +27,12 @@ class ShimServer:
                  workers: int = 16) -> None:
         self.path = path
         self.handle = handle
-        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="cni")
+        self.workers = workers
         self.sock: socket.socket | None = None
         self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._active = 0
+        self._active_lock = threading.Lock()
 
     def bind(self) -> None:
         os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
@@ -45,7 +48,9 @@ class ShimServer:
         sock.listen(256)
         self.sock = sock
 
-    def serve_forever(self) -> None:
+    def _accept_loop(self) -> None:
+        # Every worker blocks in accept() on the shared socket: the kernel hands a new
+        # connection straight to an idle worker, with no thread hand-off in between.
         assert self.sock is not None
         while not self._stop.is_set():
             try:
@@ -53,20 +58,34 @@ class ShimServer:
             except OSError:
                 if self._stop.is_set():
                     return
-                raise
-            self.pool.submit(self._serve, conn)
+                continue
+            with self._active_lock:
+                self._active += 1
+            try:
+                self._serve(conn)
+            except Exception:
+                log.exception("serving a CNI request")
+            finally:
+                with self._active_lock:
+                    self._active -= 1
 
     def start(self) -> None:
-        threading.Thread(target=self.serve_forever, name="shim-server", daemon=True).start()
+        for i in range(self.workers):
+            t = threading.Thread(target=self._accept_loop, name=f"cni-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
 
-    def close(self) -> None:
+    def close(self, drain: float = 20.0) -> None:
         self._stop.set()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
         if self.sock is not None:
             with contextlib.suppress(OSError):
                 self.sock.shutdown(socket.SHUT_RDWR)
             self.sock.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        deadline = time.monotonic() + drain
+        while self._active and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def _serve(self, conn: socket.socket) -> None:
         with conn:
