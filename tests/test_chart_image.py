@@ -260,3 +260,43 @@ def test_init_container_script_installs_and_upgrades(tmp_path: Path) -> None:
     body = script.replace("src=/usr/local/lib/eniway/python", f"src={staged}")
     bad = subprocess.run(["/bin/sh", "-ec", body], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "is built for" in bad.stderr, bad.stderr
+
+
+def test_wheel_builds_from_the_docker_build_context(tmp_path: Path) -> None:
+    """The Dockerfile's build stage, as far as it can run offline: the files the build
+    context keeps (after .dockerignore), laid out as its COPY lines do, build the project's
+    wheel, and the wheel holds every entry point the chart runs, the instance-type table and
+    the CNI shim."""
+    import zipfile
+
+    ctx = tmp_path / "src"
+    copies = [shlex.split(r) for w, r in _instructions() if w == "COPY" and "--from" not in r]
+    for args in copies:
+        *sources, dest = args
+        for src in sources:
+            path = REPO / src
+            files = [path] if path.is_file() else sorted(p for p in path.rglob("*")
+                                                         if p.is_file())
+            for f in files:
+                rel = f.relative_to(REPO)
+                if _dockerignored(str(rel)):
+                    continue
+                if dest.startswith("/"):
+                    continue  # copied outside the build dir (the bundler), not in the wheel
+                target = ctx / dest / (rel.name if path.is_file() else f.relative_to(path))
+                if path.is_file() and not dest.endswith("/"):
+                    target = ctx / dest
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(f, target)
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                          "--no-build-isolation", "--wheel-dir", str(tmp_path / "wheels"),
+                          str(ctx)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    (wheel,) = (tmp_path / "wheels").glob("eniway-0.1.0-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "cni_plugin/shim.py" in names and "cni_plugin/contract.py" in names
+    assert "eniway_operator/data/aliyun_instance_types.tsv" in names
+    entry_points = zipfile.ZipFile(wheel).read(
+        next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
+    for script in ("eniway-operator", "eniway-agent", "eniway-cloudsim", "eniway "):
+        assert script in entry_points, script
