@@ -250,9 +250,8 @@ def test_nodes_of_three_types_converge(env: Env) -> None:
         limits = env.provider.instance_limits(env.nodes[node]["instance_type"])
         assert pool["status"]["limits"]["maxPods"] == limits.max_pods
         assert pool["status"]["config"]["min_pool_size"] == 3
-        node_obj = env.core.read_node(node)
-        assert node_obj.metadata.annotations[contract.ANNOTATION_MAX_PODS] == str(
-            limits.max_pods)
+        annotations = (env.core.read_node(node).metadata or client.V1ObjectMeta()).annotations
+        assert (annotations or {})[contract.ANNOTATION_MAX_PODS] == str(limits.max_pods)
     # The t6 cannot take an ENI while running: a condition and an Event say so.
     wait_for(lambda: env.condition(t6, "HotSwapUnsupported") == "True", 30, "t6 condition")
     assert any(e["reason"] == "HotSwapUnsupported" for e in env.events(t6))
