@@ -329,3 +329,17 @@ def test_pool_changes_apply_live_cloud_changes_restart() -> None:
                     {"cloud": {"endpoint": "ecs-vpc.cn-hangzhou.aliyuncs.com"}},
                     {"cloud": {"credentials": {"existingSecret": "ak2"}}}):
         assert template(changed)["metadata"] != base["metadata"], changed
+
+
+def test_operator_disruption_budget_where_policy_v1_exists() -> None:
+    """On Kubernetes 1.21+ a node drain keeps one operator replica; a single replica gets no
+    budget (it would block every drain)."""
+    extra = ("--api-versions", "policy/v1/PodDisruptionBudget")
+    objs = _by_kind(render(extra=extra))
+    pdb = objs[("PodDisruptionBudget", "eniway-operator")]
+    dep = objs[("Deployment", "eniway-operator")]
+    assert pdb["apiVersion"] == "policy/v1" and pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    single = render(values={"operator": {"replicas": 1}}, extra=extra)
+    assert not [d for d in single if d["kind"] == "PodDisruptionBudget"]
+    assert not [d for d in render() if d["kind"] == "PodDisruptionBudget"]  # 1.20: none
