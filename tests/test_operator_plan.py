@@ -61,11 +61,11 @@ def kinds(plan: object) -> list[str]:
     ((PRIMARY,), 0, CFG, []),
     # new node, min pool 3: one ENI created with the 3 IPs at once on the freest vSwitch
     ((PRIMARY,), 0, replace(CFG, min_pool_size=3), [CreateENI("vsw-aaaa0001", 3)]),
-    # pending pods surge past the ENI's room: two ENIs (9 each), batched at 10 per call
-    ((PRIMARY,), 12, CFG, [CreateENI("vsw-aaaa0001", 9), CreateENI("vsw-aaaa0001", 3)]),
-    # room on an InUse ENI: assign there (2 free already), no create
+    # pending pods surge past the ENI's room: two ENIs, each create carrying a full batch
+    ((PRIMARY,), 12, CFG, [CreateENI("vsw-aaaa0001", 9), CreateENI("vsw-aaaa0001", 9)]),
+    # room on an InUse ENI: assign there (2 free already; pods arriving: a full call)
     ((PRIMARY, ENIView("eni-a1", INUSE, "vsw-aaaa0001", ips("10.0.0", 2))), 4, CFG,
-     [AssignIPs("eni-a1", 2)]),
+     [AssignIPs("eni-a1", 7)]),
     # an ENI attaching counts as coming: nothing more
     ((PRIMARY, ENIView("eni-a1", ATTACHING, "vsw-aaaa0001")), 4, CFG, []),
     # an Available ENI of ours is attached before anything is created
@@ -74,7 +74,10 @@ def kinds(plan: object) -> list[str]:
     ((PRIMARY,), 5, replace(CFG, surge_pending=False), []),
     # unmanaged ENIs are never filled
     ((PRIMARY, ENIView("eni-x", INUSE, "vsw-aaaa0001", managed=False)), 2, CFG,
-     [CreateENI("vsw-aaaa0001", 2)]),
+     [CreateENI("vsw-aaaa0001", 9)]),
+    # the same without pods waiting (min_pool_size): exactly what is missing
+    ((PRIMARY, ENIView("eni-a1", INUSE, "vsw-aaaa0001", ips("10.0.0", 2))), 0,
+     replace(CFG, min_pool_size=4), [AssignIPs("eni-a1", 2)]),
 ])
 def test_growth(enis: tuple[ENIView, ...], pending: int, cfg: PoolConfig,
                 expect: list[object]) -> None:
@@ -87,7 +90,21 @@ def test_assign_batches_of_ten() -> None:
     assert plan.actions == [AssignIPs("eni-b1", 10), AssignIPs("eni-b1", 9)]
     plan = plan_node(state(limits=BIG, enis=(PRIMARY, e), pending=25))
     assert plan.actions == [AssignIPs("eni-b1", 10), AssignIPs("eni-b1", 9),
+                            CreateENI("vsw-aaaa0001", 10)]
+    plan = plan_node(state(limits=BIG, enis=(PRIMARY, e), config=replace(CFG, min_pool_size=25)))
+    assert plan.actions == [AssignIPs("eni-b1", 10), AssignIPs("eni-b1", 9),
                             CreateENI("vsw-aaaa0001", 6)]
+
+
+def test_surge_asks_in_whole_batches_and_keeps_them() -> None:
+    e = ENIView("eni-b1", INUSE, "vsw-aaaa0001", ips("10.0.0", 3))
+    plan = plan_node(state(limits=BIG, enis=(PRIMARY, e), pending=4))
+    assert plan.actions == [AssignIPs("eni-b1", 10)]  # 1 missing, a whole call asked
+    full = ENIView("eni-b1", INUSE, "vsw-aaaa0001", ips("10.0.0", 13))
+    plan = plan_node(state(limits=BIG, enis=(PRIMARY, full), pending=4))
+    assert plan.actions == [] and plan.release == frozenset()  # kept while pods arrive
+    plan = plan_node(state(limits=BIG, enis=(PRIMARY, full), pending=0))
+    assert len(plan.release) == 8  # surge over: back to max_pool_size
 
 
 def test_warm_up_once() -> None:
@@ -182,6 +199,22 @@ def test_excess_is_marked_not_unassigned() -> None:
     assert len(plan.release) == 3  # 8 free, ceiling max_pool_size 5
 
 
+def test_unassign_waits_briefly_to_fill_a_batch() -> None:
+    rel = frozenset(ips("10.0.0", 3))
+    young = {ip: 998.0 for ip in rel}
+    plan = plan_node(state(enis=(PRIMARY, _eni_with(8)), release=rel, acknowledged=rel,
+                           marked_at=young))
+    assert plan.actions == []
+    old = {ip: 990.0 for ip in rel}
+    plan = plan_node(state(enis=(PRIMARY, _eni_with(8)), release=rel, acknowledged=rel,
+                           marked_at=old))
+    assert plan.actions == [UnassignIPs("eni-a1", tuple(sorted(rel)))]
+    ten = frozenset(ips("10.0.0", 10))
+    plan = plan_node(state(limits=BIG, enis=(PRIMARY, _eni_with(12)), release=ten,
+                           acknowledged=ten, marked_at={ip: 999.0 for ip in ten}))
+    assert [type(a) for a in plan.actions] == [UnassignIPs]  # a full batch goes at once
+
+
 def test_unassign_only_acknowledged() -> None:
     rel = frozenset(ips("10.0.0", 3))
     plan = plan_node(state(enis=(PRIMARY, _eni_with(8)), release=rel,
@@ -262,7 +295,7 @@ def test_empty_eni_detached_after_grace_then_deleted() -> None:
 
 def test_deleting_resource_hands_off() -> None:
     e = ENIView("eni-a1", INUSE, "vsw-aaaa0001", ips("10.0.0", 3), deleting=True)
-    plan = plan_node(state(enis=(PRIMARY, e), pending=2))
+    plan = plan_node(state(enis=(PRIMARY, e), config=replace(CFG, min_pool_size=2)))
     assert plan.actions == [CreateENI("vsw-aaaa0001", 2)]
 
 
@@ -301,7 +334,7 @@ def test_no_hot_swap_while_running() -> None:
 ])
 def test_vswitch_choice(cfg: PoolConfig, blocked: dict[str, float],
                         vswitches: tuple[VSwitch, ...], expect: str) -> None:
-    plan = plan_node(state(config=cfg, pending=1, blocked_vswitches=blocked,
+    plan = plan_node(state(config=replace(cfg, min_pool_size=1), blocked_vswitches=blocked,
                            vswitches=vswitches))
     assert plan.actions == [CreateENI(expect, 1)]
 
@@ -315,7 +348,7 @@ def test_all_vswitches_exhausted_raises_condition() -> None:
 
 def test_blocked_vswitch_eni_not_filled() -> None:
     e = ENIView("eni-a1", INUSE, "vsw-aaaa0001", ips("10.0.0", 1))
-    plan = plan_node(state(enis=(PRIMARY, e), pending=3,
+    plan = plan_node(state(enis=(PRIMARY, e), config=replace(CFG, min_pool_size=3),
                            blocked_vswitches={"vsw-aaaa0001": 2000.0}))
     assert plan.actions == [CreateENI("vsw-bbbb0002", 2)]  # 1 free already
 

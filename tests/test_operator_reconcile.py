@@ -17,6 +17,7 @@ from kubernetes.client.rest import ApiException
 from cni_plugin import contract
 from eniway_operator import kube as kube_mod
 from eniway_operator.metrics import MeteredProvider
+from eniway_operator.plan import RELEASE_BATCH_WAIT
 from eniway_operator.reconcile import Demand, Reconciler, Settings
 from eniway_operator.testing import make_node
 
@@ -117,13 +118,15 @@ def _counts(w: World, node: str) -> dict[str, int]:
 
 def test_withdrawn_ack_between_plan_and_act_stops_the_unassign(world: World) -> None:
     node = world.node()
-    world.rounds(node, Demand(pending=8), lambda: _counts(world, node).get("free") == 8)
+    world.rounds(node, Demand(pending=8), lambda: _counts(world, node).get("free", 0) >= 8)
     # Demand gone: 3 above max_pool_size (5) are marked, nothing unassigned yet.
     world.rec.reconcile(node, Demand())
     marked = world.release(node)
-    assert len(marked) == 3
+    assert len(marked) == _counts(world, node)["total"] - 5  # above max_pool_size
+    assert len(marked) >= 3
     assert world.cloud.calls[UNASSIGN] == 0
     world.ack(node, marked)
+    time.sleep(RELEASE_BATCH_WAIT + 0.2)  # fewer than a batch: they wait that long
 
     # The agent withdraws one acknowledgement after the round planned the unassign,
     # just before it acts: that IP must stay.
@@ -158,13 +161,14 @@ def test_withdrawn_ack_between_plan_and_act_stops_the_unassign(world: World) -> 
 
 def test_ip_held_by_a_pod_is_never_unassigned_even_if_acked(world: World) -> None:
     node = world.node()
-    world.rounds(node, Demand(pending=8), lambda: _counts(world, node).get("free") == 8)
+    world.rounds(node, Demand(pending=8), lambda: _counts(world, node).get("free", 0) >= 8)
     world.rec.reconcile(node, Demand())
     marked = world.release(node)
     # A buggy agent acknowledges an IP a PodIP holds: the operator still keeps it.
     held = marked[0]
     world.ack(node, marked)
     pods = {held: ("default", "p0", "uid-0")}
+    time.sleep(RELEASE_BATCH_WAIT + 0.2)
     world.rec.reconcile(node, Demand(pods=pods))
     on_cloud = world.cloud_ips(node)
     assert held in on_cloud

@@ -34,6 +34,9 @@ COND_CONFIG = "ConfigInvalid"
 COND_WARM = "WarmedUp"
 COND_READY = "Ready"
 
+# Acknowledged IPs of an ENI wait this long for more to fill a batch before unassigning.
+RELEASE_BATCH_WAIT = 5.0
+
 
 @dataclass(frozen=True)
 class ENIView:
@@ -61,6 +64,7 @@ class NodeState:
     free_since: Mapping[str, float] = field(default_factory=dict)  # IP -> became free at
     cooling: frozenset[str] = frozenset()  # IPs a pod gave back less than ip_cooldown ago
     release: frozenset[str] = frozenset()  # ENIPool spec.release.ips
+    marked_at: Mapping[str, float] = field(default_factory=dict)  # IP -> listed since
     acknowledged: frozenset[str] = frozenset()  # ENIPool status.agent.acknowledged
     pending: int = 0  # pods on the node waiting for an IP
     vswitches: tuple[VSwitch, ...] = ()  # described candidates (config'd ones for the zone)
@@ -218,6 +222,8 @@ def plan_node(state: NodeState) -> Plan:
     # An ENI still attaching is filled once it is InUse: count its room as coming.
     headroom = max(max_total - len(all_ips) - sum(len(e.ips) for e in attaching), 0)
     deficit = want_free - len(warm) - cap * len(attaching)
+    # Pods are arriving: a call carries a whole batch, the next pods take the rest.
+    surge = pending > 0
 
     # 1. Take back IPs marked for release before asking the cloud for new ones.
     if deficit > 0 and release:
@@ -232,7 +238,8 @@ def plan_node(state: NodeState) -> Plan:
                 break
             if not e.managed or e.vswitch_id in blocked:
                 continue
-            room = min(cap - len(e.ips), headroom, deficit)
+            want = math.ceil(deficit / cfg.ips_per_call) * cfg.ips_per_call if surge else deficit
+            room = min(cap - len(e.ips), headroom, want)
             for n in chunks(room, cfg.ips_per_call):
                 plan.actions.append(AssignIPs(e.eni_id, n))
             deficit -= max(room, 0)
@@ -261,7 +268,7 @@ def plan_node(state: NodeState) -> Plan:
                 plan.conditions[COND_VSW] = Condition(True, "VSwitchExhausted", why)
             else:
                 for _ in range(n_create):
-                    take = min(max(deficit, 0), cap, cfg.ips_per_call)
+                    take = min(cap if surge else max(deficit, 0), cap, cfg.ips_per_call)
                     plan.actions.append(CreateENI(vsw, take))
                     deficit -= cap
                     slots_used += 1
@@ -278,6 +285,8 @@ def plan_node(state: NodeState) -> Plan:
     marked_now: set[str] = set()
     if deficit <= 0:
         ceiling = max(cfg.max_pool_size, want_free)
+        if surge:  # what a whole-batch call brought beyond the pods stays for the next
+            ceiling = max(ceiling, want_free + cfg.ips_per_call)
         unmarked = warm - release
         excess = len(unmarked) - ceiling
         if excess > 0:
@@ -301,6 +310,9 @@ def plan_node(state: NodeState) -> Plan:
     for ip in done:
         by_eni.setdefault(ip_eni[ip], []).append(ip)
     for eni_id, ips in sorted(by_eni.items()):
+        oldest = min(state.marked_at.get(ip, 0.0) for ip in ips)
+        if len(ips) < cfg.ips_per_call and now - oldest < RELEASE_BATCH_WAIT:
+            continue  # a few more may come: one call for them all
         for i in range(0, len(ips), cfg.ips_per_call):
             plan.actions.append(UnassignIPs(eni_id, tuple(ips[i:i + cfg.ips_per_call])))
     # Unassigned IPs stay listed until the executor has actually unassigned them.

@@ -83,7 +83,7 @@ class Settings:
     config_namespace: str = "kube-system"
     config_name: str = "eniway-config"
     resync: float = 60.0  # full cloud describe at least this often per node
-    instance_ttl: float = 60.0
+    instance_ttl: float = 300.0  # type and zone never change; hot-swap waits refresh sooner
     vswitch_ttl: float = 30.0
     tagged_ttl: float = 5.0
     config_ttl: float = 5.0
@@ -109,6 +109,7 @@ class NodeMemory:
     vsw_key: tuple[str, ...] = ()
     blocked: dict[str, float] = field(default_factory=dict)
     freed_at: dict[str, float] = field(default_factory=dict)
+    marked_at: dict[str, float] = field(default_factory=dict)  # unknown after a restart: 0
     last_idle_reclaim: float = 0.0
     failures: int = 0
     throttled: bool = False
@@ -142,6 +143,7 @@ class Reconciler:
         self._limits: dict[str, InstanceLimits] = {}
         self._vsw_cache: dict[tuple[str, ...], tuple[float, tuple[VSwitch, ...]]] = {}
         self._vsw_lock = threading.Lock()
+        self._vsw_static: dict[str, VSwitch] = {}
         self._tagged: tuple[float, list[NetworkInterface]] = (-1e9, [])
         self._tagged_lock = threading.Lock()
         self._cm: tuple[float, Mapping[str, Any] | Exception] = (0.0, {})
@@ -270,12 +272,13 @@ class Reconciler:
             instance_running=info.status != "Stopped",
             enis=tuple(self._views(mem, resources, now)),
             allocated=frozenset(allocated), free_since=free_since, cooling=cooling,
-            release=frozenset(self._release(pool)),
+            release=frozenset(self._release(pool)), marked_at=dict(mem.marked_at),
             acknowledged=frozenset(agent.get("acknowledged") or []),
             pending=demand.pending, vswitches=vswitches,
             default_vswitch=info.vswitch_id, blocked_vswitches=dict(mem.blocked),
             warmed_up=warmed, last_idle_reclaim=mem.last_idle_reclaim)
         plan = plan_node(state)
+        mem.marked_at = {ip: mem.marked_at.get(ip, now) for ip in plan.release}
         if plan.idle_reclaimed:
             mem.last_idle_reclaim = now
 
@@ -351,6 +354,25 @@ class Reconciler:
                 self._vsw_cache[ids] = (now, cached)
         mem.vswitches, mem.vsw_key, mem.vsw_at = cached, ids, now
         return cached
+
+    def _one_vswitch(self, vswitch_id: str) -> VSwitch | None:
+        """A vSwitch's CIDR and gateway for an ENI record (they never change: cached)."""
+        with self._vsw_lock:
+            for _, cached in self._vsw_cache.values():
+                for v in cached:
+                    if v.vswitch_id == vswitch_id:
+                        return v
+            known = self._vsw_static.get(vswitch_id)
+        if known is not None:
+            return known
+        try:
+            found = self.cloud.describe_vswitches([vswitch_id])
+        except CloudError:
+            return None
+        if found:
+            with self._vsw_lock:
+                self._vsw_static[vswitch_id] = found[0]
+        return found[0] if found else None
 
     def _refresh_view(self, name: str, mem: NodeMemory, instance_id: str,
                       resources: Mapping[str, JSON]) -> None:
@@ -447,11 +469,7 @@ class Reconciler:
         if e.security_group_ids:
             spec["securityGroupIds"] = list(e.security_group_ids)[:5]
         if vsw is None:
-            try:
-                found = self.cloud.describe_vswitches([e.vswitch_id])
-                vsw = found[0] if found else None
-            except CloudError:
-                vsw = None
+            vsw = self._one_vswitch(e.vswitch_id)
         if vsw is not None:
             spec["vSwitchCidr"] = vsw.cidr
             spec["gatewayIP"] = vsw.gateway
