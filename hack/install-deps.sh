@@ -24,10 +24,15 @@ fi
 
 stamp="${ENIWAY_CACHE:-$HOME/.cache/eniway}/pip-stamp"
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
-if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]] || ! "$PY" -c 'import cni_plugin, eniway_operator' 2>/dev/null; then
+# Reinstall when pyproject changed or the installed package is another checkout's.
+here="$(pwd -P)"
+installed_from() {
+  (cd / && "$PY" -c 'import os, eniway_operator; print(os.path.realpath(eniway_operator.__file__))' 2>/dev/null) || true
+}
+if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" || "$(installed_from)" != "$here/"* ]]; then
   echo "[deps] pip install -e .[test]" >&2
   "$PY" -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v -e '^WARNING: Location' -e 'Running pip as the' >&2 || true
-  "$PY" -c 'import cni_plugin, eniway_operator'
+  [[ "$(installed_from)" == "$here/"* ]] || { echo "[deps] eniway is not importable from $here" >&2; exit 1; }
   mkdir -p "$(dirname "$stamp")" && echo "$want" > "$stamp"
 fi
 
