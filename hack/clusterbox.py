@@ -185,14 +185,7 @@ class ClusterBox:
         ])
 
     def stop_operator(self, sig: int = signal.SIGTERM) -> None:
-        if self.operator is not None and self.operator.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.operator.send_signal(sig)
-            try:
-                self.operator.wait(15)
-            except subprocess.TimeoutExpired:
-                self.operator.kill()
-                self.operator.wait()
+        _stop(self.operator, sig)
         self.operator = None
 
     def _start_node(self, spec: NodeSpec, vswitch: str, sg: str) -> None:
@@ -236,14 +229,7 @@ class ClusterBox:
 
     def stop_agent(self, name: str, sig: int = signal.SIGTERM) -> None:
         node = self.node_by_name[name]
-        if node.agent is not None and node.agent.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                node.agent.send_signal(sig)
-            try:
-                node.agent.wait(15)
-            except subprocess.TimeoutExpired:
-                node.agent.kill()
-                node.agent.wait()
+        _stop(node.agent, sig)
         node.agent = None
 
     # -- queries -------------------------------------------------------------------------
@@ -302,6 +288,19 @@ class ClusterBox:
     def operator_log(self) -> str:
         path = self.workdir / "operator.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+
+def _stop(proc: subprocess.Popen[bytes] | None, sig: int) -> None:
+    """Signal a child (SIGKILL simulates a crash), then reap it; KILL after 15 s."""
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(sig)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def wait_for(cond: Callable[[], Any], timeout: float, what: str,
