@@ -146,6 +146,10 @@ class Reconciler:
         self._vsw_static: dict[str, VSwitch] = {}
         self._tagged: tuple[float, list[NetworkInterface]] = (-1e9, [])
         self._tagged_lock = threading.Lock()
+        self._moving: set[str] = set()
+        self._moving_seen: dict[str, NetworkInterface | None] = {}
+        self._moving_at = -1e9
+        self._moving_lock = threading.Lock()
         self._cm: tuple[float, Mapping[str, Any] | Exception] = (0.0, {})
 
     # -- helpers -------------------------------------------------------------------------
@@ -294,9 +298,11 @@ class Reconciler:
                 if isinstance(e, Throttled | VSwitchExhausted | QuotaExceeded):
                     break
 
-        # Record
-        resources = {r["metadata"]["name"]: r for r in self.kube.list_enis(name)}
-        pool = self.kube.get_pool(name) or pool
+        # Record (re-read only what this round changed)
+        if plan.actions:
+            resources = {r["metadata"]["name"]: r for r in self.kube.list_enis(name)}
+        if plan.actions or plan.release != state.release:
+            pool = self.kube.get_pool(name) or pool
         states = self._ip_states(mem, resources, allocated, set(self._release(pool)), now)
         self._write_eni_statuses(mem, resources, states, demand.pods, now)
         counts = self._counts(mem, states, demand.pending)
@@ -419,8 +425,8 @@ class Reconciler:
             self._tagged = (-1e9, [])
 
     def _poll(self, name: str, mem: NodeMemory, instance_id: str) -> None:
-        """While ENIs attach or detach, describe only those (one call), not the node."""
-        found = {e.eni_id: e for e in self.cloud.describe_enis(eni_ids=sorted(mem.polling))}
+        """While ENIs attach or detach, describe only those, not the node."""
+        found = self._describe_moving(set(mem.polling))
         for eni_id in list(mem.polling):
             e = found.get(eni_id)
             ours = e is not None and (e.instance_id == instance_id or (
@@ -433,6 +439,22 @@ class Reconciler:
                 mem.dirty = True  # something unexpected: look at everything next time
             if e is None or e.status not in (ATTACHING, DETACHING):
                 mem.polling.discard(eni_id)
+
+    def _describe_moving(self, ids: set[str]) -> dict[str, NetworkInterface]:
+        """One describe for the ENIs every node is waiting on (up to a page), shared for a
+        moment: many nodes warming at once cost a few calls, not one each."""
+        with self._moving_lock:
+            self._moving |= ids
+            now = time.monotonic()
+            if now - self._moving_at < self.settings.poll / 2 and ids <= set(self._moving_seen):
+                return {i: e for i in ids if (e := self._moving_seen[i]) is not None}
+            want = sorted(ids | set(sorted(self._moving - ids)[:100 - len(ids)]))
+            found = {e.eni_id: e for e in self.cloud.describe_enis(eni_ids=want)}
+            self._moving_seen = {i: found.get(i) for i in want}
+            self._moving_at = now
+            self._moving = {i for i in self._moving
+                            if i in found and found[i].status in (ATTACHING, DETACHING)}
+            return {i: found[i] for i in ids if i in found}
 
     def _describe_one(self, eni_id: str) -> NetworkInterface | None:
         try:
@@ -540,8 +562,12 @@ class Reconciler:
                     ips.append(entry)
             old = r.get("status") or {}
             empty = parse_time(old.get("emptySince")) if not ips else None
+            phase = PHASE_OF.get(e.status, contract.PHASE_CREATING)
+            if e.status == AVAILABLE and old.get("phase") in (contract.PHASE_INUSE,
+                                                              contract.PHASE_DETACHING):
+                phase = contract.PHASE_DETACHING  # detached, about to be deleted
             status: JSON = {
-                "phase": PHASE_OF.get(e.status, contract.PHASE_CREATING),
+                "phase": phase,
                 "ipCount": len(ips),
                 "freeCount": len([i for i in ips if i["state"] == contract.IP_FREE]),
                 "ips": ips,
