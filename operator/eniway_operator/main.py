@@ -59,7 +59,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="a second port serving the same endpoints (0: none)")
     p.add_argument("--metrics-host", default="0.0.0.0")
     p.add_argument("--workers", type=int, default=8, help="nodes reconciled in parallel")
-    p.add_argument("--resync", type=float, default=60.0,
+    p.add_argument("--resync", type=float, default=300.0,
                    help="full cloud describe of a node at least this often (s)")
     p.add_argument("--gc-interval", type=float, default=60.0)
     p.add_argument("--gc-grace", type=float, default=300.0,

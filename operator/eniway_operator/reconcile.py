@@ -82,7 +82,7 @@ class Settings:
     cluster_id: str
     config_namespace: str = "kube-system"
     config_name: str = "eniway-config"
-    resync: float = 60.0  # full cloud describe at least this often per node
+    resync: float = 300.0  # full cloud describe at least this often per node
     instance_ttl: float = 300.0  # type and zone never change; hot-swap waits refresh sooner
     vswitch_ttl: float = 30.0
     tagged_ttl: float = 5.0
@@ -90,7 +90,7 @@ class Settings:
     poll: float = 1.0  # while an ENI attaches or detaches
     backoff_base: float = 2.0
     backoff_max: float = 120.0
-    idle_requeue: float = 30.0
+    idle_requeue: float = 60.0
 
 
 @dataclass
