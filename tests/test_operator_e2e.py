@@ -496,3 +496,34 @@ def test_gc_deletes_leaked_tagged_enis_only(env: Env) -> None:
     env.check_truth(node)
     for e in (foreign, other_cluster):
         env.provider.delete_eni(e.eni_id)
+
+
+def test_changes_behind_its_back_are_picked_up(env: Env) -> None:
+    """IPs assigned on an ENI that no resource records become pool IPs (and the excess is
+    released); an ENI removed from the cloud loses its record and the pool is refilled."""
+    env.config(min_pool_size=2, max_pool_size=5)
+    node = env.add_node("ecs.g6.4xlarge")
+    env.start_agent()
+    env.operator()
+    wait_for(lambda: env.converged(node, 2, 5), 60, "pool")
+    eni = next(e for e in env.cloud_enis(node) if e.type != "Primary")
+    stray = env.provider.assign_ips(eni.eni_id, 8)  # not recorded anywhere
+
+    def total() -> int:
+        return sum(len(e.private_ips) for e in env.cloud_enis(node))
+
+    # 2 free + 8 stray = 10 free: recorded, then released down to max_pool_size.
+    wait_for(lambda: env.converged(node, 2, 5) and total() <= 5, 60,
+             "stray IPs recorded then the excess released")
+    env.check_truth(node)
+    recorded = {i["ip"] for r in env.enis(node) for i in r["status"].get("ips") or []}
+    assert set(stray) & recorded  # some of them are pool IPs now
+    # Now remove the ENI from under the operator.
+    env.provider.detach_eni(eni.eni_id, env.instance_id(node))
+    wait_for(lambda: env.provider.describe_enis(eni_ids=[eni.eni_id])[0].status == "Available",
+             30, "detached")
+    env.provider.delete_eni(eni.eni_id)
+    wait_for(lambda: eni.eni_id not in {r["metadata"]["name"] for r in env.enis(node)}, 60,
+             "record of the vanished ENI dropped")
+    wait_for(lambda: env.converged(node, 2, 5), 60, "pool refilled")
+    env.check_truth(node)

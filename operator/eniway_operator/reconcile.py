@@ -338,7 +338,8 @@ class Reconciler:
         if conditions.get(COND_HOTSWAP, Condition(False, "", "")).status:
             mem.info_at = 0.0  # watch for the instance to stop
             return 5.0
-        return self.settings.idle_requeue
+        resync_due = mem.view_at + self.settings.resync - self.clock()
+        return max(0.5, min(self.settings.idle_requeue, resync_due))
 
     # -- reading -------------------------------------------------------------------------
     def _instance(self, mem: NodeMemory, instance_id: str, now: float) -> InstanceInfo:
