@@ -32,6 +32,7 @@ from typing import Any
 
 from cniexec import CNIRuntime
 from eniway_cloudsim.testing import SimHandle, start_subprocess
+from eniway_operator import testing
 from kubelet_standin import KubeletStandin, netns_name
 from localcluster import LocalCluster, _die_with_parent, free_port
 
@@ -305,19 +306,8 @@ def _stop(proc: subprocess.Popen[bytes] | None, sig: int) -> None:
 
 def wait_for(cond: Callable[[], Any], timeout: float, what: str,
              interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    last_exc: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = cond()
-        except Exception as e:
-            last_exc = e
-            value = None
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}"
-                       + (f" (last error: {last_exc})" if last_exc else ""))
+    """Poll through transient errors (kubectl, the emulator) while the system converges."""
+    return testing.wait_for(cond, timeout, what, interval, ignore=(Exception,))
 
 
 @contextlib.contextmanager

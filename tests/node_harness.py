@@ -22,14 +22,13 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cni_plugin import cli, contract
+from eniway_operator.testing import wait_for as wait_for  # re-exported for the node tests
 from localcluster import LocalCluster, free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,16 +40,6 @@ def sh(cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, shell=True, check=check, capture_output=True, text=True)
 
 
-def wait_for(cond: Callable[[], Any], timeout: float = 20.0, what: str = "condition",
-             interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = cond()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 @dataclass

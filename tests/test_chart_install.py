@@ -8,7 +8,6 @@ The tests follow one release through its life, in file order: install, upgrade, 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import pytest
 import yaml
 from chart_rbac import CHART, helm
 
+from eniway_operator.testing import wait_for
 from localcluster import LocalCluster
 
 pytestmark = pytest.mark.cluster
@@ -31,12 +31,7 @@ NAMESPACED = "deployments,daemonsets,replicasets,pods,serviceaccounts,roles,role
 
 
 def _wait(cond: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.5)
-    raise TimeoutError(what)
+    wait_for(cond, timeout, what, 0.5)
 
 
 def _get(cluster: LocalCluster, *args: str) -> dict[str, Any]:

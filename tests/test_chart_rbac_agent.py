@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import pytest
 from chart_rbac import install_chart_rbac
 
+from eniway_operator.testing import wait_for
 from localcluster import REPO, LocalCluster, free_port
 
 sys.path.insert(0, str(REPO / "hack"))
@@ -43,14 +43,10 @@ def _sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def _wait(cond: Callable[[], Any], what: str, log: Path, timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.2)
-    tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
-    raise TimeoutError(f"{what}; agent log:\n{tail}")
+    return wait_for(cond, timeout, what, 0.2, detail=lambda: "agent log:\n" + _tail(log))
+
+def _tail(log: Path) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-40:])
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import pytest
 from chart_rbac import install_chart_rbac
 
+from eniway_operator.testing import wait_for
 from localcluster import LocalCluster, free_port
 
 pytestmark = pytest.mark.cluster
@@ -30,14 +30,10 @@ ZONE = "cn-hangzhou-i"
 
 
 def _wait(cond: Callable[[], Any], what: str, timeout: float, log: Path) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.5)
-    tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
-    raise TimeoutError(f"{what}; operator log:\n{tail}")
+    return wait_for(cond, timeout, what, 0.5, detail=lambda: "operator log:\n" + _tail(log))
+
+def _tail(log: Path) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-40:])
 
 
 @pytest.fixture

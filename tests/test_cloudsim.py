@@ -3,7 +3,6 @@ aliyun provider, or the raw SDK client where the provider refuses bad input itse
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +11,7 @@ from alibabacloud_ecs20140526 import models as ecs
 from alibabacloud_tea_openapi.exceptions import ClientException
 
 from eniway_cloudsim.admin import AdminError, Topology
+from eniway_operator import testing
 from eniway_operator.cloud.base import (
     InvalidParameter,
     InvalidState,
@@ -27,14 +27,7 @@ ZONE_B = "cn-hangzhou-j"
 
 
 def wait_for(pred: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = pred()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+    return testing.wait_for(pred, timeout, what, 0.02)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import json
 import os
 import secrets
 import subprocess
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +14,7 @@ import pytest
 
 from eniway_cloudsim.netmode import NFT_TABLE, NetMode
 from eniway_cloudsim.testing import SimHandle, start_in_process
+from eniway_operator import testing
 
 pytestmark = pytest.mark.netns
 ZONE = "cn-hangzhou-i"
@@ -43,13 +43,7 @@ def link_by_mac(ns: str, mac: str) -> str | None:
 
 
 def wait_for(pred: Any, what: str, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = pred()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"timed out: {what}"
-        time.sleep(0.05)
+    return testing.wait_for(pred, timeout, what, 0.05)
 
 
 @pytest.fixture

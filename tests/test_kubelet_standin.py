@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,20 +12,11 @@ from pathlib import Path
 import pytest
 
 from cniexec import CNIRuntime
+from eniway_operator.testing import wait_for
 from kubelet_standin import KubeletStandin, netns_name
 from localcluster import LocalCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.netns]
-
-
-def _wait(cond, timeout: float = 60, what: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise TimeoutError(what)
 
 
 @pytest.fixture
@@ -47,6 +37,8 @@ def standin(cluster: LocalCluster, tmp_path: Path, root: None) -> Iterator[Kubel
         yield kl
     finally:
         kl.stop()
+        # the cluster is shared by the session: leave no Node for other tests' DaemonSets
+        cluster.kubectl("delete", "node", node, "--wait=false", check=False)
         subprocess.run(["ip", "netns", "del", node], check=False)
 
 
@@ -67,18 +59,18 @@ def test_deployment_pods_get_addresses_and_talk(cluster: LocalCluster,
                if p["status"].get("phase") == "Running"}
         return got if len(got) == 3 and all(got.values()) else {}
 
-    got = _wait(ips, 90, "3 running pods with IPs")
+    got = wait_for(ips, 90, "3 running pods with IPs")
     assert len(set(got.values())) == 3
     uids = list(got)
     a, b = uids[0], uids[1]
     ping = subprocess.run(["ip", "netns", "exec", netns_name(a), "ping", "-c", "1", "-W", "2",
                            got[b]], capture_output=True, text=True)
     assert ping.returncode == 0, ping.stdout + ping.stderr
-    _wait(lambda: cluster.kubectl("get", "deploy", name, "-o",
+    wait_for(lambda: cluster.kubectl("get", "deploy", name, "-o",
           "jsonpath={.status.readyReplicas}").stdout == "3", 60, "deployment ready")
 
     cluster.kubectl("scale", "deploy", name, "--replicas=0")
-    _wait(lambda: not json.loads(cluster.kubectl(
+    wait_for(lambda: not json.loads(cluster.kubectl(
         "get", "pods", "-l", f"app={name}", "-o", "json").stdout)["items"], 90, "pods gone")
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert not any(netns_name(u) in netns for u in uids)

@@ -46,16 +46,27 @@ def _child_setup() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def wait_for(cond: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
-    """Poll ``cond`` until truthy; raise TimeoutError naming ``what``."""
+def wait_for(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.2, *,
+             ignore: tuple[type[BaseException], ...] = (),
+             detail: Callable[[], str] | None = None) -> Any:
+    """Poll ``cond`` until truthy and return its value; the one polling loop of the
+    tests, benchmarks and demo. Exceptions of a type in ``ignore`` count as "not yet"
+    (transient API errors); ``detail`` adds context (a log tail) to the TimeoutError."""
     deadline = time.monotonic() + timeout
     last: Any = None
-    while time.monotonic() < deadline:
-        last = cond()
-        if last:
-            return last
-        time.sleep(every)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+    while True:
+        try:
+            last = cond()
+        except ignore as e:
+            last = e
+        else:
+            if last:
+                return last
+        if time.monotonic() >= deadline:
+            extra = f"\n{detail()}" if detail else ""
+            raise TimeoutError(
+                f"timed out after {timeout}s waiting for {what} (last: {last!r}){extra}")
+        time.sleep(interval)
 
 
 def parse_metrics(text: str) -> dict[str, float]:
