@@ -27,7 +27,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from cni_plugin import contract
-from cni_plugin.agent import netns
+from cni_plugin.agent import netns, nlbatch
 
 RT_TABLE_MAIN = 254
 RT_SCOPE_LINK = 253
@@ -172,12 +172,9 @@ class Datapath:
         host_mac, pod_mac = _random_mac(), _random_mac()
         try:
             step = f"create veth {veth} <-> {ifname}"
-            spec = {"ifname": veth, "kind": "veth", "mtu": mtu, "state": "up",
-                    "address": host_mac,
-                    "peer": {"ifname": ifname, "net_ns_fd": ns_fd, "mtu": mtu,
-                             "address": pod_mac}}
+            create = [nlbatch.veth(veth, host_mac, mtu, ifname, pod_mac, ns_fd)]
             try:
-                host.link("add", **spec)
+                self._send_host(create)
             except NetlinkError as e:
                 if e.code != errno.EEXIST:
                     raise
@@ -185,7 +182,7 @@ class Datapath:
                 # being torn down: ours now.
                 with _ignore(errno.ENODEV):
                     host.link("del", ifname=veth)
-                host.link("add", **spec)
+                self._send_host(create)
         except (NetlinkError, OSError) as e:
             raise DatapathError(step, e) from e
         finally:
@@ -194,34 +191,51 @@ class Datapath:
             step = f"look up {veth}"
             host_idx = self._host_index(veth)
             step = f"configure {ifname} in {netns_path}"
-            with self._pod(netns_path, ifname) as (pod, idx):
-                if idx is None:
-                    raise OSError(errno.ENODEV, f"{ifname} not found in {netns_path}")
-                pod.addr("add", index=idx, address=ip, prefixlen=32)
-                pod.link("set", index=idx, state="up")
-                pod.neigh("replace", dst=contract.POD_GATEWAY, lladdr=host_mac, ifindex=idx,
-                          state=NUD_PERMANENT)
-                pod.route("replace", dst="0.0.0.0/0", gateway=contract.POD_GATEWAY, oif=idx,
-                          flags=RTNH_F_ONLINK)
+            with netns.entered(netns_path):
+                sock = nlbatch.open_socket()
+                try:
+                    idx = socket.if_nametoindex(ifname)
+                except OSError:
+                    sock.close()
+                    raise
+            with sock:  # link up before the onlink default route needs it
+                nlbatch.send(sock, [
+                    nlbatch.addr(idx, ip, 32),
+                    nlbatch.link_up(idx),
+                    nlbatch.neigh(idx, contract.POD_GATEWAY, host_mac, NUD_PERMANENT),
+                    nlbatch.route("0.0.0.0", 0, idx, RT_TABLE_MAIN,
+                                  gateway=contract.POD_GATEWAY, flags=RTNH_F_ONLINK),
+                ])
             step = "host route and rules"
-            self._host_routes(host, host_idx, ip, table, fresh=True)
-        except (NetlinkError, OSError, IndexError) as e:
+            self._send_host(self._host_requests(host_idx, ip, table))
+        except (NetlinkError, OSError) as e:
             raise DatapathError(step, e) from e
         return PodLink(veth, host_mac, pod_mac, mtu)
 
-    def _host_routes(self, host: IPRoute, host_idx: int, ip: str, table: int,
-                     fresh: bool = False) -> None:
-        host.route("replace", dst=f"{ip}/32", oif=host_idx, scope=RT_SCOPE_LINK)
-        with _ignore(errno.EEXIST):
-            host.rule("add", family=socket.AF_INET, priority=contract.RULE_PRIORITY_TO_POD,
-                      dst=ip, dst_len=32, table=RT_TABLE_MAIN)
-        if not fresh:  # the ENI may have been re-attached since: new ifindex, new table
-            for rule in self._rules(host, contract.RULE_PRIORITY_FROM_POD, src=ip):
-                if rule.get("table") != table:
-                    self._del_rule(host, rule)
-        with _ignore(errno.EEXIST):
-            host.rule("add", family=socket.AF_INET, priority=contract.RULE_PRIORITY_FROM_POD,
-                      src=ip, src_len=32, table=table)
+    @staticmethod
+    def _host_requests(host_idx: int, ip: str, table: int) -> list[nlbatch.Request]:
+        """The pod's host route and its two rules (rules already there are fine)."""
+        return [
+            nlbatch.route(ip, 32, host_idx, RT_TABLE_MAIN, scope=RT_SCOPE_LINK),
+            nlbatch.rule(contract.RULE_PRIORITY_TO_POD, RT_TABLE_MAIN, dst=ip,
+                         ok=(errno.EEXIST,)),
+            nlbatch.rule(contract.RULE_PRIORITY_FROM_POD, table, src=ip, ok=(errno.EEXIST,)),
+        ]
+
+    def _send_host(self, requests: list[nlbatch.Request]) -> None:
+        """Batch ``requests`` on this thread's host socket (a new one after an error:
+        a timed-out socket may still hold late acks)."""
+        sock: socket.socket | None = getattr(self._local, "batch", None)
+        if sock is None:
+            with netns.entered(self.host_path):
+                sock = nlbatch.open_socket()
+            self._local.batch = sock
+        try:
+            nlbatch.send(sock, requests)
+        except OSError:
+            sock.close()
+            self._local.batch = None
+            raise
 
     def repair_host(self, veth: str, ip: str, table: int) -> bool:
         """Re-add a live pod's host route and rules if missing; False if its veth is gone."""
@@ -229,7 +243,11 @@ class Datapath:
         idx = host.link_lookup(ifname=veth)
         if not idx:
             return False
-        self._host_routes(host, idx[0], ip, table)
+        # The ENI may have been re-attached since: new ifindex, new table.
+        for rule in self._rules(host, contract.RULE_PRIORITY_FROM_POD, src=ip):
+            if rule.get("table") != table:
+                self._del_rule(host, rule)
+        self._send_host(self._host_requests(idx[0], ip, table))
         return True
 
     def detach_pod(self, veth: str, ip: str, table: int) -> int | None:
