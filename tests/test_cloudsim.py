@@ -114,12 +114,20 @@ def test_ips_per_eni_limit(cloudsim: Any, topo: Topology, provider: Any) -> None
     with pytest.raises(QuotaExceeded) as ei:
         provider.assign_ips(eni.eni_id, 1)
     assert ei.value.code == "QuotaExceeded.PrivateIpAddress"
-    # an unattached ENI holds at most 10 secondary IPs
+    # an unattached ENI holds at most 49 secondary IPs, all given at creation if wanted
     free = provider.create_eni(topo.vswitch_ids(ZONE)[0], [topo.security_group_id], {},
-                               secondary_ip_count=10)
-    assert len(free.private_ips) == 10
+                               secondary_ip_count=49)
+    assert len(set(free.private_ips)) == 49
     with pytest.raises(QuotaExceeded):
         provider.assign_ips(free.eni_id, 1)
+    err = sdk_error(lambda: cloudsim.client().create_network_interface(
+        ecs.CreateNetworkInterfaceRequest(
+            region_id=cloudsim.region, v_switch_id=topo.vswitch_ids(ZONE)[0],
+            security_group_ids=[topo.security_group_id], secondary_private_ip_address_count=50)))
+    assert err.code == "InvalidParameter.SecondaryPrivateIpAddressCount"
+    with pytest.raises(InvalidParameter):  # the provider says so before calling
+        provider.create_eni(topo.vswitch_ids(ZONE)[0], [topo.security_group_id], {},
+                            secondary_ip_count=50)
     # ...and cannot be attached to a type that allows fewer
     with pytest.raises(QuotaExceeded):
         provider.attach_eni(free.eni_id, make_instance(cloudsim, topo, "ecs.g6.large")

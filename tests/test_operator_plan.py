@@ -89,8 +89,9 @@ def test_assign_batches_of_ten() -> None:
     plan = plan_node(state(limits=BIG, enis=(PRIMARY, e), pending=19))
     assert plan.actions == [AssignIPs("eni-b1", 10), AssignIPs("eni-b1", 9)]
     plan = plan_node(state(limits=BIG, enis=(PRIMARY, e), pending=25))
+    # a new ENI is filled by its creating call (ECS takes up to 49 IPs there)
     assert plan.actions == [AssignIPs("eni-b1", 10), AssignIPs("eni-b1", 9),
-                            CreateENI("vsw-aaaa0001", 10)]
+                            CreateENI("vsw-aaaa0001", 19)]
     plan = plan_node(state(limits=BIG, enis=(PRIMARY, e), config=replace(CFG, min_pool_size=25)))
     assert plan.actions == [AssignIPs("eni-b1", 10), AssignIPs("eni-b1", 9),
                             CreateENI("vsw-aaaa0001", 6)]
@@ -171,7 +172,7 @@ def test_random_states_never_exceed_limits(limits: InstanceLimits) -> None:
                 on_instance += 1
                 assert limits.hot_swap or not st.instance_running
             if isinstance(a, CreateENI):
-                assert a.ip_count <= min(10, cap)
+                assert a.ip_count <= min(49, cap)
             if isinstance(a, AssignIPs):
                 assert 1 <= a.count <= 10
                 per_eni[a.eni_id] += a.count
@@ -181,6 +182,9 @@ def test_random_states_never_exceed_limits(limits: InstanceLimits) -> None:
                 assert set(a.ips) <= release & acked
             if isinstance(a, (DetachENI, DeleteENI)):
                 assert a.eni_id != PRIMARY.eni_id
+            if isinstance(a, DetachENI):  # what it holds goes with it: released ones only
+                held = set(next(e.ips for e in enis if e.eni_id == a.eni_id))
+                assert not held & allocated and held <= release & acked
             if isinstance(a, AttachENI):
                 assert a.eni_id in {e.eni_id for e in enis if e.status == AVAILABLE}
         assert on_instance <= limits.max_enis - 1
@@ -221,6 +225,32 @@ def test_unassign_only_acknowledged() -> None:
                            acknowledged=frozenset({"10.0.0.1", "10.0.0.2"})))
     assert plan.actions == [UnassignIPs("eni-a1", ("10.0.0.1", "10.0.0.2"))]
     assert plan.release == rel  # forgotten only after the call succeeded
+
+
+def test_an_eni_released_whole_is_detached_not_unassigned() -> None:
+    a = ENIView("eni-a1", INUSE, "vsw-aaaa0001", ips("10.0.0", 9))
+    b = ENIView("eni-a2", INUSE, "vsw-aaaa0001", ips("10.0.1", 9))
+    rel = frozenset(ips("10.0.1", 9))
+    young = {ip: 999.0 for ip in rel}
+    plan = plan_node(state(enis=(PRIMARY, a, b), release=rel, acknowledged=rel,
+                           marked_at=young))
+    assert plan.actions == [DetachENI("eni-a2")]  # its nine IPs go with it, at once
+    # one of them not acknowledged yet: wait (the acknowledged rest is a short batch)
+    part = rel - {"10.0.1.9"}
+    plan = plan_node(state(enis=(PRIMARY, a, b), release=rel, acknowledged=part,
+                           marked_at=young))
+    assert plan.actions == []
+    # min_eni keeps the ENI: its IPs are unassigned instead
+    plan = plan_node(state(enis=(PRIMARY, b), release=rel, acknowledged=rel,
+                           config=replace(CFG, min_eni=1)))
+    assert plan.actions == [UnassignIPs("eni-a2", tuple(sorted(rel, key=_key)))]
+    # pods arriving (a deficit): nothing is detached
+    plan = plan_node(state(enis=(PRIMARY, b), release=rel, acknowledged=rel, pending=12))
+    assert not [x for x in plan.actions if isinstance(x, DetachENI)]
+
+
+def _key(ip: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in ip.split("."))
 
 
 def test_withdrawn_ack_stops_release() -> None:

@@ -27,7 +27,7 @@ from .store import Store
 log = logging.getLogger("eniway_cloudsim")
 
 MAX_IPS_PER_CALL = 10
-MAX_SECONDARY_IPS_AVAILABLE = 10  # an unattached ENI holds at most 10 secondary IPs
+MAX_SECONDARY_IPS_AVAILABLE = 49  # at creation, and on an ENI that is not attached
 MAX_SECURITY_GROUPS = 5
 MAX_TAGS = 20
 RESERVED_HEAD = 1  # ECS reserves the first address of a vSwitch CIDR...

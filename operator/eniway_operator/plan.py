@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from eniway_operator.cloud.base import InstanceLimits, VSwitch
+from eniway_operator.cloud.base import MAX_IPS_AT_CREATE, InstanceLimits, VSwitch
 from eniway_operator.config import PoolConfig
 
 # Cloud-side ENI states the planner distinguishes (ECS names).
@@ -77,7 +77,7 @@ class NodeState:
 @dataclass(frozen=True)
 class CreateENI:
     vswitch_id: str
-    ip_count: int  # secondary IPs requested at creation (<= ips_per_call)
+    ip_count: int  # secondary IPs requested at creation (<= MAX_IPS_AT_CREATE)
 
 
 @dataclass(frozen=True)
@@ -268,7 +268,8 @@ def plan_node(state: NodeState) -> Plan:
                 plan.conditions[COND_VSW] = Condition(True, "VSwitchExhausted", why)
             else:
                 for _ in range(n_create):
-                    take = min(cap if surge else max(deficit, 0), cap, cfg.ips_per_call)
+                    # ECS fills a new ENI with up to 49 IPs in the creating call itself.
+                    take = min(cap if surge else max(deficit, 0), cap, MAX_IPS_AT_CREATE)
                     plan.actions.append(CreateENI(vsw, take))
                     deficit -= cap
                     slots_used += 1
@@ -304,12 +305,25 @@ def plan_node(state: NodeState) -> Plan:
     release_before = set(release)
     release |= marked_now
 
-    # 5. Unassign what the agent acknowledged and no pod holds (both checked now).
+    # 5. Unassign what the agent acknowledged and no pod holds (both checked now). An ENI
+    #    whose IPs are all acknowledged goes whole: detaching it (then deleting it) gives
+    #    every IP back in two calls, however many it holds, and frees its device slot.
     done = sorted((release_before & state.acknowledged) - state.allocated, key=_ip_key)
     by_eni: dict[str, list[str]] = {}
     for ip in done:
         by_eni.setdefault(ip_eni[ip], []).append(ip)
+    n_sec = len([e for e in live if e.status in (ATTACHING, INUSE)])
+    whole: set[str] = set()
+    if deficit <= 0 and can_attach:
+        for e in sorted(inuse, key=lambda e: e.eni_id):
+            if (n_sec > cfg.min_eni and e.managed and e.ips
+                    and len(by_eni.get(e.eni_id, ())) == len(e.ips)):
+                plan.actions.append(DetachENI(e.eni_id))
+                whole.add(e.eni_id)
+                n_sec -= 1
     for eni_id, ips in sorted(by_eni.items()):
+        if eni_id in whole:
+            continue
         oldest = min(state.marked_at.get(ip, 0.0) for ip in ips)
         if len(ips) < cfg.ips_per_call and now - oldest < RELEASE_BATCH_WAIT:
             continue  # a few more may come: one call for them all
@@ -319,7 +333,6 @@ def plan_node(state: NodeState) -> Plan:
 
     # 6. Detach ENIs that stayed empty, delete detached ones nobody needs.
     if deficit <= 0 and can_attach:
-        n_sec = len([e for e in live if e.status in (ATTACHING, INUSE)])
         for e in sorted(inuse, key=lambda e: e.eni_id):
             if n_sec <= cfg.min_eni:
                 break

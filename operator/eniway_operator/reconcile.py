@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -687,6 +687,10 @@ class Reconciler:
         elif isinstance(action, UnassignIPs):
             self._unassign(name, mem, action, demand)
         elif isinstance(action, DetachENI):
+            if mem.view[action.eni_id].private_ips and not self._all_released(
+                    name, mem.view[action.eni_id].private_ips, demand):
+                mem.dirty = True  # the handshake moved since the plan: plan again
+                return
             self.cloud.detach_eni(action.eni_id, instance_id)
             mem.view[action.eni_id] = replace(mem.view[action.eni_id], status=DETACHING)
             mem.polling.add(action.eni_id)
@@ -698,15 +702,23 @@ class Reconciler:
             self.kube.release_eni(action.eni_id)
             resources.pop(action.eni_id, None)
 
-    def _unassign(self, name: str, mem: NodeMemory, action: UnassignIPs, demand: Demand) -> None:
-        """Re-read the handshake at the moment of acting: only IPs still listed, still
-        acknowledged and held by no pod go back to the cloud."""
+    def _releasable(self, name: str, ips: Sequence[str], demand: Demand
+                    ) -> tuple[list[str], JSON]:
+        """Re-read the handshake at the moment of acting: of ``ips``, those still listed,
+        still acknowledged and held by no pod (and the pool as read)."""
         pool = self.kube.get_pool(name) or {}
         listed = set(self._release(pool))
         agent = (pool.get("status") or {}).get("agent") or {}
         acked = set(agent.get("acknowledged") or [])
         held = set(agent.get("allocated") or []) | set(demand.pods)
-        ok = [ip for ip in action.ips if ip in listed and ip in acked and ip not in held]
+        return [ip for ip in ips if ip in listed and ip in acked and ip not in held], pool
+
+    def _all_released(self, name: str, ips: Sequence[str], demand: Demand) -> bool:
+        return len(self._releasable(name, ips, demand)[0]) == len(ips)
+
+    def _unassign(self, name: str, mem: NodeMemory, action: UnassignIPs, demand: Demand) -> None:
+        """Only IPs the handshake still allows go back to the cloud."""
+        ok, pool = self._releasable(name, action.ips, demand)
         if not ok:
             return
         try:

@@ -23,6 +23,7 @@ from Tea.exceptions import TeaException, UnretryableException
 
 from .backoff import RetryPolicy
 from .base import (
+    MAX_IPS_AT_CREATE,
     MAX_IPS_PER_CALL,
     CloudError,
     CloudProvider,
@@ -256,9 +257,9 @@ class AliyunProvider(CloudProvider):
                    tags: Mapping[str, str], description: str = "",
                    secondary_ip_count: int = 0, client_token: str = "",
                    delete_on_release: bool = False) -> NetworkInterface:
-        if not 0 <= secondary_ip_count <= MAX_IPS_PER_CALL:
+        if not 0 <= secondary_ip_count <= MAX_IPS_AT_CREATE:
             raise InvalidParameter("InvalidParameter.SecondaryPrivateIpAddressCount",
-                                   f"0..{MAX_IPS_PER_CALL} secondary IPs at creation")
+                                   f"0..{MAX_IPS_AT_CREATE} secondary IPs at creation")
         req = ecs.CreateNetworkInterfaceRequest(
             region_id=self.region_id, v_switch_id=vswitch_id,
             security_group_ids=list(security_group_ids),

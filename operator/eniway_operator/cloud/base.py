@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 MAX_IPS_PER_CALL = 10  # ECS accepts at most 10 IPs per Assign/Unassign call
+MAX_IPS_AT_CREATE = 49  # ...but up to 49 secondary IPs on an ENI created or Available
 
 
 @dataclass(frozen=True)
