@@ -32,6 +32,8 @@ from kubernetes import client  # noqa: E402
 from cni_plugin import contract  # noqa: E402
 from eniway_cloudsim.testing import start_in_process  # noqa: E402
 from eniway_operator import kube as kube_mod  # noqa: E402
+from eniway_operator.cloud.base import MAX_IPS_AT_CREATE  # noqa: E402
+from eniway_operator.cloud.limits import bundled_table  # noqa: E402
 from eniway_operator.cloud.ratelimit import DEFAULT_RATES  # noqa: E402
 from eniway_operator.testing import (  # noqa: E402
     AgentDouble,
@@ -176,10 +178,12 @@ def main() -> int:
                         >= args.warm])
 
         wait_for(lambda: warm_count() == args.nodes, 1800, f"{args.nodes} nodes warm",
-                 every=0.5)
+                 interval=0.5)
         t_warm = time.monotonic() - t0
         calls = counts()
-        enis_per_node = math.ceil(args.warm / 10) if args.warm else 0
+        # a new ENI takes up to 49 IPs in its creating call: one create per ENI needed
+        cap = bundled_table()[args.instance_type].eni_private_ip_quantity - 1
+        enis_per_node = math.ceil(args.warm / min(cap, MAX_IPS_AT_CREATE)) if args.warm else 0
         necessary = {"CreateNetworkInterface": args.nodes * enis_per_node,
                      "AttachNetworkInterface": args.nodes * enis_per_node,
                      "DescribeInstances": args.nodes}
