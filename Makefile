@@ -19,8 +19,11 @@ lint:
 demo: deps
 	$(PYTHON) hack/demo.py
 
+## Print the benchmark figures (CNI ADD/DEL vs ptp+host-local, operator calls, cloud API).
 bench: deps
 	$(PYTHON) hack/bench_cni.py
+	$(PYTHON) hack/bench_operator.py
+	$(PYTHON) hack/bench_cloud.py
 
 clean-cache:
 	rm -rf $${ENIWAY_CACHE:-$$HOME/.cache/eniway}
