@@ -131,12 +131,19 @@ def main() -> int:
         pods = make_pods(api, "churn", args.pods, namespace=ns)
         wait_for(lambda: len(agent.held("churn")) == args.pods, 600, "pods served")
         t_up = time.monotonic() - t0
+        # what scaling up costs includes settling: what the surge left over goes back
+        wait_for(lambda: node_counts("churn").get("free", 99) <= 5
+                 and not node_counts("churn").get("releasing")
+                 and not node_counts("churn").get("pending"), 600, "pool settled after scale-up")
         up = counts()
         sim.admin.reset_call_counts()
         delete_pods(api, pods, ns)
         wait_for(lambda: len(agent.held("churn")) == 0, 300, "pods gone")
         wait_for(lambda: node_counts("churn").get("free", 99) <= 5
                  and not node_counts("churn").get("releasing"), 600, "pool shrunk")
+        # ...and the ENIs released whole are gone (detached, then deleted)
+        wait_for(lambda: not [e for e in sim.admin.state()["enis"]
+                              if e["status"] != "InUse"], 600, "released ENIs deleted")
         down = counts()
         per = 100.0 / args.pods
         results["churn"] = {

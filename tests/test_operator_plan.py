@@ -235,11 +235,18 @@ def test_an_eni_released_whole_is_detached_not_unassigned() -> None:
     plan = plan_node(state(enis=(PRIMARY, a, b), release=rel, acknowledged=rel,
                            marked_at=young))
     assert plan.actions == [DetachENI("eni-a2")]  # its nine IPs go with it, at once
-    # one of them not acknowledged yet: wait (the acknowledged rest is a short batch)
-    part = rel - {"10.0.1.9"}
-    plan = plan_node(state(enis=(PRIMARY, a, b), release=rel, acknowledged=part,
-                           marked_at=young))
+    # one of them not acknowledged yet: wait for it, even with a full batch acknowledged
+    big = ENIView("eni-b2", INUSE, "vsw-aaaa0001", ips("10.0.2", 19))
+    every = frozenset(big.ips)
+    plan = plan_node(state(limits=BIG, enis=(PRIMARY, a, big), release=every,
+                           acknowledged=every - {"10.0.2.19"}, marked_at={
+                               ip: 999.0 for ip in every}))
     assert plan.actions == []
+    # ...but not for ever: after the batch wait the acknowledged ones are unassigned
+    plan = plan_node(state(limits=BIG, enis=(PRIMARY, a, big), release=every,
+                           acknowledged=every - {"10.0.2.19"}, marked_at={
+                               ip: 990.0 for ip in every}))
+    assert [type(x) for x in plan.actions] == [UnassignIPs, UnassignIPs]
     # min_eni keeps the ENI: its IPs are unassigned instead
     plan = plan_node(state(enis=(PRIMARY, b), release=rel, acknowledged=rel,
                            config=replace(CFG, min_eni=1)))

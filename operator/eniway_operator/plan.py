@@ -269,6 +269,8 @@ def plan_node(state: NodeState) -> Plan:
             else:
                 for _ in range(n_create):
                     # ECS fills a new ENI with up to 49 IPs in the creating call itself.
+                    # With pods arriving it is filled whole: the call costs the same, and
+                    # what the pods leave over is released later with the rest.
                     take = min(cap if surge else max(deficit, 0), cap, MAX_IPS_AT_CREATE)
                     plan.actions.append(CreateENI(vsw, take))
                     deficit -= cap
@@ -314,19 +316,24 @@ def plan_node(state: NodeState) -> Plan:
         by_eni.setdefault(ip_eni[ip], []).append(ip)
     n_sec = len([e for e in live if e.status in (ATTACHING, INUSE)])
     whole: set[str] = set()
+    may_go_whole: set[str] = set()  # every IP marked: wait for the rest of the acks
     if deficit <= 0 and can_attach:
         for e in sorted(inuse, key=lambda e: e.eni_id):
-            if (n_sec > cfg.min_eni and e.managed and e.ips
-                    and len(by_eni.get(e.eni_id, ())) == len(e.ips)):
+            if n_sec <= cfg.min_eni or not e.managed or not e.ips:
+                continue
+            if len(by_eni.get(e.eni_id, ())) == len(e.ips):
                 plan.actions.append(DetachENI(e.eni_id))
                 whole.add(e.eni_id)
                 n_sec -= 1
+            elif release_before.issuperset(e.ips):
+                may_go_whole.add(e.eni_id)
     for eni_id, ips in sorted(by_eni.items()):
         if eni_id in whole:
             continue
         oldest = min(state.marked_at.get(ip, 0.0) for ip in ips)
-        if len(ips) < cfg.ips_per_call and now - oldest < RELEASE_BATCH_WAIT:
-            continue  # a few more may come: one call for them all
+        if ((len(ips) < cfg.ips_per_call or eni_id in may_go_whole)
+                and now - oldest < RELEASE_BATCH_WAIT):
+            continue  # a few more may come: one call for them all (or the ENI whole)
         for i in range(0, len(ips), cfg.ips_per_call):
             plan.actions.append(UnassignIPs(eni_id, tuple(ips[i:i + cfg.ips_per_call])))
     # Unassigned IPs stay listed until the executor has actually unassigned them.
