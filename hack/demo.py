@@ -146,10 +146,11 @@ def main() -> int:
         title("Scale back to 3: IPs go back to the cloud through the release handshake")
         box.scale(APP, 3)
         pods = wait_running(box, 3)
-        say("waiting for the pools to shrink to max_pool_size and empty ENIs to go")
+        say("waiting for the pools to shrink to max_pool_size and released ENIs to go")
         wait_for(lambda: pools_trimmed(box, pods), 240, "pools trimmed to max_pool_size")
-        wait_for(lambda: sum(eni_count(box, n.name) for n in NODES) < sum(after.values()),
-                 120, "empty ENIs detached and deleted")
+        wait_for(lambda: sum(eni_count(box, n.name) for n in NODES) < sum(after.values())
+                 and all(e.get("status", {}).get("phase") == "InUse" for e in box.enis()),
+                 120, "released ENIs detached and deleted")
         show(box, "get", "enis,enipools")
         calls = box.cloud.admin.call_counts() if box.cloud else {}
         say(f"cloud API calls in the whole demo: {calls.get('total')} "
