@@ -9,7 +9,8 @@ host end (created there directly, its peer created straight into the pod netns),
 
 Every call is idempotent; ``teardown_pod`` never fails because something is gone.
 Netlink sockets are per thread (pyroute2 objects are not thread-safe); the host's
-is kept for the thread's life, a pod's is opened per call.
+(an ``IPRoute`` and a plain socket for batches) are kept for the thread's life, a
+pod's is opened per call. ADD's changes go out in batches (``nlbatch``).
 """
 
 from __future__ import annotations

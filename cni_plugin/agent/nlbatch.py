@@ -49,6 +49,7 @@ RTN_UNICAST = 1
 RTPROT_BOOT = 3
 RT_SCOPE_UNIVERSE = 0
 IFF_UP = 1
+RT_TABLE_COMPAT = 252  # the header's 8-bit table field when the real one is in an attribute
 _CREATE = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE
 _REPLACE = _CREATE | NLM_F_REPLACE
 
@@ -67,6 +68,10 @@ def _req(what: str, msg: Any, kind: int, flags: int, ok: tuple[int, ...] = ()) -
     msg["header"]["type"] = kind
     msg["header"]["flags"] = flags
     return Request(what, msg, ok)
+
+
+def _header_table(table: int) -> int:
+    return table if table < 256 else RT_TABLE_COMPAT
 
 
 def addr(index: int, ip: str, prefixlen: int) -> Request:
@@ -109,7 +114,7 @@ def route(dst: str, dst_len: int, oif: int, table: int, *, scope: int = RT_SCOPE
           gateway: str | None = None, flags: int = 0) -> Request:
     m = rtmsg()
     m["family"], m["dst_len"], m["scope"], m["flags"] = socket.AF_INET, dst_len, scope, flags
-    m["type"], m["proto"], m["table"] = RTN_UNICAST, RTPROT_BOOT, table if table < 256 else 252
+    m["type"], m["proto"], m["table"] = RTN_UNICAST, RTPROT_BOOT, _header_table(table)
     attrs: list[tuple[str, Any]] = [("RTA_TABLE", table), ("RTA_OIF", oif)]
     if dst_len:
         attrs.append(("RTA_DST", dst))
@@ -124,7 +129,7 @@ def rule(priority: int, table: int, *, src: str | None = None, dst: str | None =
          ok: tuple[int, ...] = ()) -> Request:
     m = fibmsg()
     m["family"], m["action"] = socket.AF_INET, FR_ACT_TO_TBL
-    m["table"] = table if table < 256 else 252
+    m["table"] = _header_table(table)
     attrs: list[tuple[str, Any]] = [("FRA_PRIORITY", priority), ("FRA_TABLE", table)]
     if src:
         m["src_len"] = 32
