@@ -1,29 +1,33 @@
+# Every target runs in the project's virtual environment (.venv), created from
+# $(PYTHON) by `make deps`: Debian's own python3 refuses pip installs outside one.
 PYTHON ?= python3
+VENV ?= .venv
+VPY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
 .PHONY: deps demo test lint unit bench clean-cache
 
-## Install Debian packages, the Python package and the local control plane (cached).
+## Install Debian packages, the virtual environment with the package, and the local control plane (cached).
 deps:
-	PYTHON=$(PYTHON) bash hack/install-deps.sh
+	PYTHON=$(PYTHON) VENV=$(VENV) bash hack/install-deps.sh
 
 ## The whole test suite: lint, types, then every test against the real parts.
 test: deps lint
-	$(PYTHON) -m pytest -ra $(PYTEST_ARGS)
+	$(VPY) -m pytest -ra $(PYTEST_ARGS)
 
 lint:
-	$(PYTHON) -m ruff check .
-	$(PYTHON) -m mypy
+	$(VPY) -m ruff check .
+	$(VPY) -m mypy
 
 ## Run eniway on the embedded cloud emulator with a real local control plane.
 demo: deps
-	$(PYTHON) hack/demo.py
+	$(VPY) hack/demo.py
 
 ## Print the benchmark figures (CNI ADD/DEL vs ptp+host-local, operator calls, cloud API).
 bench: deps
-	$(PYTHON) hack/bench_cni.py
-	$(PYTHON) hack/bench_operator.py
-	$(PYTHON) hack/bench_cloud.py
+	$(VPY) hack/bench_cni.py
+	$(VPY) hack/bench_operator.py
+	$(VPY) hack/bench_cloud.py
 
 clean-cache:
 	rm -rf $${ENIWAY_CACHE:-$$HOME/.cache/eniway}

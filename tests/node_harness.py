@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import secrets
 import signal
 import subprocess
@@ -32,7 +31,7 @@ from eniway_operator.testing import wait_for as wait_for  # re-exported for the 
 from localcluster import LocalCluster, free_port
 
 REPO = Path(__file__).resolve().parent.parent
-PYTHON = os.path.realpath(sys.executable)
+PYTHON = sys.executable  # the project's virtual environment: its packages, not the base's
 CNI_PLUGINS = Path("/usr/lib/cni")
 
 
