@@ -27,6 +27,7 @@ fi
 # The project's virtual environment: Debian's python3 refuses `pip install` outside
 # one (PEP 668), and a per-checkout environment keeps checkouts from sharing an install.
 VENV="${VENV:-.venv}"
+[[ "$VENV" == /* ]] || VENV="$PWD/$VENV"
 VPY="$VENV/bin/python"
 base_of() { "$1" -c 'import sys; print(sys.base_prefix)' 2>/dev/null || true; }
 if [[ ! -x "$VPY" || "$(base_of "$VPY")" != "$(base_of "$PY")" ]]; then
