@@ -98,11 +98,11 @@ class ClusterBox:
         self.log(f"  apiserver ready in {self.cluster.timings['apiserver_ready_s']:.1f}s "
                  f"at {self.cluster.server}")
         self.log("starting eniway-cloudsim with its VPC network")
-        self.cloud = start_subprocess([
+        self.cloud = testing.with_provider(start_subprocess([
             "--network", "--teardown-on-exit", "--netns-prefix", f"{self.cluster_id}-",
             "--state", str(self.workdir / "cloud.db"),
             "--attach-delay", str(self.attach_delay), "--detach-delay", str(self.attach_delay),
-        ], region=REGION)
+        ], region=REGION))
         topo = self.cloud.admin.bootstrap({ZONE: list(self.vswitch_cidrs)})
         self.topology = topo
         self.log(f"  {self.cloud.url}: {topo.vpc_id}, vSwitches "

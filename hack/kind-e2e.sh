@@ -84,7 +84,10 @@ docker build -t "$IMAGE" .
 log "starting eniway-cloudsim on Docker network kind"
 docker network inspect kind >/dev/null 2>&1 || docker network create kind >/dev/null
 docker rm -f "$SIM" >/dev/null 2>&1 || true
-docker run -d --name "$SIM" --network kind "$IMAGE" \
+# The admin API needs this token; docker exec below inherits it from the container.
+SIM_ADMIN_TOKEN=$(head -c 18 /dev/urandom | base64 | tr '+/' '-_')
+docker run -d --name "$SIM" --network kind -e ENIWAY_CLOUDSIM_ADMIN_TOKEN="$SIM_ADMIN_TOKEN" \
+  "$IMAGE" \
   eniway-cloudsim --listen "0.0.0.0:${SIM_PORT}" --region "$REGION" \
   --state /tmp/cloudsim.db --attach-delay 1 >/dev/null
 wait_for "the emulator" docker exec "$SIM" python3 -c \

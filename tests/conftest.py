@@ -47,8 +47,9 @@ def cloudsim() -> Iterator[object]:
     .url, .region, .admin (CloudSimAdmin), .sim (the CloudSim), .access_key_id/_secret,
     .client() (official SDK client), .provider(**kw) (AliyunProvider). See docs/cloudsim.md."""
     from eniway_cloudsim.testing import start_in_process
+    from eniway_operator.testing import with_provider
 
-    handle = start_in_process()
+    handle = with_provider(start_in_process())
     try:
         yield handle
     finally:
@@ -61,17 +62,18 @@ def cloudsim_factory() -> Iterator[object]:
     attach_delay=..., eni_quota=..., seed=...) or factory.subprocess([cli args]); all
     stopped (and their namespaces removed) at teardown."""
     from eniway_cloudsim import testing
+    from eniway_operator.testing import with_provider
 
     handles: list[testing.SimHandle] = []
 
     class Factory:
         def __call__(self, **kwargs: object) -> testing.SimHandle:
-            h = testing.start_in_process(**kwargs)  # type: ignore[arg-type]
+            h = with_provider(testing.start_in_process(**kwargs))  # type: ignore[arg-type]
             handles.append(h)
             return h
 
         def subprocess(self, args: list[str] | tuple[str, ...] = ()) -> testing.SimHandle:
-            h = testing.start_subprocess(args)
+            h = with_provider(testing.start_subprocess(args))
             handles.append(h)
             return h
 

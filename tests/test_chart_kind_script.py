@@ -5,6 +5,7 @@ instances, and its chart values pass the chart's schema."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -37,9 +38,12 @@ def test_bootstrap_against_the_real_emulator(cloudsim_factory: Any, tmp_path: An
     sim = cloudsim_factory.subprocess(flags)
     types = ["ecs.g6.large", "ecs.c6.xlarge", "ecs.r6.xlarge"]
     assert f"TYPES=(${{TYPES:-{' '.join(types)}}})" in text
+    # the container holds the admin token in its environment, docker exec passes it on
+    assert '-e ENIWAY_CLOUDSIM_ADMIN_TOKEN="$SIM_ADMIN_TOKEN"' in text
     out = subprocess.run([sys.executable, "-", sim.endpoint.rsplit(":", 1)[1],
                           "cn-hangzhou-i", *types], input=bootstrap.group(1),
-                         capture_output=True, text=True, timeout=60, check=True)
+                         capture_output=True, text=True, timeout=60, check=True,
+                         env={**os.environ, "ENIWAY_CLOUDSIM_ADMIN_TOKEN": sim.admin_token})
     provider_ids = out.stdout.split()
     assert len(provider_ids) == 3
     for pid, itype in zip(provider_ids, types, strict=True):

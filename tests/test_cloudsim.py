@@ -113,7 +113,7 @@ def test_ips_per_eni_limit(cloudsim: Any, topo: Topology, provider: Any) -> None
     assert len(provider.assign_ips(eni.eni_id, 5)) == 5
     with pytest.raises(QuotaExceeded) as ei:
         provider.assign_ips(eni.eni_id, 1)
-    assert ei.value.code == "QuotaExceeded.PrivateIpAddress"
+    assert ei.value.code == "InvalidOperation.Ipv4CountExceeded"
     # an unattached ENI holds at most 49 secondary IPs, all given at creation if wanted
     free = provider.create_eni(topo.vswitch_ids(ZONE)[0], [topo.security_group_id], {},
                                secondary_ip_count=49)
@@ -124,7 +124,7 @@ def test_ips_per_eni_limit(cloudsim: Any, topo: Topology, provider: Any) -> None
         ecs.CreateNetworkInterfaceRequest(
             region_id=cloudsim.region, v_switch_id=topo.vswitch_ids(ZONE)[0],
             security_group_ids=[topo.security_group_id], secondary_private_ip_address_count=50)))
-    assert err.code == "InvalidParameter.SecondaryPrivateIpAddressCount"
+    assert (err.code, err.status_code) == ("MaxEniPrivateIpsCountExceeded", 403)
     with pytest.raises(InvalidParameter):  # the provider says so before calling
         provider.create_eni(topo.vswitch_ids(ZONE)[0], [topo.security_group_id], {},
                             secondary_ip_count=50)
@@ -178,7 +178,7 @@ def test_no_hot_swap_families_need_a_stopped_instance(cloudsim: Any, topo: Topol
     eni = provider.create_eni(topo.vswitch_ids(ZONE)[0], [topo.security_group_id], {})
     with pytest.raises(InvalidState) as ei:
         provider.attach_eni(eni.eni_id, iid)
-    assert ei.value.code == "IncorrectInstanceStatus"
+    assert (ei.value.code, ei.value.status) == ("InvalidOperation.InvalidEcsState", 400)
     assert status_of(provider, eni.eni_id) == "Available"
     cloudsim.admin.stop(iid)
     provider.attach_eni(eni.eni_id, iid)
@@ -207,7 +207,7 @@ def test_security_groups_one_to_five(cloudsim: Any, topo: Topology, provider: An
     assert len(provider.create_eni(vsw, sgs[:5], {}).security_group_ids) == 5
     with pytest.raises(InvalidParameter) as ei:
         provider.create_eni(vsw, sgs, {})
-    assert ei.value.code == "InvalidParameter.SecurityGroupIdsCount"
+    assert (ei.value.code, ei.value.status) == ("JoinedGroupLimitExceed", 400)
     with pytest.raises(InvalidParameter) as ei:
         provider.create_eni(vsw, [], {})
     assert ei.value.code.startswith("MissingParameter")
@@ -227,7 +227,7 @@ def test_region_eni_quota(cloudsim: Any, topo: Topology, provider: Any) -> None:
     made = [provider.create_eni(vsw, [topo.security_group_id], {}) for _ in range(3)]
     with pytest.raises(QuotaExceeded) as ei:
         provider.create_eni(vsw, [topo.security_group_id], {})
-    assert ei.value.code == "QuotaExceeded.Eni"
+    assert (ei.value.code, ei.value.status) == ("MaxEniCountExceeded", 403)
     provider.delete_eni(made[0].eni_id)
     provider.create_eni(vsw, [topo.security_group_id], {})
 
@@ -266,8 +266,9 @@ def test_unassign_rules(cloudsim: Any, topo: Topology, provider: Any) -> None:
     with pytest.raises(NotFound) as ei:
         provider.unassign_ips(eni.eni_id, ["10.0.0.99"])
     assert ei.value.code == "InvalidIp.IpUnassigned"
-    with pytest.raises(InvalidParameter):
+    with pytest.raises(NotFound) as ei:  # the primary IP is no secondary IP
         provider.unassign_ips(eni.eni_id, [eni.primary_ip])
+    assert (ei.value.code, ei.value.status) == ("InvalidIp.IpUnassigned", 403)
     provider.unassign_ips(eni.eni_id, list(eni.private_ips))
     assert provider.describe_enis([eni.eni_id])[0].private_ips == ()
 

@@ -49,7 +49,7 @@ def wait_for(pred: Any, what: str, timeout: float = 10.0) -> Any:
 @pytest.fixture
 def netsim(root: None) -> Iterator[tuple[SimHandle, str]]:
     tag = "cst" + secrets.token_hex(3)
-    handle = start_in_process(network=NetMode(prefix=tag + "-"))
+    handle = testing.with_provider(start_in_process(network=NetMode(prefix=tag + "-")))
     try:
         yield handle, tag
     finally:

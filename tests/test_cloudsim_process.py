@@ -14,6 +14,7 @@ import pytest
 
 from eniway_cloudsim.testing import start_subprocess
 from eniway_operator.cloud.base import InvalidParameter, QuotaExceeded
+from eniway_operator.testing import with_provider
 
 ZONE = "cn-hangzhou-i"
 
@@ -23,7 +24,8 @@ def test_help_documents_the_options() -> None:
                          capture_output=True, text=True, timeout=60, check=True).stdout
     for opt in ("--listen", "--state", "--region", "--network", "--attach-delay",
                 "--detach-delay", "--eni-quota", "--throttle", "--fault", "--seed",
-                "--access-key", "/instances/<id>/latest"):
+                "--access-key", "--admin-token-file", "/instances/<id>/<token>/latest",
+                "Authorization: Bearer"):
         assert opt in out, opt
 
 
@@ -31,7 +33,7 @@ def test_help_documents_the_options() -> None:
 def test_state_survives_a_restart(tmp_path: Path, how: signal.Signals) -> None:
     state = str(tmp_path / "region.db")
     args = ["--state", state, "--attach-delay", "1.0", "--eni-quota", "5"]
-    first = start_subprocess(args)
+    first = with_provider(start_subprocess(args))
     try:
         topo = first.admin.bootstrap({ZONE: ["10.1.0.0/24"]})
         vsw = topo.vswitch_ids(ZONE)[0]
@@ -48,7 +50,7 @@ def test_state_survives_a_restart(tmp_path: Path, how: signal.Signals) -> None:
     finally:
         first.close()
 
-    second = start_subprocess(args)
+    second = with_provider(start_subprocess(args))
     try:
         p = second.provider()
         got = p.describe_enis([eni.eni_id])[0]
@@ -109,3 +111,52 @@ def test_settings_at_start_win_over_the_saved_ones(tmp_path: Path, cloudsim_fact
     second.provider().create_eni(vsw, [topo.security_group_id], {})
     assert second.admin.state()["settings"]["eni_quota"] == 2
     assert len(second.provider().describe_enis()) == 2
+
+
+def test_state_in_a_missing_folder_is_created(tmp_path: Path, cloudsim_factory: Any) -> None:
+    state = tmp_path / "var" / "lib" / "eniway" / "cloudsim.db"
+    h = cloudsim_factory.subprocess(["--state", str(state)])
+    h.admin.bootstrap({ZONE: ["10.5.0.0/24"]})
+    assert state.is_file()
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "eniway_cloudsim.main", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--throttle", "bogus"], "--throttle"),
+    (["--throttle", "*=0/5"], "--throttle"),
+    (["--listen", "127.0.0.1:70000"], "65535"),
+    (["--listen", "127.0.0.1:http"], "65535"),
+    (["--fault", "AssignPrivateIpAddresses=lots"], "--fault"),
+    (["--fault", "X=2.0"], "--fault"),
+    (["--access-key", "no-colon"], "--access-key"),
+    (["--admin-token-file", "/nonexistent/token"], "--admin-token-file"),
+])
+def test_bad_options_are_usage_errors(args: list[str], says: str) -> None:
+    out = run_cli(*args)
+    assert out.returncode == 2, out
+    assert "usage: eniway-cloudsim" in out.stderr and says in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_a_state_folder_that_cannot_be_made_is_a_usage_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    out = run_cli("--state", str(blocker / "sub" / "cloudsim.db"))
+    assert out.returncode == 2 and "--state" in out.stderr and "cannot create" in out.stderr
+    assert "Traceback" not in out.stderr
+    out = run_cli("--state", str(tmp_path))
+    assert out.returncode == 2 and "is a directory" in out.stderr
+
+
+def test_a_port_in_use_is_a_usage_error() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        out = run_cli("--listen", f"127.0.0.1:{s.getsockname()[1]}")
+    assert out.returncode == 2 and "--listen" in out.stderr and "Traceback" not in out.stderr

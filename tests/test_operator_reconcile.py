@@ -204,3 +204,26 @@ def test_node_without_instance_id_is_left_alone(world: World) -> None:
     with pytest.raises(ApiException):
         world.pool(node)
     assert world.cloud.calls["CreateNetworkInterface"] == 0
+
+
+def test_quota_exceeded_private_ip_address_block_lists_the_vswitch(world: World) -> None:
+    """ECS documents QuotaExceeded.PrivateIpAddress as "Don't have enough private IPs in
+    this switch" (AlibabaCloudDocs/ecs, RunInstances.md error table) and Terway
+    block-lists the vSwitch on it (terway pkg/controller/multi-ip/node/pool.go): so does
+    the operator, and it carries on with the next vSwitch of the zone."""
+    first = world.topo.vswitch_ids(ZONE)[0]
+    second = world.sim.admin.create_vswitch(world.topo.vpc_id, ZONE, "10.0.1.0/24")["vswitch_id"]
+    world.config({"vswitches": {ZONE: [first, second]}, "vswitch_selection_policy": "ordered"})
+    node = world.node()
+    for api in ("CreateNetworkInterface", "AssignPrivateIpAddresses"):
+        world.sim.admin.add_fault(api, count=1, status=400, code="QuotaExceeded.PrivateIpAddress",
+                                  message="Don't have enough private IPs in this switch")
+    world.rounds(node, Demand(pending=4), lambda: _counts(world, node).get("free", 0) >= 4)
+    inst = world.pool(node)["spec"]["instanceId"]
+    secondary = [e for e in world.cloud.inner.describe_enis(instance_id=inst)
+                 if e.type == "Secondary"]
+    assert secondary and {e.vswitch_id for e in secondary} == {second}
+    conds = {c["type"]: c for c in world.pool(node)["status"]["conditions"]}
+    assert conds["VSwitchExhausted"]["status"] == "True"
+    assert first in conds["VSwitchExhausted"]["message"]
+    assert conds.get("QuotaExceeded", {}).get("status") != "True"

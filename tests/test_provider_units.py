@@ -111,8 +111,13 @@ def test_parse_rates() -> None:
     ("SomethingNew", 503, ServerError),
     ("InvalidVSwitchId.IpNotEnough", 403, VSwitchExhausted),
     ("EniPerInstanceLimitExceeded", 403, QuotaExceeded),
-    ("QuotaExceeded.PrivateIpAddress", 403, QuotaExceeded),
+    ("QuotaExceeded.PrivateIpAddress", 400, VSwitchExhausted),
     ("QuotaExceeded.Eni", 403, QuotaExceeded),
+    ("MaxEniCountExceeded", 403, QuotaExceeded),
+    ("InvalidOperation.Ipv4CountExceeded", 403, QuotaExceeded),
+    ("MaxEniPrivateIpsCountExceeded", 403, QuotaExceeded),
+    ("JoinedGroupLimitExceed", 400, InvalidParameter),
+    ("InvalidOperation.InvalidEcsState", 400, InvalidState),
     ("IncorrectInstanceStatus", 403, InvalidState),
     ("InvalidOperation.InvalidEniState", 403, InvalidState),
     ("Operation.Conflict", 403, InvalidState),
@@ -122,6 +127,8 @@ def test_parse_rates() -> None:
     ("IdempotentParameterMismatch", 400, InvalidParameter),
     ("SignatureDoesNotMatch", 400, Unauthorized),
     ("InvalidAccessKeyId.NotFound", 404, Unauthorized),
+    ("InvalidTimeStamp.Expired", 400, Unauthorized),
+    ("SignatureNonceUsed", 400, ServerError),
     ("Weird", 400, CloudError),
 ])
 def test_error_mapping(code: str, status: int, cls: type) -> None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+ADMIN_TOKEN_ENV = "ENIWAY_CLOUDSIM_ADMIN_TOKEN"
 
 
 class AdminError(RuntimeError):
@@ -31,14 +34,21 @@ class Topology:
 
 
 class CloudSimAdmin:
-    def __init__(self, endpoint: str, timeout: float = 30.0) -> None:
+    """``token``: the emulator's admin token (default: $ENIWAY_CLOUDSIM_ADMIN_TOKEN)."""
+
+    def __init__(self, endpoint: str, timeout: float = 30.0, token: str | None = None
+                 ) -> None:
         self.url = endpoint if endpoint.startswith("http") else f"http://{endpoint}"
         self.timeout = timeout
+        self.token = token if token is not None else os.environ.get(ADMIN_TOKEN_ENV, "")
 
     def _call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
         data = json.dumps(body or {}).encode() if method != "GET" else None
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
         req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+                                     headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 return json.loads(resp.read() or b"null")
@@ -134,8 +144,7 @@ class CloudSimAdmin:
         return self._call("PUT", "/admin/throttle", {"throttle": {api: spec}})
 
     def call_counts(self) -> dict[str, Any]:
-        """{"calls": {api: n}, "total": n, "errors": {api: {code: n}},
-        "callers": {access key id: {api: n}}}."""
+        """{"calls": {api: n}, "total": n, "errors": {api: {code: n}}}."""
         return self._call("GET", "/admin/calls")
 
     def reset_call_counts(self) -> dict[str, Any]:
@@ -146,7 +155,9 @@ class CloudSimAdmin:
                                                   "access_key_secret": access_key_secret})
 
     def metadata(self, instance_id: str, path: str) -> str:
-        """GET <metadata_url>/latest/<path>, e.g. path="meta-data/instance-id"."""
-        req = urllib.request.Request(f"{self.url}/instances/{instance_id}/latest/{path}")
+        """GET <metadata_url>/latest/<path>, e.g. path="meta-data/instance-id" (through
+        the instance's metadata URL, so the RAM role's credentials are served too)."""
+        base = self.instance(instance_id)["metadata_url"]
+        req = urllib.request.Request(f"{base}/latest/{path}")
         with urllib.request.urlopen(req, timeout=self.timeout) as resp:
             return resp.read().decode()

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 from .engine import (
     ENI_INUSE,
+    MAX_RESULTS,
     EcsError,
     Engine,
     Eni,
@@ -174,7 +175,10 @@ def delete_network_interface(e: Engine, p: Params) -> dict[str, Any]:
 
 
 def describe_network_interfaces(e: Engine, p: Params) -> dict[str, Any]:
-    chunk, meta = page(p, e.filter_enis(p), 10, 1000, 500)
+    p = dict(p)
+    if p.get("MaxResults", "").isdigit() and int(p["MaxResults"]) > MAX_RESULTS:
+        p["MaxResults"] = str(MAX_RESULTS)  # as ECS: a larger page is taken as 500
+    chunk, meta = page(p, e.filter_enis(p), 10, 1000, MAX_RESULTS)
     return dict(meta, NetworkInterfaceSets={"NetworkInterfaceSet": [
         eni_body(e, n) for n in chunk]})
 

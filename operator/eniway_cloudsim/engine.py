@@ -20,14 +20,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from eniway_operator.cloud.limits import InstanceTypeRow, bundled_table
-
+from .catalog import InstanceType, catalog
 from .store import Store
 
 log = logging.getLogger("eniway_cloudsim")
 
-MAX_IPS_PER_CALL = 10
+# Figures from the ECS API reference and the SDK's parameter docs
+# (alibabacloud_ecs20140526 models); the tests cite each one.
+MAX_IPS_PER_CALL = 10  # SecondaryPrivateIpAddressCount, and IPs per Unassign
+MAX_IPS_AT_CREATE = 10  # CreateNetworkInterface PrivateIpAddress.N: 0 to 10
+MAX_IPS_ASSIGN_AVAILABLE = 10  # AssignPrivateIpAddresses PrivateIpAddress.N, Available ENI
 MAX_SECONDARY_IPS_AVAILABLE = 49  # at creation, and on an ENI that is not attached
+MAX_RESULTS = 500  # DescribeNetworkInterfaces: a larger MaxResults is taken as 500
 MAX_SECURITY_GROUPS = 5
 MAX_TAGS = 20
 RESERVED_HEAD = 1  # ECS reserves the first address of a vSwitch CIDR...
@@ -109,6 +113,7 @@ class Instance:
     netns: str = ""
     netns_created: bool = False
     ram_role: str = ""
+    metadata_token: str = ""  # the secret in the instance's metadata URL (see metadata.py)
 
 
 @dataclass
@@ -253,12 +258,12 @@ class Engine:
 
     def __init__(self, settings: Settings, store: Store | None = None,
                  network: Network | None = None,
-                 types: Mapping[str, InstanceTypeRow] | None = None,
+                 types: Mapping[str, InstanceType] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.store = store
         self.net: Network = GuardedNetwork(network) if network is not None else NullNetwork()
-        self.types = types if types is not None else bundled_table()
+        self.types = types if types is not None else catalog()
         self.clock = clock
         self.lock = threading.RLock()
         self.vpcs: dict[str, Vpc] = {}
@@ -286,7 +291,11 @@ class Engine:
         for row in self.store.load("sg"):
             self.sgs[row["security_group_id"]] = SecurityGroup(**row)
         for row in self.store.load("instance"):
-            self.instances[row["instance_id"]] = Instance(**row)
+            inst = Instance(**row)
+            if not inst.metadata_token:  # state written before metadata URLs had one
+                inst.metadata_token = secrets.token_urlsafe(18)
+                self._save("instance", inst.instance_id, inst)
+            self.instances[inst.instance_id] = inst
         for row in self.store.load("eni"):
             eni = Eni(**row)
             self.enis[eni.eni_id] = eni
@@ -324,7 +333,7 @@ class Engine:
 
     # --- lookups -------------------------------------------------------------------
 
-    def limits(self, instance_type: str) -> InstanceTypeRow:
+    def limits(self, instance_type: str) -> InstanceType:
         row = self.types.get(instance_type)
         if row is None:
             raise EcsError(404, "InvalidInstanceType.NotFound",
@@ -372,8 +381,9 @@ class Engine:
             raise EcsError(400, "MissingParameter.SecurityGroupId",
                            "At least one security group is required.")
         if len(sg_ids) > MAX_SECURITY_GROUPS:
-            raise EcsError(400, "InvalidParameter.SecurityGroupIdsCount",
-                           f"An ENI can join at most {MAX_SECURITY_GROUPS} security groups.")
+            raise EcsError(400, "JoinedGroupLimitExceed",
+                           f"An ENI can join at most {MAX_SECURITY_GROUPS} security groups, "
+                           f"not {len(sg_ids)}.")
         for sg_id in sg_ids:
             sg = self.sgs.get(sg_id)
             if sg is None:
@@ -560,7 +570,7 @@ class Engine:
                             vpc_id=vsw.vpc_id, vswitch_id=vsw.vswitch_id, status=status,
                             security_group_ids=sgs, primary_eni_id=eni.eni_id,
                             name=name or iid, created=self.clock(), netns=netns,
-                            ram_role=ram_role)
+                            ram_role=ram_role, metadata_token=secrets.token_urlsafe(18))
             self.used[vsw.vswitch_id].add(eni.primary_ip)
             self.enis[eni.eni_id] = eni
             self.instances[iid] = inst
@@ -632,15 +642,22 @@ class Engine:
             if len(tags) > MAX_TAGS:
                 raise EcsError(400, "InvalidTagCount", f"At most {MAX_TAGS} tags.")
             n_secondary = as_int(p.get("SecondaryPrivateIpAddressCount"),
-                                  "SecondaryPrivateIpAddressCount", 0, 0,
-                                  MAX_SECONDARY_IPS_AVAILABLE)
+                                  "SecondaryPrivateIpAddressCount", 0, 0)
             wanted_secondary = repeat_list(p, "PrivateIpAddress")
-            if len(wanted_secondary) > MAX_SECONDARY_IPS_AVAILABLE:
-                raise EcsError(400, "InvalidParameter.PrivateIpAddress",
-                               f"At most {MAX_SECONDARY_IPS_AVAILABLE} secondary IPs.")
+            if wanted_secondary and n_secondary:
+                raise EcsError(400, "InvalidParameter.Conflict", "Give PrivateIpAddress.N or "
+                               "SecondaryPrivateIpAddressCount, not both.")
+            if len(wanted_secondary) > MAX_IPS_AT_CREATE:
+                raise EcsError(400, "InvalidParameter",
+                               f"PrivateIpAddress.N: at most {MAX_IPS_AT_CREATE} at creation, "
+                               f"not {len(wanted_secondary)}.")
+            if n_secondary > MAX_SECONDARY_IPS_AVAILABLE:
+                raise EcsError(403, "MaxEniPrivateIpsCountExceeded",
+                               f"An ENI can be created with at most "
+                               f"{MAX_SECONDARY_IPS_AVAILABLE} secondary IPs, not {n_secondary}.")
             secondaries = sum(1 for e in self.enis.values() if e.type == "Secondary")
             if secondaries >= self.settings.eni_quota:
-                raise EcsError(403, "QuotaExceeded.Eni",
+                raise EcsError(403, "MaxEniCountExceeded",
                                f"The ENI quota of region {self.settings.region_id} "
                                f"({self.settings.eni_quota}) is used up.")
             primary_ip = p.get("PrimaryIpAddress", "")
@@ -679,10 +696,10 @@ class Engine:
 
     def _check_hot_swap(self, inst: Instance, what: str) -> None:
         if inst.status not in (INSTANCE_RUNNING, INSTANCE_STOPPED):
-            raise EcsError(403, "IncorrectInstanceStatus",
+            raise EcsError(400, "InvalidOperation.InvalidEcsState",
                            f"The instance is {inst.status}: {what} needs Running or Stopped.")
         if inst.status == INSTANCE_RUNNING and not self.limits(inst.instance_type).hot_swap:
-            raise EcsError(403, "IncorrectInstanceStatus",
+            raise EcsError(400, "InvalidOperation.InvalidEcsState",
                            f"Instance type {inst.instance_type} does not support ENI hot "
                            f"swapping: stop the instance to {what} an ENI.")
 
@@ -695,7 +712,7 @@ class Engine:
                 raise EcsError(403, "InvalidOperation.InvalidEniType",
                                "A primary ENI cannot be attached.")
             if eni.status != ENI_AVAILABLE:
-                raise EcsError(403, "InvalidOperation.InvalidEniState",
+                raise EcsError(400, "InvalidOperation.InvalidEniState",
                                f"The ENI is {eni.status}, not Available.")
             if eni.vpc_id != inst.vpc_id:
                 raise EcsError(403, "InvalidOperation.VpcMismatch",
@@ -711,7 +728,7 @@ class Engine:
                                f"Instance type {inst.instance_type} allows "
                                f"{row.eni_quantity} ENIs (the primary included).")
             if len(eni.all_ips) > row.eni_private_ip_quantity:
-                raise EcsError(403, "QuotaExceeded.PrivateIpAddress",
+                raise EcsError(403, "MaxEniPrivateIpsCountExceeded",
                                f"The ENI holds {len(eni.all_ips)} IPs; instance type "
                                f"{inst.instance_type} allows {row.eni_private_ip_quantity}.")
             taken = {e.device_index for e in mine}
@@ -730,14 +747,16 @@ class Engine:
             eni = self._eni(eni_id)
             inst = self._instance(instance_id)
             if eni.instance_id != inst.instance_id:
-                raise EcsError(403, "InvalidOperation.InvalidEniState",
+                raise EcsError(400, "InvalidOperation.InvalidEniState",
                                f"The ENI is not attached to {inst.instance_id}.")
             if eni.type == "Primary":
-                raise EcsError(403, "InvalidOperation.DetachPrimaryEniNotAllowed",
+                raise EcsError(400, "InvalidOperation.DetachPrimaryEniNotAllowed",
                                "The primary ENI of an instance cannot be detached.")
+            if eni.status == ENI_DETACHING:
+                return eni  # a re-sent detach: the first one is under way
             if eni.status != ENI_INUSE:
-                raise EcsError(403, "InvalidOperation.InvalidEniState",
-                               f"The ENI is {eni.status}, not InUse.")
+                raise EcsError(400, "InvalidOperation.InvalidEniState",
+                               f"The ENI is {eni.status}, not InUse or Detaching.")
             self._check_hot_swap(inst, "detach")
             eni.status = ENI_DETACHING
             eni.transition_at = self.clock() + self.settings.detach_delay
@@ -754,18 +773,18 @@ class Engine:
                 raise EcsError(403, "InvalidOperation.InvalidEniType",
                                "The primary ENI of an instance cannot be deleted.")
             if eni.status != ENI_AVAILABLE:
-                raise EcsError(403, "InvalidOperation.InvalidEniState",
+                raise EcsError(400, "InvalidOperation.InvalidEniState",
                                f"The ENI is {eni.status}; only Available ENIs can be deleted.")
             self._delete(eni)
 
     def _check_ip_op(self, eni: Eni) -> Instance | None:
         if eni.status not in (ENI_AVAILABLE, ENI_INUSE):
-            raise EcsError(403, "InvalidOperation.InvalidEniState",
+            raise EcsError(400, "InvalidOperation.InvalidEniState",
                            f"The ENI is {eni.status}; IPs change only when Available or InUse.")
         inst = self.instances.get(eni.instance_id) if eni.instance_id else None
         if eni.type == "Primary" and inst is not None and \
                 inst.status not in (INSTANCE_RUNNING, INSTANCE_STOPPED):
-            raise EcsError(403, "InvalidOperation.InvalidEcsState",
+            raise EcsError(400, "InvalidOperation.InvalidEcsState",
                            f"The instance is {inst.status}.")
         return inst
 
@@ -779,16 +798,23 @@ class Engine:
                 raise EcsError(400, "InvalidParameter.Conflict", "Give PrivateIpAddress.N or "
                                "SecondaryPrivateIpAddressCount, not both.")
             n = len(wanted) if wanted else as_int(count, "SecondaryPrivateIpAddressCount")
-            if not 1 <= n <= MAX_IPS_PER_CALL:
+            if not wanted and not 1 <= n <= MAX_IPS_PER_CALL:
                 raise EcsError(400, "InvalidParameter.SecondaryPrivateIpAddressCount",
                                f"1 to {MAX_IPS_PER_CALL} IPs per call, not {n}.")
             inst = self._check_ip_op(eni)
-            if eni.status == ENI_INUSE and inst is not None:
+            attached = eni.status == ENI_INUSE and inst is not None
+            if not attached and len(wanted) > MAX_IPS_ASSIGN_AVAILABLE:
+                raise EcsError(400, "InvalidParameter",
+                               f"PrivateIpAddress.N: at most {MAX_IPS_ASSIGN_AVAILABLE} for an "
+                               f"Available ENI, not {len(wanted)}.")
+            if attached:
+                assert inst is not None
                 cap = self.limits(inst.instance_type).eni_private_ip_quantity - 1
+                code = "InvalidOperation.Ipv4CountExceeded"
             else:
-                cap = MAX_SECONDARY_IPS_AVAILABLE
+                cap, code = MAX_SECONDARY_IPS_AVAILABLE, "MaxEniPrivateIpsCountExceeded"
             if len(eni.private_ips) + n > cap:
-                raise EcsError(403, "QuotaExceeded.PrivateIpAddress",
+                raise EcsError(403, code,
                                f"The ENI can hold {cap} secondary IPs; it has "
                                f"{len(eni.private_ips)}, {n} more asked.")
             vsw = self.vswitches[eni.vswitch_id]
@@ -810,9 +836,9 @@ class Engine:
                                f"1 to {MAX_IPS_PER_CALL} IPs per call, not {len(ips)}.")
             inst = self._check_ip_op(eni)
             for ip in ips:
-                if ip == eni.primary_ip:
-                    raise EcsError(403, "InvalidOperation.UnassignPrimaryIp",
-                                   f"{ip} is the ENI's primary IP.")
+                if ip == eni.primary_ip:  # not a secondary IP: ECS says "not assigned"
+                    raise EcsError(403, "InvalidIp.IpUnassigned",
+                                   f"{ip} is the ENI's primary IP, not a secondary one.")
                 if ip not in eni.private_ips:
                     raise EcsError(403, "InvalidIp.IpUnassigned",
                                    f"{ip} is not assigned to {eni.eni_id}.")
@@ -911,7 +937,7 @@ class Engine:
                 out.append(vsw)
             return out
 
-    def filter_types(self, p: Mapping[str, str]) -> list[InstanceTypeRow]:
+    def filter_types(self, p: Mapping[str, str]) -> list[InstanceType]:
         wanted = set(repeat_list(p, "InstanceTypes"))
         family = p.get("InstanceTypeFamily", "")
         return [r for r in self.types.values()

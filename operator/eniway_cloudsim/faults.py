@@ -1,20 +1,51 @@
-"""Fault injection and per-API throttling in front of the ECS actions, plus call counters
-(in total and per caller: the AccessKey that signed the request)."""
+"""Fault injection and per-API throttling in front of the ECS actions, plus call counters."""
 
 from __future__ import annotations
 
 import random
 import threading
+import time
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
-
-from eniway_operator.cloud.ratelimit import Rate, TokenBucket
 
 from .engine import EcsError
 
 ANY = "*"
+
+
+@dataclass(frozen=True)
+class Rate:
+    """What the region allows one API: ``per_second`` refill, ``burst`` bucket size."""
+
+    per_second: float
+    burst: int
+
+    def __post_init__(self) -> None:
+        if not self.per_second > 0 or self.burst < 1:
+            raise ValueError(f"a rate needs per_second > 0 and burst >= 1, not {self}")
+
+
+class Bucket:
+    """The region's side of throttling: a token bucket that never waits, it only says
+    whether this call gets through (the caller answers Throttling otherwise)."""
+
+    def __init__(self, rate: Rate, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self._clock = clock
+        self._tokens = float(rate.burst)
+        self._stamp = clock()
+
+    def admit(self) -> bool:
+        now = self._clock()
+        self._tokens = min(float(self.rate.burst),
+                           self._tokens + max(0.0, now - self._stamp) * self.rate.per_second)
+        self._stamp = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
 
 
 @dataclass
@@ -60,10 +91,9 @@ class Gate:
         self.faults: dict[str, Fault] = {}
         self.rng = random.Random(seed)
         self.throttle_rates: dict[str, Rate] = dict(throttle or {})
-        self._buckets: dict[str, TokenBucket] = {}
+        self._buckets: dict[str, Bucket] = {}
         self.calls: Counter[str] = Counter()
         self.errors: dict[str, Counter[str]] = defaultdict(Counter)
-        self.by_caller: dict[str, Counter[str]] = defaultdict(Counter)
 
     def set_faults(self, faults: Mapping[str, Mapping[str, Any]], seed: int | None = None,
                    replace: bool = True) -> None:
@@ -85,22 +115,20 @@ class Gate:
                     self.throttle_rates[api] = rate
             self._buckets.clear()
 
-    def _bucket(self, api: str) -> TokenBucket | None:
+    def _bucket(self, api: str) -> Bucket | None:
         rate = self.throttle_rates.get(api) or self.throttle_rates.get(ANY)
         if rate is None:
             return None
         b = self._buckets.get(api)
         if b is None:
-            b = self._buckets[api] = TokenBucket(rate)
+            b = self._buckets[api] = Bucket(rate)
         return b
 
-    def decide(self, api: str, caller: str = "") -> Decision:
-        """``caller`` is the AccessKey id that signed the request (counted apart)."""
+    def decide(self, api: str) -> Decision:
         with self._lock:
             self.calls[api] += 1
-            self.by_caller[caller][api] += 1
             bucket = self._bucket(api)
-            if bucket is not None and not bucket.try_take():
+            if bucket is not None and not bucket.admit():
                 self.errors[api]["Throttling"] += 1
                 return Decision(error=EcsError(400, "Throttling",
                                                "Request was denied due to request throttling."))
@@ -127,14 +155,12 @@ class Gate:
     def counts(self) -> dict[str, Any]:
         with self._lock:
             return {"calls": dict(self.calls), "total": sum(self.calls.values()),
-                    "errors": {k: dict(v) for k, v in self.errors.items() if v},
-                    "callers": {k: dict(v) for k, v in self.by_caller.items() if v}}
+                    "errors": {k: dict(v) for k, v in self.errors.items() if v}}
 
     def reset_counts(self) -> None:
         with self._lock:
             self.calls.clear()
             self.errors.clear()
-            self.by_caller.clear()
 
     def describe(self) -> dict[str, Any]:
         with self._lock:

@@ -6,57 +6,120 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
+import sqlite3
 import sys
+from pathlib import Path
 from typing import Any
 
-from eniway_operator.cloud.ratelimit import Rate
-
+from .admin import ADMIN_TOKEN_ENV
 from .engine import Settings
+from .faults import Fault, Rate
 from .server import CloudSim
 
 EPILOG = """\
 Endpoints (one listener):
   /                                ECS RPC (API version 2014-05-26), signed ACS3-HMAC-SHA256:
                                    point alibabacloud_ecs20140526 at --listen with protocol http
-  /admin/...                       JSON admin API (topology, instances, faults, counters)
-  /instances/<id>/latest/...       instance metadata, Alibaba layout (also /latest/... with
-                                   header X-Eniway-Instance-Id)
+  /admin/...                       JSON admin API (topology, instances, faults, counters);
+                                   needs 'Authorization: Bearer <admin token>'
+  /instances/<id>/<token>/latest/  instance metadata, Alibaba layout: the instance's
+                                   metadata_url from the admin API (RAM credentials only here)
 
 Example:
-  eniway-cloudsim --listen 127.0.0.1:8765 --state /var/lib/eniway-cloudsim.db \\
+  ENIWAY_CLOUDSIM_ADMIN_TOKEN=... eniway-cloudsim --listen 127.0.0.1:8765 \\
+      --state /var/lib/eniway/cloudsim.db \\
       --attach-delay 1 --throttle '*=20/40' --fault AssignPrivateIpAddresses=0.1
 See docs/cloudsim.md.
 """
+
+
+def _listen(spec: str) -> tuple[str, int]:
+    """HOST:PORT, port 0 to 65535."""
+    host, sep, port = spec.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"{spec!r}: want HOST:PORT with a port from 0 to 65535")
+    return host or "127.0.0.1", int(port)
 
 
 def _throttle(spec: str) -> tuple[str, Rate]:
     """API=PER_SECOND[/BURST]"""
     api, _, rate = spec.partition("=")
     per_s, _, burst = rate.partition("/")
-    per_second = float(per_s)
-    return api, Rate(per_second * 60, int(burst) if burst else max(1, int(per_second)))
+    try:
+        per_second = float(per_s)
+        return api, Rate(per_second, int(burst) if burst else max(1, int(per_second)))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{spec!r}: want API=PER_SECOND[/BURST], e.g. '*=20/40'") from None
 
 
 def _fault(spec: str) -> tuple[str, dict[str, Any]]:
     """API=ERROR_RATE[:CODE[:STATUS]] or API={json}"""
-    api, _, rest = spec.partition("=")
-    if rest.startswith("{"):
-        return api, json.loads(rest)
-    rate, _, tail = rest.partition(":")
-    code, _, status = tail.partition(":")
-    out: dict[str, Any] = {"error_rate": float(rate)}
-    if code:
-        out["code"] = code
-        out["status"] = int(status) if status else 500
-    return api, out
+    api, sep, rest = spec.partition("=")
+    try:
+        if not sep or not api:
+            raise ValueError("no API=")
+        if rest.startswith("{"):
+            out: dict[str, Any] = json.loads(rest)
+        else:
+            rate, _, tail = rest.partition(":")
+            code, _, status = tail.partition(":")
+            out = {"error_rate": float(rate)}
+            if code:
+                out["code"] = code
+                out["status"] = int(status) if status else 500
+        Fault.from_dict(out)
+        return api, out
+    except (ValueError, TypeError) as e:
+        raise argparse.ArgumentTypeError(
+            f"{spec!r}: want API=RATE[:CODE[:STATUS]] or API={{json}} ({e})") from None
+
+
+def _access_key(spec: str) -> tuple[str, str]:
+    ak, sep, secret = spec.partition(":")
+    if not sep or not ak or not secret:
+        raise argparse.ArgumentTypeError(f"{spec!r}: want ID:SECRET")
+    return ak, secret
+
+
+def _state_path(parser: argparse.ArgumentParser, state: str) -> str:
+    """The state file's folder is created when missing; a folder that cannot be made
+    is a usage error, not a traceback."""
+    if state == ":memory:":
+        return state
+    path = Path(state)
+    if path.is_dir():
+        parser.error(f"--state {state}: is a directory; give a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        parser.error(f"--state {state}: cannot create {path.parent}: {e.strerror}")
+    if not os.access(path.parent, os.W_OK):
+        parser.error(f"--state {state}: {path.parent} is not writable")
+    return state
+
+
+def admin_token(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str | None:
+    """--admin-token-file, else $ENIWAY_CLOUDSIM_ADMIN_TOKEN, else None (one is made up)."""
+    if args.admin_token_file:
+        try:
+            token = Path(args.admin_token_file).read_text(encoding="utf-8").strip()
+        except OSError as e:
+            parser.error(f"--admin-token-file {args.admin_token_file}: {e.strerror}")
+        if not token:
+            parser.error(f"--admin-token-file {args.admin_token_file}: empty")
+        return token
+    return os.environ.get(ADMIN_TOKEN_ENV, "").strip() or None
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="eniway-cloudsim", description=__doc__, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--listen", default="127.0.0.1:8765",
+    p.add_argument("--listen", default="127.0.0.1:8765", type=_listen,
                    help="HOST:PORT to serve on; port 0 picks a free one (default %(default)s)")
     p.add_argument("--state", default=":memory:",
                    help="SQLite file holding the region's state; survives restarts "
@@ -69,13 +132,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detach-delay", type=float, default=0.5,
                    help="seconds an ENI stays Detaching (default %(default)s)")
     p.add_argument("--access-key", action="append", default=[], metavar="ID:SECRET",
+                   type=_access_key,
                    help="accepted AccessKey pair, repeatable (default eniway:eniway-secret)")
+    p.add_argument("--admin-token-file", default="", metavar="PATH",
+                   help="file holding the token /admin/ requests must send as 'Authorization: "
+                        f"Bearer <token>' (default: ${ADMIN_TOKEN_ENV}, else a random one, "
+                        "printed by --print-endpoint)")
     p.add_argument("--no-auth", action="store_true",
                    help="accept any signature (the signature is checked by default)")
     p.add_argument("--throttle", action="append", default=[], metavar="API=PER_S[/BURST]",
+                   type=_throttle,
                    help="token bucket per API ('*' for every API), answering Throttling when "
                         "empty; repeatable (default: none)")
     p.add_argument("--fault", action="append", default=[], metavar="API=RATE[:CODE[:STATUS]]",
+                   type=_fault,
                    help="inject errors on a share of calls ('*' for all); repeatable")
     p.add_argument("--latency-ms", type=float, default=0.0,
                    help="added latency on every ECS call")
@@ -93,21 +163,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def make_sim(args: argparse.Namespace) -> CloudSim:
-    host, _, port = args.listen.rpartition(":")
+def make_sim(args: argparse.Namespace, token: str | None = None) -> CloudSim:
+    host, port = args.listen
     network = None
     if args.network:
         from .netmode import NetMode
 
         network = NetMode(args.netns_prefix)
-    keys = dict(k.split(":", 1) for k in args.access_key) if args.access_key else None
+    keys = dict(args.access_key) if args.access_key else None
     sim = CloudSim(
-        host=host or "127.0.0.1", port=int(port), state=args.state,
+        host=host, port=port, state=args.state, admin_token=token,
         settings=Settings(region_id=args.region, eni_quota=args.eni_quota,
                           attach_delay=args.attach_delay, detach_delay=args.detach_delay),
         network=network, keys=keys, auth=not args.no_auth, seed=args.seed,
-        throttle=dict(_throttle(s) for s in args.throttle))
-    faults = dict(_fault(s) for s in args.fault)
+        throttle=dict(args.throttle))
+    faults = dict(args.fault)
     if args.latency_ms:
         faults.setdefault("*", {})["latency_ms"] = args.latency_ms
     if faults:
@@ -116,17 +186,26 @@ def make_sim(args: argparse.Namespace) -> CloudSim:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    sim = make_sim(args)
+    args.state = _state_path(parser, args.state)
+    token = admin_token(parser, args)
+    try:
+        sim = make_sim(args, token)
+    except sqlite3.Error as e:
+        parser.error(f"--state {args.state}: cannot open it: {e}")
+    except OSError as e:  # the port is taken, or the address is not ours
+        parser.error(f"--listen {args.listen[0]}:{args.listen[1]}: {e.strerror}")
 
     def _term(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _term)
     if args.print_endpoint:
-        print(json.dumps({"endpoint": sim.endpoint, "url": sim.url}), flush=True)
+        print(json.dumps({"endpoint": sim.endpoint, "url": sim.url,
+                          "admin_token": sim.admin_token}), flush=True)
     logging.getLogger("eniway_cloudsim").info("serving region %s on %s",
                                               args.region, sim.url)
     try:

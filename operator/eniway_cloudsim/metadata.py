@@ -1,12 +1,20 @@
 """The instance metadata service, in Alibaba Cloud's path layout (100.100.100.200).
 
-Served per instance under ``/instances/<instance-id>/latest/...`` (so a node's base URL
-is ``http://<sim>/instances/<instance-id>``), or under ``/latest/...`` with the header
-``X-Eniway-Instance-Id``.
+On ECS only the instance itself reaches its metadata service, so whoever can read the
+RAM role's STS keys is that instance. The emulator serves every instance on one
+listener, so it binds the keys to a secret instead: each instance has a metadata token,
+made at creation and handed out only through the admin API, and its metadata URL is
+``http://<sim>/instances/<instance-id>/<token>`` (the admin view's ``metadata_url``, what
+a node is configured with). Under that URL everything is served; without the token
+(``/instances/<instance-id>/latest/...``, or ``/latest/...`` with the header
+``X-Eniway-Instance-Id``) everything but ``ram/security-credentials/<role>``, which
+answers 403 unless the header ``X-Eniway-Metadata-Token`` carries the token. Each STS key
+records the instance it was issued to.
 """
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import json
 import time
@@ -68,8 +76,10 @@ def identity_document(e: Engine, inst: Instance) -> str:
                        "serial-number": inst.instance_id, "image-id": "eniway-cloudsim"})
 
 
-def lookup(e: Engine, verifier: Verifier, instance_id: str, path: str) -> str:
-    """The body for GET ``path`` (the part after /latest/) or EcsError(404)."""
+def lookup(e: Engine, verifier: Verifier, instance_id: str, path: str,
+           token: str | None = None) -> str:
+    """The body for GET ``path`` (the part after /latest/), EcsError(404) for what does
+    not exist, EcsError(403) for credentials asked without the instance's ``token``."""
     with e.lock:
         inst = e.instances.get(instance_id)
         if inst is None:
@@ -82,10 +92,14 @@ def lookup(e: Engine, verifier: Verifier, instance_id: str, path: str) -> str:
                 return "meta-data/\ndynamic/\n"
             raise EcsError(404, "NotFound", path)
         node: Any = _tree(e, inst, verifier)
+        proven = token is not None and hmac.compare_digest(token, inst.metadata_token)
     for i, part in enumerate(parts[1:], start=1):
         if isinstance(node, dict) and part in node:
             if node[part] is None and parts[1:i] == ["ram", "security-credentials"]:
-                return _credentials(verifier)
+                if not proven:
+                    raise EcsError(403, "Forbidden", "the RAM role's credentials are served "
+                                   "only under the instance's metadata URL")
+                return _credentials(verifier, instance_id)
             node = node[part]
         else:
             raise EcsError(404, "NotFound", path)
@@ -94,8 +108,8 @@ def lookup(e: Engine, verifier: Verifier, instance_id: str, path: str) -> str:
     return str(node)
 
 
-def _credentials(verifier: Verifier) -> str:
-    ak, key = verifier.issue_sts()
+def _credentials(verifier: Verifier, instance_id: str) -> str:
+    ak, key = verifier.issue_sts(instance_id)
     fmt = "%Y-%m-%dT%H:%M:%SZ"
     return json.dumps({"AccessKeyId": ak, "AccessKeySecret": key.secret,
                        "SecurityToken": key.token,

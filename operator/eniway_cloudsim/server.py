@@ -1,10 +1,17 @@
 """The HTTP front: ECS RPC calls on ``/``, admin JSON under ``/admin/``, instance metadata
-under ``/instances/<id>/latest/`` (or ``/latest/`` with ``X-Eniway-Instance-Id``)."""
+under ``/instances/<id>/<token>/latest/`` (see metadata.py).
+
+The admin API changes the region at will (instances, access keys, faults), so every
+``/admin/`` request but ``GET /admin/healthz`` (for probes) must carry
+``Authorization: Bearer <admin token>``. Request bodies are bounded by ``MAX_BODY``: a
+larger Content-Length is refused with 413 before anything is read."""
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
+import secrets
 import threading
 import time
 import uuid
@@ -14,17 +21,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from eniway_operator.cloud.ratelimit import Rate
-
 from . import metadata
 from .ecs_api import ACTIONS
 from .engine import EcsError, Engine, Settings
-from .faults import Gate
+from .faults import Gate, Rate
 from .signing import Verifier
 from .store import Store
 
 log = logging.getLogger("eniway_cloudsim")
 API_VERSION = "2014-05-26"
+MAX_BODY = 1 << 20  # bytes; the largest ECS call eniway makes is a few KiB
 
 
 class CloudSim:
@@ -35,13 +41,15 @@ class CloudSim:
                  settings: Settings | None = None, network: Any = None,
                  keys: Mapping[str, str] | None = None, auth: bool = True,
                  seed: int | None = None, throttle: Mapping[str, Rate] | None = None,
-                 tick_interval: float = 0.02) -> None:
+                 tick_interval: float = 0.02, admin_token: str | None = None) -> None:
+        """``admin_token`` None makes a random one (read it from ``.admin_token``)."""
         self.store = Store(state)
         self.engine = Engine(settings or Settings(), self.store, network)
         self.engine.save_settings()
         self.verifier = Verifier(keys if keys is not None else {"eniway": "eniway-secret"},
                                  enabled=auth)
         self.gate = Gate(seed, throttle)
+        self.admin_token = admin_token or secrets.token_urlsafe(24)
         self.httpd = ThreadingHTTPServer((host, port), _handler(self))
         self.httpd.daemon_threads = True
         self.tick_interval = tick_interval
@@ -110,13 +118,12 @@ class CloudSim:
 
     # --- ECS ---------------------------------------------------------------------------
 
-    def call(self, action: str, params: Mapping[str, str], caller: str = "") -> dict[str, Any]:
-        """One ECS action; ``caller`` (the signing AccessKey id) is counted apart."""
+    def call(self, action: str, params: Mapping[str, str]) -> dict[str, Any]:
         handler = ACTIONS.get(action)
         if handler is None:
             raise EcsError(400, "InvalidAction.NotFound",
                            f"Specified api {action} is not found.")
-        decision = self.gate.decide(action, caller)
+        decision = self.gate.decide(action)
         if decision.delay > 0:
             time.sleep(decision.delay)
         if decision.error is not None and decision.phase == "before":
@@ -183,7 +190,7 @@ class CloudSim:
         if route == ("PUT", "throttle"):
             rates: dict[str, Rate | None] = {}
             for api, spec in body.get("throttle", {}).items():
-                rates[api] = None if not spec else Rate(float(spec["per_second"]) * 60,
+                rates[api] = None if not spec else Rate(float(spec["per_second"]),
                                                         int(spec.get("burst", 1)))
             self.gate.set_throttle(rates)
             return self.gate.describe()
@@ -204,7 +211,7 @@ class CloudSim:
             out = asdict(inst)
             out["enis"] = [asdict(n) for n in e.enis_of(instance_id)]
             out["primary_ip"] = e.enis[inst.primary_eni_id].primary_ip
-            out["metadata_url"] = f"{self.url}/instances/{instance_id}"
+            out["metadata_url"] = f"{self.url}/instances/{instance_id}/{inst.metadata_token}"
             out["provider_id"] = f"{e.settings.region_id}.{instance_id}"
             return out
 
@@ -231,21 +238,52 @@ def _handler(sim: CloudSim) -> type[BaseHTTPRequestHandler]:
             except (BrokenPipeError, ConnectionResetError):
                 log.debug("client went away before the response")
 
-        def _json(self, status: int, obj: Any, request_id: str = "") -> None:
-            headers = {"x-acs-request-id": request_id} if request_id else None
+        def _json(self, status: int, obj: Any, request_id: str = "",
+                  headers: Mapping[str, str] | None = None) -> None:
+            extra = dict(headers or {})
+            if request_id:
+                extra["x-acs-request-id"] = request_id
             self._send(status, json.dumps(obj).encode(), "application/json;charset=utf-8",
-                       headers)
+                       extra)
 
-        def _body(self) -> bytes:
-            n = int(self.headers.get("Content-Length") or 0)
+        def _body(self) -> bytes | None:
+            """The request body, or None once an error has been answered (the connection
+            is then closed: an unread body cannot be skipped)."""
+            text = self.headers.get("Content-Length") or "0"
+            if not text.strip().isdigit():
+                self.close_connection = True
+                self._json(400, {"Code": "InvalidParameter.ContentLength",
+                                 "Message": f"Content-Length {text!r} is not a byte count."})
+                return None
+            n = int(text)
+            if n > MAX_BODY:
+                self.close_connection = True
+                self._json(413, {"Code": "RequestEntityTooLarge",
+                                 "Message": f"The request body is {n} bytes; at most "
+                                            f"{MAX_BODY} are accepted."})
+                return None
             return self.rfile.read(n) if n else b""
+
+        def _admin_allowed(self, path: str) -> bool:
+            if self.command == "GET" and path.rstrip("/") == "/admin/healthz":
+                return True
+            scheme, _, given = self.headers.get("Authorization", "").partition(" ")
+            return scheme.lower() == "bearer" and hmac.compare_digest(
+                given.strip().encode(), sim.admin_token.encode())
 
         def _handle(self) -> None:
             raw = self._body()
+            if raw is None:
+                return
             split = urlsplit(self.path)
             path = split.path
             try:
                 if path.startswith("/admin/"):
+                    if not self._admin_allowed(path):
+                        self._json(401, {"Code": "Unauthorized", "Message": "the admin API "
+                                         "needs 'Authorization: Bearer <admin token>'"},
+                                   headers={"WWW-Authenticate": "Bearer"})
+                        return
                     body = json.loads(raw) if raw else {}
                     self._json(200, sim.admin(self.command, path, body))
                 elif path.startswith(("/instances/", "/latest")):
@@ -258,11 +296,16 @@ def _handler(sim: CloudSim) -> type[BaseHTTPRequestHandler]:
                 self._json(400, {"Code": "InvalidParameter", "Message": repr(e)})
 
         def _metadata(self, path: str) -> None:
+            token: str | None
             if path.startswith("/instances/"):
                 _, _, rest = path.partition("/instances/")
                 instance_id, _, rest = rest.partition("/")
+                token = None
+                if not rest.startswith("latest"):  # /instances/<id>/<token>/latest/...
+                    token, _, rest = rest.partition("/")
             else:
                 instance_id, rest = self.headers.get("X-Eniway-Instance-Id", ""), path[1:]
+                token = self.headers.get("X-Eniway-Metadata-Token")
             if not rest.startswith("latest"):
                 raise EcsError(404, "NotFound", path)
             sub = rest[len("latest"):].lstrip("/")
@@ -270,9 +313,12 @@ def _handler(sim: CloudSim) -> type[BaseHTTPRequestHandler]:
                 self._send(200, uuid.uuid4().hex.encode(), "text/plain")
                 return
             try:
-                text = metadata.lookup(sim.engine, sim.verifier, instance_id, sub)
-            except EcsError:
-                self._send(404, b"Not Found", "text/plain")
+                text = metadata.lookup(sim.engine, sim.verifier, instance_id, sub, token)
+            except EcsError as e:
+                if e.status == 403:
+                    self._send(403, b"Forbidden", "text/plain")
+                else:
+                    self._send(404, b"Not Found", "text/plain")
                 return
             self._send(200, text.encode(), "text/plain")
 
@@ -282,15 +328,14 @@ def _handler(sim: CloudSim) -> type[BaseHTTPRequestHandler]:
             headers = {k.lower(): v for k, v in self.headers.items()}
             action = headers.get("x-acs-action") or params.get("Action", "")
             try:
-                caller = sim.verifier.verify(self.command, urlsplit(self.path).path, params,
-                                             headers, raw)
+                sim.verifier.verify(self.command, urlsplit(self.path).path, params, headers, raw)
                 if raw and "form" in headers.get("content-type", ""):
                     params.update(parse_qsl(raw.decode(), keep_blank_values=True))
                 version = headers.get("x-acs-version") or params.get("Version", API_VERSION)
                 if version != API_VERSION:
                     raise EcsError(400, "InvalidVersion", f"Specified version {version} "
                                    "is not valid.")
-                result = sim.call(action, params, caller)
+                result = sim.call(action, params)
             except EcsError as e:
                 self._json(e.status, {"RequestId": request_id, "HostId": "ecs.aliyuncs.com",
                                       "Code": e.code, "Message": e.message,

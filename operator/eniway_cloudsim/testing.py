@@ -9,10 +9,10 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .admin import CloudSimAdmin
+from .admin import ADMIN_TOKEN_ENV, CloudSimAdmin
 from .engine import Settings
 from .server import CloudSim
 
@@ -22,20 +22,28 @@ ACCESS_KEY_SECRET = "eniway-secret"
 
 class SimHandle:
     """What tests get: ``endpoint`` (host:port), ``url``, ``region``, ``admin``
-    (CloudSimAdmin), the credentials, ``sim`` (the in-process CloudSim, None for a
-    subprocess), ``client()`` (the official SDK client) and ``provider(**kw)`` (an
-    AliyunProvider pointed at it)."""
+    (CloudSimAdmin, holding ``admin_token``), the credentials, ``sim`` (the in-process
+    CloudSim, None for a subprocess) and ``client()`` (the official SDK client).
+
+    ``provider(**kw)`` is wired by the operator's side
+    (``eniway_operator.testing.with_provider``): the emulator knows nothing of the
+    operator, so that it stays an independent check on it."""
 
     def __init__(self, endpoint: str, region: str, sim: CloudSim | None = None,
-                 proc: subprocess.Popen[str] | None = None) -> None:
+                 proc: subprocess.Popen[str] | None = None, admin_token: str = "") -> None:
         self.endpoint = endpoint
         self.url = f"http://{endpoint}"
         self.region = region
         self.sim = sim
         self.proc = proc
-        self.admin = CloudSimAdmin(endpoint)
+        self.admin_token = admin_token
+        self.admin = CloudSimAdmin(endpoint, token=admin_token)
         self.access_key_id = ACCESS_KEY_ID
         self.access_key_secret = ACCESS_KEY_SECRET
+        self.provider: Callable[..., Any] = self._no_provider
+
+    def _no_provider(self, **kwargs: Any) -> Any:
+        raise RuntimeError("no provider wired: use eniway_operator.testing.with_provider")
 
     def client(self, access_key_id: str = ACCESS_KEY_ID,
                access_key_secret: str = ACCESS_KEY_SECRET) -> Any:
@@ -45,15 +53,6 @@ class SimHandle:
         return Client(Config(access_key_id=access_key_id, access_key_secret=access_key_secret,
                              endpoint=self.endpoint, protocol="http", region_id=self.region,
                              read_timeout=30000, connect_timeout=5000))
-
-    def provider(self, **kwargs: Any) -> Any:
-        from eniway_operator.cloud.aliyun import AliyunProvider
-        from eniway_operator.cloud.credentials import StaticCredentials
-
-        kwargs.setdefault("credentials", StaticCredentials(self.access_key_id,
-                                                           self.access_key_secret))
-        return AliyunProvider(region_id=self.region, endpoint=self.endpoint, protocol="http",
-                              **kwargs)
 
     def close(self, teardown_network: bool = True) -> None:
         if self.sim is not None:
@@ -82,26 +81,28 @@ def start_in_process(state: str = ":memory:", region: str = "cn-hangzhou",
                                      attach_delay=attach_delay, detach_delay=detach_delay),
                    network=network, keys={ACCESS_KEY_ID: ACCESS_KEY_SECRET}, seed=seed)
     sim.start()
-    return SimHandle(sim.endpoint, region, sim=sim)
+    return SimHandle(sim.endpoint, region, sim=sim, admin_token=sim.admin_token)
 
 
 def start_subprocess(args: Sequence[str] = (), region: str = "cn-hangzhou",
                      env: Mapping[str, str] | None = None, timeout: float = 30.0
                      ) -> SimHandle:
-    """``eniway-cloudsim --listen 127.0.0.1:0 --print-endpoint ARGS`` in a child process."""
+    """``eniway-cloudsim --listen 127.0.0.1:0 --print-endpoint ARGS`` in a child process,
+    its admin token given in the environment (``env`` may set another)."""
     cmd = [sys.executable, "-m", "eniway_cloudsim.main", "--listen", "127.0.0.1:0",
            "--print-endpoint", "--region", region,
            "--access-key", f"{ACCESS_KEY_ID}:{ACCESS_KEY_SECRET}", *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
+    env = {ADMIN_TOKEN_ENV: secrets.token_urlsafe(24), **(env or {})}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, **env})
     deadline = time.monotonic() + timeout
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line:
         proc.kill()
         raise RuntimeError(f"eniway-cloudsim exited with {proc.wait(timeout=10)}")
-    endpoint = json.loads(line)["endpoint"]
-    handle = SimHandle(endpoint, region, proc=proc)
+    printed = json.loads(line)
+    handle = SimHandle(printed["endpoint"], region, proc=proc,
+                       admin_token=printed["admin_token"])
     while not handle.admin.healthy():
         if time.monotonic() > deadline or proc.poll() is not None:
             handle.close()

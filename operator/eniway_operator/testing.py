@@ -40,6 +40,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def with_provider(handle: Any) -> Any:
+    """Give an emulator handle (``eniway_cloudsim.testing.SimHandle``) its
+    ``provider(**kw)``: an AliyunProvider pointed at it with the handle's key pair."""
+    from .cloud.aliyun import AliyunProvider
+    from .cloud.credentials import StaticCredentials
+
+    def provider(**kwargs: Any) -> AliyunProvider:
+        kwargs.setdefault("credentials", StaticCredentials(handle.access_key_id,
+                                                           handle.access_key_secret))
+        return AliyunProvider(region_id=handle.region, endpoint=handle.endpoint,
+                              protocol="http", **kwargs)
+
+    handle.provider = provider
+    return handle
+
+
 def _child_setup() -> None:
     os.setpgrp()
     with contextlib.suppress(Exception):

@@ -20,12 +20,22 @@ THROTTLING_CODES = frozenset({
 })
 SERVER_CODES = frozenset({
     "InternalError", "ServiceUnavailable", "UnknownError", "InternalError.Timeout",
+    "SignatureNonceUsed",  # a replayed nonce: the next attempt is signed with a new one
 })
-VSWITCH_EXHAUSTED_CODES = frozenset({"InvalidVSwitchId.IpNotEnough", "QuotaExceeded.IpAddress"})
+# ECS documents QuotaExceeded.PrivateIpAddress as "Don't have enough private IPs in this
+# switch", and Terway block-lists the vSwitch on it as on InvalidVSwitchId.IpNotEnough.
+VSWITCH_EXHAUSTED_CODES = frozenset({
+    "InvalidVSwitchId.IpNotEnough", "QuotaExceeded.PrivateIpAddress", "QuotaExceeded.IpAddress",
+})
+# Limits: the region's ENI quota, the instance type's ENIs and IPs per ENI.
 QUOTA_CODES = frozenset({
-    "EniPerInstanceLimitExceeded", "QuotaExceeded.PrivateIpAddress", "QuotaExceeded.Eni",
-    "InvalidOperation.EniCountExceeded", "SecurityGroupInstanceLimitExceed",
+    "EniPerInstanceLimitExceeded", "MaxEniCountExceeded", "QuotaExceeded.Eni",
+    "InvalidOperation.EniCountExceeded", "InvalidOperation.Ipv4CountExceeded",
+    "InvalidOperation.Ipv6CountExceeded", "MaxEniPrivateIpsCountExceeded",
+    "MaxEniIpv6IpsCountExceeded", "SecurityGroupInstanceLimitExceed",
 })
+# The configuration asks for something ECS never allows (e.g. six security groups).
+CONFIG_CODES = frozenset({"JoinedGroupLimitExceed"})
 STATE_CODES = frozenset({
     "IncorrectInstanceStatus", "IncorrectStatus", "InvalidOperation.InvalidEniState",
     "InvalidOperation.InvalidEcsState", "Operation.Conflict", "IncorrectEniStatus",
@@ -36,7 +46,7 @@ AUTH_CODES = frozenset({
     "InvalidSecurityToken.Expired", "InvalidSecurityToken.Malformed",
     "InvalidSecurityToken.MismatchWithAccessKey", "Forbidden.RAM", "Forbidden",
     "Forbidden.SubUser", "NoPermission", "MissingSecurityToken", "InvalidCredentials",
-    "IncompleteSignature",
+    "IncompleteSignature", "InvalidTimeStamp.Expired",  # the clock is off by minutes
 })
 
 
@@ -50,6 +60,8 @@ def error_class(code: str, status: int | None) -> type[CloudError]:
         return QuotaExceeded
     if code in STATE_CODES:
         return InvalidState
+    if code in CONFIG_CODES:
+        return InvalidParameter
     if code in AUTH_CODES:
         return Unauthorized
     if code in SERVER_CODES:
