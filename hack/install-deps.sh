@@ -12,6 +12,7 @@ APT_PACKAGES=(
   etcd-server containernetworking-plugins
   golang-go dpkg-dev golang-github-modern-go-reflect2-dev golang-github-json-iterator-go-dev
   podman runc busybox-static golang-github-appc-cni-dev
+  containerd gcc libc6-dev
   python3-venv
 )
 missing=()

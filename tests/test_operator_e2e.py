@@ -97,10 +97,15 @@ class Env:
         return str(self.nodes[node]["instance_id"])
 
     # -- processes -----------------------------------------------------------------------
-    def operator(self, *extra: str, start: bool = True) -> OperatorProcess:
+    def operator(self, *extra: str, start: bool = True,
+                 access_key: tuple[str, str] | None = None) -> OperatorProcess:
+        """``access_key``: its own AccessKey (registered with the emulator), so the
+        emulator's counters tell this replica's calls apart."""
+        if access_key is not None:
+            self.sim.admin.add_access_key(*access_key)
         op = OperatorProcess(self.cluster.kubeconfig, self.cluster_id, self.sim.endpoint,
                              self.sim.region, self.namespace, "eniway-config",
-                             (self.sim.access_key_id, self.sim.access_key_secret),
+                             access_key or (self.sim.access_key_id, self.sim.access_key_secret),
                              self.tmp / f"operator-{len(self.operators)}.log",
                              extra=("--gc-interval=2", "--gc-grace=4", "--resync=5",
                                     "--lease-duration=6", *extra))
@@ -387,6 +392,51 @@ def test_two_replicas_never_act_at_once(env: Env) -> None:
     wait_for(lambda: len(agent.held(node)) == 4, 60, "pods served by the new leader")
     wait_for(lambda: env.converged(node, 2, 5), 60, "pool under the new leader")
     assert standby.cloud_calls() > 0
+    env.check_truth(node)
+
+
+MUTATING = ("CreateNetworkInterface", "AttachNetworkInterface", "DetachNetworkInterface",
+            "DeleteNetworkInterface", "AssignPrivateIpAddresses", "UnassignPrivateIpAddresses",
+            "ModifyNetworkInterfaceAttribute")
+
+
+def test_deposed_leader_sends_nothing_after_resuming(env: Env) -> None:
+    """The leader sits in a throttling back-off on CreateNetworkInterface; it is stopped
+    (SIGSTOP) past its lease, the standby takes over and warms the node, then the old one
+    resumes (SIGCONT). The emulator, counting by AccessKey, sees no mutating call from the
+    old leader afterwards, and the node ends with one secondary ENI: none duplicated."""
+    env.config(min_pool_size=2)
+    node = env.add_node("ecs.g6.xlarge")
+    env.start_agent()
+    env.sim.admin.add_fault("CreateNetworkInterface", error_rate=1.0, code="Throttling",
+                            status=400, message="Request was denied due to request throttling.")
+    a = env.operator(access_key=("op-a", "op-a-secret"))
+    wait_for(a.is_leader, 60, "the first replica leads")
+    b = env.operator(access_key=("op-b", "op-b-secret"))
+
+    def by(key: str) -> dict[str, int]:
+        return dict(env.sim.admin.call_counts().get("callers", {}).get(key, {}))
+
+    wait_for(lambda: by("op-a").get("CreateNetworkInterface", 0) >= 1, 60,
+             "the leader throttled on CreateNetworkInterface", interval=0.05)
+    a.kill(signal.SIGSTOP)  # in its back-off, with retries left
+    try:
+        wait_for(b.is_leader, 60, "the standby takes over", detail=lambda: b.log_tail())
+        before = by("op-a")  # everything the old leader sent before it was stopped
+        env.sim.admin.clear_faults()
+        wait_for(lambda: env.converged(node, 2, 5), 90, "the new leader warms the node")
+    finally:
+        a.kill(signal.SIGCONT)
+    assert a.proc is not None
+    wait_for(lambda: not a.alive(), 90, "the deposed replica exits", detail=a.log_tail)
+    assert a.proc.returncode == 1, a.log_tail()  # "leadership lost"
+    after = by("op-a")
+    sent = {api: after.get(api, 0) - before.get(api, 0) for api in MUTATING
+            if after.get(api, 0) != before.get(api, 0)}
+    assert sent == {}, f"mutating calls from the deposed leader: {sent}\n{a.log_tail()}"
+    ours = [e for e in env.tagged_leftovers() if e.type != "Primary"]
+    assert len(ours) == 1 and ours[0].status == "InUse", ours  # no duplicate, none leaked
+    assert by("op-b").get("CreateNetworkInterface", 0) >= 1
     env.check_truth(node)
 
 

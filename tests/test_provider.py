@@ -278,3 +278,59 @@ def test_concurrent_assigns_never_hand_out_an_ip_twice(cloudsim: Any, topo: Topo
     assert len(flat) == len(set(flat)) == 8 * 11
     described = {ip for e in p.describe_enis([e.eni_id for e in enis]) for ip in e.private_ips}
     assert described == {ip for r in results for ip in r}
+
+
+class Fence:
+    """Refuses once ``open`` is cleared, counting the checks (leadership, as main wires it)."""
+
+    def __init__(self) -> None:
+        self.open = True
+        self.checks = 0
+
+    def __call__(self, api: str) -> None:
+        self.checks += 1
+        if not self.open:
+            raise RuntimeError(f"fenced: {api}")
+
+
+def test_fence_is_asked_before_every_retry(cloudsim: Any, topo: Topology) -> None:
+    """A retry after a back-off asks again: once the fence closes during the back-off,
+    the emulator (counting by AccessKey) sees no further attempt."""
+    fence = Fence()
+
+    def sleep(seconds: float) -> None:  # the back-off: leadership goes meanwhile
+        fence.open = False
+        time.sleep(min(seconds, 0.01))
+
+    cloudsim.admin.add_access_key("fenced", "fenced-secret")
+    p = cloudsim.provider(credentials=StaticCredentials("fenced", "fenced-secret"),
+                          retry=FAST, sleep=sleep, fence=fence)
+    cloudsim.admin.set_throttle("CreateNetworkInterface", 0.001, burst=1)
+    new_eni(cloudsim.provider(), topo)  # takes the one token: the next create is throttled
+    with pytest.raises(RuntimeError, match="fenced: CreateNetworkInterface"):
+        new_eni(p, topo)
+    by = cloudsim.admin.call_counts()["callers"]
+    assert by["fenced"] == {"CreateNetworkInterface": 1}  # the first attempt only
+
+
+def test_no_sleep_outlasts_max_sleep_without_a_fence_check(cloudsim: Any, topo: Topology
+                                                           ) -> None:
+    """Waits in the rate limiter and in back-offs are cut into steps of at most
+    ``max_sleep``, each followed by a check: a long wait cannot span a lost lease."""
+    slept: list[float] = []
+    fence = Fence()
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    p = cloudsim.provider(rates={"DescribeVSwitches": Rate(per_minute=6, burst=1)},
+                          retry=RetryPolicy(throttled=Backoff(30.0, 60.0, 2)), sleep=sleep,
+                          fence=fence, max_sleep=0.5)
+    p.describe_vswitches(topo.vswitch_ids(ZONE))
+    checks = fence.checks
+    fence.open = False
+    with pytest.raises(RuntimeError, match="fenced"):
+        p.describe_vswitches(topo.vswitch_ids(ZONE))  # the next token is 10 s away
+    assert slept and max(slept) <= 0.5
+    assert fence.checks == checks + 1  # the first step's check refused
+    assert calls(cloudsim, "DescribeVSwitches") == 1

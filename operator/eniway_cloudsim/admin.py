@@ -144,7 +144,8 @@ class CloudSimAdmin:
         return self._call("PUT", "/admin/throttle", {"throttle": {api: spec}})
 
     def call_counts(self) -> dict[str, Any]:
-        """{"calls": {api: n}, "total": n, "errors": {api: {code: n}}}."""
+        """{"calls": {api: n}, "total": n, "errors": {api: {code: n}},
+        "callers": {access key id: {api: n}}}."""
         return self._call("GET", "/admin/calls")
 
     def reset_call_counts(self) -> dict[str, Any]:

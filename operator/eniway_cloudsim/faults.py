@@ -1,4 +1,5 @@
-"""Fault injection and per-API throttling in front of the ECS actions, plus call counters."""
+"""Fault injection and per-API throttling in front of the ECS actions, plus call counters
+(in total and per caller: the AccessKey that signed the request)."""
 
 from __future__ import annotations
 
@@ -94,6 +95,7 @@ class Gate:
         self._buckets: dict[str, Bucket] = {}
         self.calls: Counter[str] = Counter()
         self.errors: dict[str, Counter[str]] = defaultdict(Counter)
+        self.by_caller: dict[str, Counter[str]] = defaultdict(Counter)
 
     def set_faults(self, faults: Mapping[str, Mapping[str, Any]], seed: int | None = None,
                    replace: bool = True) -> None:
@@ -124,9 +126,11 @@ class Gate:
             b = self._buckets[api] = Bucket(rate)
         return b
 
-    def decide(self, api: str) -> Decision:
+    def decide(self, api: str, caller: str = "") -> Decision:
+        """``caller`` is the AccessKey id that signed the request (counted apart)."""
         with self._lock:
             self.calls[api] += 1
+            self.by_caller[caller][api] += 1
             bucket = self._bucket(api)
             if bucket is not None and not bucket.admit():
                 self.errors[api]["Throttling"] += 1
@@ -155,12 +159,14 @@ class Gate:
     def counts(self) -> dict[str, Any]:
         with self._lock:
             return {"calls": dict(self.calls), "total": sum(self.calls.values()),
-                    "errors": {k: dict(v) for k, v in self.errors.items() if v}}
+                    "errors": {k: dict(v) for k, v in self.errors.items() if v},
+                    "callers": {k: dict(v) for k, v in self.by_caller.items() if v}}
 
     def reset_counts(self) -> None:
         with self._lock:
             self.calls.clear()
             self.errors.clear()
+            self.by_caller.clear()
 
     def describe(self) -> dict[str, Any]:
         with self._lock:

@@ -118,12 +118,13 @@ class CloudSim:
 
     # --- ECS ---------------------------------------------------------------------------
 
-    def call(self, action: str, params: Mapping[str, str]) -> dict[str, Any]:
+    def call(self, action: str, params: Mapping[str, str], caller: str = "") -> dict[str, Any]:
+        """One ECS action; ``caller`` (the signing AccessKey id) is counted apart."""
         handler = ACTIONS.get(action)
         if handler is None:
             raise EcsError(400, "InvalidAction.NotFound",
                            f"Specified api {action} is not found.")
-        decision = self.gate.decide(action)
+        decision = self.gate.decide(action, caller)
         if decision.delay > 0:
             time.sleep(decision.delay)
         if decision.error is not None and decision.phase == "before":
@@ -328,14 +329,15 @@ def _handler(sim: CloudSim) -> type[BaseHTTPRequestHandler]:
             headers = {k.lower(): v for k, v in self.headers.items()}
             action = headers.get("x-acs-action") or params.get("Action", "")
             try:
-                sim.verifier.verify(self.command, urlsplit(self.path).path, params, headers, raw)
+                caller = sim.verifier.verify(self.command, urlsplit(self.path).path, params,
+                                             headers, raw)
                 if raw and "form" in headers.get("content-type", ""):
                     params.update(parse_qsl(raw.decode(), keep_blank_values=True))
                 version = headers.get("x-acs-version") or params.get("Version", API_VERSION)
                 if version != API_VERSION:
                     raise EcsError(400, "InvalidVersion", f"Specified version {version} "
                                    "is not valid.")
-                result = sim.call(action, params)
+                result = sim.call(action, params, caller)
             except EcsError as e:
                 self._json(e.status, {"RequestId": request_id, "HostId": "ecs.aliyuncs.com",
                                       "Code": e.code, "Message": e.message,

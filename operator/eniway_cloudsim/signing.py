@@ -73,16 +73,19 @@ class Verifier:
         return ak, key
 
     def verify(self, method: str, path: str, query: Mapping[str, str],
-               headers: Mapping[str, str], body: bytes) -> None:
-        if not self.enabled:
-            return
+               headers: Mapping[str, str], body: bytes) -> str:
+        """Checks the signature; returns the AccessKey id that signed (the caller). With
+        checking disabled, the id the request names, unchecked ("" if none)."""
         auth = headers.get("authorization", "")
-        if not auth.startswith(ALGORITHM + " "):
+        signed_by_us = auth.startswith(ALGORITHM + " ")
+        fields = dict(part.strip().split("=", 1) for part in auth[len(ALGORITHM) + 1:].split(",")
+                      if "=" in part) if signed_by_us else {}
+        ak = fields.get("Credential", "")
+        if not self.enabled:
+            return ak
+        if not signed_by_us:
             raise EcsError(400, "IncompleteSignature",
                            f"The request must be signed with {ALGORITHM}.")
-        fields = dict(part.strip().split("=", 1) for part in auth[len(ALGORITHM) + 1:].split(",")
-                      if "=" in part)
-        ak = fields.get("Credential", "")
         signed = [h for h in fields.get("SignedHeaders", "").split(";") if h]
         given = fields.get("Signature", "")
         payload_hash = headers.get("x-acs-content-sha256", "")
@@ -111,6 +114,7 @@ class Verifier:
             raise EcsError(400, "SignatureDoesNotMatch",
                            "The request signature does not conform to Aliyun standards.")
         self._check_fresh(headers.get("x-acs-date", ""), headers.get("x-acs-signature-nonce", ""))
+        return ak
 
     def _check_fresh(self, date: str, nonce: str) -> None:
         """A genuine signature, but is it a replay? Checked after the signature, so only a

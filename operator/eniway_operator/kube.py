@@ -7,7 +7,7 @@ import datetime as dt
 import hashlib
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from kubernetes import client, config
@@ -52,9 +52,13 @@ def is_status(e: BaseException, *codes: int) -> bool:
 
 
 class Kube:
-    """The calls the operator makes. ENI and ENIPool are cluster scoped custom objects."""
+    """The calls the operator makes. ENI and ENIPool are cluster scoped custom objects.
+    ``fence`` (set once leading) is asked before every write: a deposed leader's round
+    stops at its next write instead of racing the new leader."""
 
-    def __init__(self, api: client.ApiClient, namespace: str = "kube-system") -> None:
+    def __init__(self, api: client.ApiClient, namespace: str = "kube-system",
+                 fence: Callable[[str], None] | None = None) -> None:
+        self.fence = fence
         self.api = api
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
@@ -62,6 +66,10 @@ class Kube:
         self.namespace = namespace
         self._events: dict[str, tuple[str, int]] = {}
         self._events_lock = threading.Lock()
+
+    def _write(self, what: str) -> None:
+        if self.fence is not None:
+            self.fence(what)
 
     # -- nodes --------------------------------------------------------------------------
     def get_node(self, name: str) -> JSON | None:
@@ -74,6 +82,7 @@ class Kube:
             raise
 
     def annotate_node(self, name: str, annotations: Mapping[str, str | None]) -> None:
+        self._write("annotate node")
         self.core.patch_node(name, {"metadata": {"annotations": dict(annotations)}})
 
     def node_names(self) -> set[str]:
@@ -106,6 +115,7 @@ class Kube:
         return cast(list[JSON], got["items"])
 
     def create_pool(self, name: str, spec: JSON, owner: JSON | None) -> JSON:
+        self._write("create ENIPool")
         meta: JSON = {"name": name, "labels": {contract.LABEL_NODE: name}}
         if owner:
             meta["ownerReferences"] = [{
@@ -123,13 +133,16 @@ class Kube:
             raise
 
     def patch_pool(self, name: str, patch: JSON) -> JSON:
+        self._write("patch ENIPool")
         return cast(JSON, self.custom.patch_cluster_custom_object(*self._pool_args(), name, patch))
 
     def patch_pool_status(self, name: str, status: JSON) -> None:
+        self._write("patch ENIPool status")
         self.custom.patch_cluster_custom_object_status(
             *self._pool_args(), name, {"status": status})
 
     def delete_pool(self, name: str) -> None:
+        self._write("delete ENIPool")
         try:
             self.custom.delete_cluster_custom_object(*self._pool_args(), name)
         except ApiException as e:
@@ -155,6 +168,7 @@ class Kube:
             raise
 
     def create_eni(self, name: str, node: str, spec: JSON, status: JSON) -> JSON:
+        self._write("create ENI")
         body = {"apiVersion": contract.API_VERSION, "kind": contract.KIND_ENI,
                 "metadata": {"name": name, "finalizers": [contract.FINALIZER],
                              "labels": {contract.LABEL_NODE: node}},
@@ -169,11 +183,17 @@ class Kube:
         return obj
 
     def patch_eni_status(self, name: str, status: JSON) -> None:
+        self._write("patch ENI status")
         self.custom.patch_cluster_custom_object_status(
             *self._eni_args(), name, {"status": status})
 
+    def patch_eni_spec(self, name: str, spec: JSON) -> None:
+        self._write("patch ENI spec")
+        self.custom.patch_cluster_custom_object(*self._eni_args(), name, {"spec": spec})
+
     def release_eni(self, name: str) -> None:
         """Drop our finalizer and delete the resource (the cloud side is already done)."""
+        self._write("release ENI")
         obj = self.get_eni(name)
         if obj is None:
             return
@@ -196,6 +216,7 @@ class Kube:
                 raise
 
     def delete_eni(self, name: str) -> None:
+        self._write("delete ENI")
         try:
             self.custom.delete_cluster_custom_object(*self._eni_args(), name)
         except ApiException as e:
@@ -207,6 +228,7 @@ class Kube:
                    uid: str = "") -> None:
         """An Event on the Node (namespace default, as the kubelet does); repeats of the
         same reason and message bump the count instead of piling up."""
+        self._write("post an Event")
         key = hashlib.sha1(f"{node}/{reason}/{message}".encode()).hexdigest()[:12]
         name = f"{node}.eniway.{key}"
         ts = now_iso()

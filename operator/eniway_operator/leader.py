@@ -3,9 +3,11 @@
 Why a Lease and not kopf peering: kopf freezes every replica when two share a priority and
 lets a newcomer with a higher priority take over while the old one may still be mid-call.
 With a Lease the standby does nothing until the holder stops renewing for a whole lease
-duration, and the active replica checks (``assert_leader``) before every mutating cloud call
-that its own renewal is still fresh, so a paused or partitioned leader stops acting before a
-standby may take over (renew deadline < lease duration, as client-go does).
+duration, and the active replica checks (``assert_leader``) that its own renewal is still
+fresh right before every attempt of every cloud call (retries included, after every wait in
+the rate limiter or a back-off, no wait longer than a second) and before every write to the
+API server, so a paused or partitioned leader stops acting before a standby may take over
+(renew deadline < lease duration, as client-go does), and its round in flight stops there.
 Expiry is judged on the local monotonic clock (the record unchanged for a lease duration),
 never by comparing clocks of two machines.
 """

@@ -14,7 +14,7 @@ import os
 import socket
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from eniway_operator import kube as kube_mod
@@ -79,14 +79,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def make_provider(args: argparse.Namespace) -> CloudProvider:
+def make_provider(args: argparse.Namespace,
+                  fence: Callable[[str], None] | None = None) -> CloudProvider:
+    """``fence`` is asked right before every attempt of every call (leadership)."""
     from eniway_operator.cloud.aliyun import AliyunProvider
     from eniway_operator.cloud.credentials import StaticCredentials
 
     secret = _env("ALIBABA_CLOUD_ACCESS_KEY_SECRET")
     if args.access_key_secret_file:
         secret = Path(args.access_key_secret_file).read_text().strip()
-    kw: dict[str, object] = {}
+    kw: dict[str, object] = {"fence": fence}
     if args.access_key_id and secret:
         kw["credentials"] = StaticCredentials(args.access_key_id, secret)
     endpoint = args.cloud_endpoint
@@ -140,8 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     LEADER.set(1)
     log.info("leading: reconciling nodes (cluster id %s)", args.cluster_id)
 
-    cloud = MeteredProvider(make_provider(args),
-                            guard=elector.assert_leader if elector else None)
+    fence = elector.assert_leader if elector else None
+    kube.fence = fence  # no write, and no cloud call, once the lease is lost
+    cloud = MeteredProvider(make_provider(args, fence))
     settings = Settings(cluster_id=args.cluster_id, config_namespace=args.namespace,
                         config_name=args.configmap, resync=args.resync)
     reconciler = Reconciler(kube, cloud, settings)

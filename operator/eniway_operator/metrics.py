@@ -69,17 +69,15 @@ def forget_pool(node: str) -> None:
 
 class MeteredProvider(CloudProvider):
     """Delegates to a provider, counting every call by API and result and timing it.
-    ``calls`` keeps plain counts too (the benchmark and tests read them)."""
+    ``calls`` keeps plain counts too (the benchmark and tests read them). Leadership
+    fencing is the inner provider's (it checks before each attempt, after every wait)."""
 
-    def __init__(self, inner: CloudProvider, guard: Callable[[str], None] | None = None) -> None:
+    def __init__(self, inner: CloudProvider) -> None:
         self.inner = inner
-        self.guard = guard  # called before every mutating call (leadership fencing)
         self.calls: Counter[str] = Counter()
         self._lock = threading.Lock()
 
-    def _call(self, api: str, fn: Callable[[], T], mutating: bool = False) -> T:
-        if mutating and self.guard is not None:
-            self.guard(api)
+    def _call(self, api: str, fn: Callable[[], T]) -> T:
         t0 = time.monotonic()
         result = "ok"
         try:
@@ -112,19 +110,18 @@ class MeteredProvider(CloudProvider):
                    ) -> NetworkInterface:
         return self._call("CreateNetworkInterface", lambda: self.inner.create_eni(
             vswitch_id, security_group_ids, tags, description, secondary_ip_count,
-            client_token, delete_on_release), mutating=True)
+            client_token, delete_on_release))
 
     def attach_eni(self, eni_id: str, instance_id: str) -> None:
         self._call("AttachNetworkInterface",
-                   lambda: self.inner.attach_eni(eni_id, instance_id), mutating=True)
+                   lambda: self.inner.attach_eni(eni_id, instance_id))
 
     def detach_eni(self, eni_id: str, instance_id: str) -> None:
         self._call("DetachNetworkInterface",
-                   lambda: self.inner.detach_eni(eni_id, instance_id), mutating=True)
+                   lambda: self.inner.detach_eni(eni_id, instance_id))
 
     def delete_eni(self, eni_id: str) -> None:
-        self._call("DeleteNetworkInterface", lambda: self.inner.delete_eni(eni_id),
-                   mutating=True)
+        self._call("DeleteNetworkInterface", lambda: self.inner.delete_eni(eni_id))
 
     def describe_enis(self, eni_ids: Sequence[str] = (), instance_id: str = "",
                       status: str = "", tags: Mapping[str, str] | None = None,
@@ -134,12 +131,10 @@ class MeteredProvider(CloudProvider):
 
     def assign_ips(self, eni_id: str, count: int, client_token: str = "") -> list[str]:
         return self._call("AssignPrivateIpAddresses",
-                          lambda: self.inner.assign_ips(eni_id, count, client_token),
-                          mutating=True)
+                          lambda: self.inner.assign_ips(eni_id, count, client_token))
 
     def unassign_ips(self, eni_id: str, ips: Sequence[str]) -> None:
-        self._call("UnassignPrivateIpAddresses", lambda: self.inner.unassign_ips(eni_id, ips),
-                   mutating=True)
+        self._call("UnassignPrivateIpAddresses", lambda: self.inner.unassign_ips(eni_id, ips))
 
 
 class Health:

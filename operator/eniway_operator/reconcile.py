@@ -585,9 +585,7 @@ class Reconciler:
             if e.device_index is not None and r["spec"].get("deviceIndex") != e.device_index:
                 spec_fix["deviceIndex"] = e.device_index
             if spec_fix:
-                self.kube.custom.patch_cluster_custom_object(
-                    contract.GROUP, contract.VERSION, contract.PLURAL_ENI, eni_id,
-                    {"spec": spec_fix})
+                self.kube.patch_eni_spec(eni_id, spec_fix)
 
     def _counts(self, mem: NodeMemory, states: Mapping[str, tuple[str, float]],
                 pending: int) -> dict[str, int]:

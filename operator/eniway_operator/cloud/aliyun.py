@@ -1,6 +1,11 @@
 """The ``aliyun`` provider: Alibaba Cloud ECS through the official SDK
 (alibabacloud_ecs20140526), with per-API token buckets, retries whose backoff depends on
-the error, client tokens on creating calls, and typed errors."""
+the error, client tokens on creating calls, and typed errors.
+
+Fencing: ``fence`` is called right before every attempt (the first and each retry), after
+every wait in the rate limiter or a back-off, and no single sleep lasts longer than
+``max_sleep``; so a replica that lost leadership while it waited, or while it was paused,
+sends nothing more, and a round in flight stops within ``max_sleep``."""
 
 from __future__ import annotations
 
@@ -92,6 +97,8 @@ class AliyunProvider(CloudProvider):
         connect_timeout: float = 5.0,
         limiter_timeout: float = 120.0,
         sleep: Callable[[float], None] = time.sleep,
+        fence: Callable[[str], None] | None = None,
+        max_sleep: float = 1.0,
     ) -> None:
         self.region_id = region_id
         self.endpoint = endpoint or f"ecs.{region_id}.aliyuncs.com"
@@ -104,6 +111,8 @@ class AliyunProvider(CloudProvider):
         self.retry = retry or RetryPolicy()
         self.limiter_timeout = limiter_timeout
         self._sleep = sleep
+        self.fence = fence  # raises to refuse a call (e.g. leadership lost)
+        self.max_sleep = max_sleep
         self.limits_cache = LimitsCache(self._fetch_limits, limits_override, limits_ttl)
         self._stats_lock = threading.Lock()
         self.calls: Counter[str] = Counter()
@@ -116,11 +125,22 @@ class AliyunProvider(CloudProvider):
         """Wait for the API's token; a bucket still empty after ``limiter_timeout`` means
         the caller is asking for more than the configured rate: it gets Throttled now
         (the retry loop does not wait again)."""
-        if not self.limiter.acquire(api, timeout=self.limiter_timeout):
+        if not self.limiter.acquire(api, timeout=self.limiter_timeout,
+                                    sleep=lambda s: self._pause(api, s)):
             with self._stats_lock:
                 self.failures[f"{api}/Throttling.Local"] += 1
             raise Throttled("Throttling.Local", f"local rate limit for {api} still empty "
                             f"after {self.limiter_timeout}s", api=api)
+
+    def _pause(self, api: str, seconds: float) -> None:
+        """Sleep in steps of at most ``max_sleep``, asking the fence after each."""
+        left = seconds
+        while left > 0:
+            step = min(left, self.max_sleep)
+            self._sleep(step)
+            left -= step
+            if self.fence is not None:
+                self.fence(api)
 
     def _once(self, api: str, fn: Callable[[Any, RuntimeOptions], T], request: Any) -> T:
         with self._stats_lock:
@@ -155,6 +175,8 @@ class AliyunProvider(CloudProvider):
         while True:
             attempt += 1
             self._acquire(api)
+            if self.fence is not None:
+                self.fence(api)  # right before sending: nothing goes out once deposed
             try:
                 return self._once(api, fn, request)
             except CloudError as err:
@@ -168,7 +190,7 @@ class AliyunProvider(CloudProvider):
                 with self._stats_lock:
                     self.retries[api] += 1
                 log.info("%s failed (%s), retry %d in %.2fs", api, err.code, attempt, delay)
-                self._sleep(delay)
+                self._pause(api, delay)
 
     def stats(self) -> dict[str, dict[str, int]]:
         with self._stats_lock:

@@ -117,8 +117,9 @@ class RateLimiter:
                 b = self._buckets[api] = TokenBucket(self._fallback, self._clock)
             return b
 
-    def acquire(self, api: str, timeout: float | None = None) -> bool:
-        return self.bucket(api).take(1, timeout=timeout)
+    def acquire(self, api: str, timeout: float | None = None,
+                sleep: Callable[[float], None] = time.sleep) -> bool:
+        return self.bucket(api).take(1, timeout=timeout, sleep=sleep)
 
 
 def parse_rates(spec: Mapping[str, object]) -> dict[str, Rate]:
