@@ -122,3 +122,100 @@ WIRE_DEL = "DEL"
 WIRE_CHECK = "CHECK"
 WIRE_GC = "GC"
 WIRE_STATUS = "STATUS"
+
+# Release handshake fields: the operator lists IPs in ENIPool spec.release.ips under a
+# token it renews whenever it adds one; the agent's status.agent.acknowledged counts only
+# with the token it was computed from echoed beside it.
+RELEASE_TOKEN = "token"
+AGENT_RELEASE_TOKEN = "releaseToken"
+
+# CNI inputs the spec constrains (1.1.0, "Parameters"), checked by the shim and again by
+# the agent (anything on the node that reaches its socket may call it). A violation is
+# error code 4; nothing is allocated or written. No ``re``: the shim imports this.
+_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+_CONTAINER_ID_CHARS = _ALNUM | frozenset("_.-")
+_DNS_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+_ARG_KEY_CHARS = _ALNUM | frozenset("_-")
+MAX_IFNAME = 15  # IFNAMSIZ - 1
+
+
+def _printable(s: str) -> bool:
+    return all(" " <= c <= "~" for c in s)
+
+
+def container_id_error(cid: object) -> str:
+    if not isinstance(cid, str) or not cid:
+        return "CNI_CONTAINERID is empty"
+    if cid[0] not in _ALNUM or not set(cid) <= _CONTAINER_ID_CHARS:
+        return (f"CNI_CONTAINERID {cid!r} is not a container ID: it must start with a letter "
+                "or digit, followed by letters, digits, '_', '.' or '-'")
+    return ""
+
+
+def ifname_error(ifname: object) -> str:
+    """The kernel's (and libcni's) rules for an interface name."""
+    if not isinstance(ifname, str) or not ifname:
+        return "CNI_IFNAME is empty"
+    if len(ifname.encode()) > MAX_IFNAME:
+        return f"CNI_IFNAME {ifname!r} is longer than {MAX_IFNAME} bytes"
+    if ifname in (".", "..") or not _printable(ifname) or any(c in "/: " for c in ifname):
+        return (f"CNI_IFNAME {ifname!r} is not an interface name: no '/', ':', whitespace or "
+                "control characters, not '.' or '..'")
+    return ""
+
+
+def netns_error(netns: object, required: bool) -> str:
+    if not isinstance(netns, str):
+        return "CNI_NETNS must be a string"
+    if not netns:
+        return "CNI_NETNS is empty" if required else ""
+    if not netns.startswith("/") or not _printable(netns) or "/../" in f"{netns}/":
+        return f"CNI_NETNS {netns!r} is not an absolute path to a network namespace"
+    return ""
+
+
+def _dns_error(what: str, value: str, max_len: int, dots: bool) -> str:
+    chars = _DNS_CHARS | (frozenset(".") if dots else frozenset())
+    if (len(value) > max_len or not set(value) <= chars or value[0] not in _ALNUM
+            or value[-1] not in _ALNUM):
+        return (f"{what} {value!r} is not a Kubernetes name (lower-case letters, digits, '-'"
+                f"{', .' if dots else ''}; at most {max_len})")
+    return ""
+
+
+def pod_identity_error(namespace: object, name: object, uid: object) -> str:
+    """K8S_POD_* from CNI_ARGS: they name the allocation record and the PodIP."""
+    if not (isinstance(namespace, str) and isinstance(name, str) and isinstance(uid, str)):
+        return "K8S_POD_NAMESPACE, K8S_POD_NAME and K8S_POD_UID must be strings"
+    if bool(namespace) != bool(name):
+        return "K8S_POD_NAMESPACE and K8S_POD_NAME come together"
+    if name:
+        err = (_dns_error("K8S_POD_NAMESPACE", namespace, 63, False)
+               or _dns_error("K8S_POD_NAME", name, 253, True))
+        if err:
+            return err
+    if uid and (len(uid) > 128 or not set(uid) <= _ALNUM | frozenset("-")):
+        return f"K8S_POD_UID {uid!r} is not a pod UID"
+    return ""
+
+
+def cni_args_error(raw: str) -> str:
+    """CNI_ARGS: ``KEY=VALUE`` pairs separated by ';'."""
+    if not raw:
+        return ""
+    for part in raw.split(";"):
+        key, sep, value = part.partition("=")
+        if (not sep or not key or not set(key) <= _ARG_KEY_CHARS or not _printable(value)
+                or "=" in value):
+            return (f"CNI_ARGS has a malformed pair {part!r}: expected KEY=VALUE pairs "
+                    "separated by ';'")
+    return ""
+
+
+def request_error(command: str, req: dict[str, object]) -> str:
+    """What is wrong with the inputs of an ADD, DEL or CHECK (wire field names), or ''."""
+    return (container_id_error(req.get("containerId"))
+            or ifname_error(req.get("ifname"))
+            or netns_error(req.get("netns", ""), required=command != WIRE_DEL)
+            or pod_identity_error(req.get("podNamespace", ""), req.get("podName", ""),
+                                  req.get("podUID", "")))

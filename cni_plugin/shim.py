@@ -301,11 +301,18 @@ def _dispatch(command: str, version: str, env: Any, conf: dict[str, Any]) -> tup
     if command in ("ADD", "DEL", "CHECK"):
         need = ["CNI_CONTAINERID", "CNI_IFNAME"] + (["CNI_NETNS"] if command != "DEL" else [])
         got = _require(env, *need)
+        bad = contract.cni_args_error(env.get("CNI_ARGS", ""))
+        if bad:
+            raise ShimError(contract.ERR_INVALID_ENV, bad)
         args = parse_cni_args(env.get("CNI_ARGS", ""))
         req.update(containerId=got["CNI_CONTAINERID"], ifname=got["CNI_IFNAME"],
                    netns=env.get("CNI_NETNS", ""), podNamespace=args.get("K8S_POD_NAMESPACE", ""),
-                   podName=args.get("K8S_POD_NAME", ""), podUID=args.get("K8S_POD_UID", ""),
-                   mtu=conf.get("mtu"))
+                   podName=args.get("K8S_POD_NAME", ""), podUID=args.get("K8S_POD_UID", ""))
+        bad = contract.request_error(command, req)
+        if bad:
+            raise ShimError(contract.ERR_INVALID_ENV, bad,
+                            "the container runtime passed a value the CNI spec forbids")
+        req["mtu"] = conf.get("mtu")
         if command == "ADD" and not _exists(req["netns"]):
             raise ShimError(contract.ERR_INVALID_ENV,
                             f"network namespace {req['netns']} does not exist",

@@ -175,10 +175,14 @@ class OperatorDouble:
                                     for k in range(1, ips_per_eni + 1)])
             self.put_eni(e)
 
-    def release(self, ips: list[str]) -> None:
+    def release(self, ips: list[str], token: str | None = None) -> str:
+        """List ``ips`` for release under ``token`` (a new one by default); returns it."""
+        token = token or secrets.token_hex(8)
         self._req("PATCH", f"{self.base}/enipools/{self.node}", {
-            "spec": {"release": {"ips": ips, "requestedAt": "2026-01-01T00:00:00Z"}}},
+            "spec": {"release": {"ips": ips, "requestedAt": "2026-01-01T00:00:00Z",
+                                 contract.RELEASE_TOKEN: token}}},
             ctype="application/merge-patch+json")
+        return token
 
     def pool(self) -> dict[str, Any]:
         return self._req("GET", f"{self.base}/enipools/{self.node}")

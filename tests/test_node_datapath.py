@@ -9,11 +9,13 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from node_harness import NodeEnv, make_node_env, sh, teardown_node_env, wait_for
 
 from cni_plugin import contract
+from cni_plugin.shim import call_agent
 from localcluster import LocalCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.netns]
@@ -197,6 +199,62 @@ def test_bad_inputs_get_codes_and_leak_nothing(env: NodeEnv, pods: Pods) -> None
     assert env.agent.metric("eniway_cni_errors_total", 'code="100"') >= 1
 
 
+FORBIDDEN_INPUTS = [  # (what, wire fields replaced, shim env replaced)
+    ("container id with a newline", {"containerId": "abc\ndef"}, {"CNI_CONTAINERID": "abc\ndef"}),
+    ("container id starting with '-'", {"containerId": "-abc"}, {"CNI_CONTAINERID": "-abc"}),
+    ("container id with '/'", {"containerId": "../../x"}, {"CNI_CONTAINERID": "../../x"}),
+    ("interface name too long", {"ifname": "eth0123456789012"},
+     {"CNI_IFNAME": "eth0123456789012"}),
+    ("interface name with '/'", {"ifname": "et/h0"}, {"CNI_IFNAME": "et/h0"}),
+    ("interface name '..'", {"ifname": ".."}, {"CNI_IFNAME": ".."}),
+    ("interface name with a space", {"ifname": "eth 0"}, {"CNI_IFNAME": "eth 0"}),
+    ("relative netns path", {"netns": "run/netns/x"}, {"CNI_NETNS": "run/netns/x"}),
+    ("netns path with a newline", {"netns": "/run/netns/x\ny"}, {"CNI_NETNS": "/run/netns/x\ny"}),
+    ("pod name with a newline", {"podName": "a\nb"},
+     {"CNI_ARGS": "K8S_POD_NAMESPACE=default;K8S_POD_NAME=a\nb;K8S_POD_UID=u1"}),
+    ("pod namespace in capitals", {"podNamespace": "Default"},
+     {"CNI_ARGS": "K8S_POD_NAMESPACE=Default;K8S_POD_NAME=a;K8S_POD_UID=u1"}),
+    ("malformed CNI_ARGS", None, {"CNI_ARGS": "K8S_POD_NAMESPACE=default;garbage"}),
+    ("container id not a string", {"containerId": 7}, None),
+]
+
+
+def _store_bytes(env: NodeEnv) -> dict[str, bytes]:
+    adir = Path(env.agent.state_dir) / contract.STORE_ALLOC_DIR
+    return {p.name: p.read_bytes() for p in sorted(adir.iterdir())}
+
+
+def test_input_the_cni_spec_forbids_is_refused_and_never_stored(env: NodeEnv,
+                                                                pods: Pods) -> None:
+    """Code 4 from the shim and from the agent's socket itself (anything on the node may
+    call it); the store, the links and the pool are exactly as before."""
+    pods.add("keeper")  # one record that must stay byte for byte
+    before, links = _store_bytes(env), env.pod_artifacts()
+    counts = env.agent.status()["counts"]
+    netns = env.net.pod_netns()
+    try:
+        for what, wire, shim_env in FORBIDDEN_INPUTS:
+            for command in ("ADD", "CHECK", "DEL"):
+                if wire is not None:
+                    req = {"command": command, "containerId": "cid-ok", "ifname": "eth0",
+                           "netns": f"/run/netns/{netns}", "podNamespace": "default",
+                           "podName": "ok", "podUID": "u1", **wire}
+                    answer = call_agent(env.agent.socket, req, 10)
+                    assert answer["ok"] is False, (what, command, answer)
+                    assert answer["code"] == contract.ERR_INVALID_ENV, (what, command, answer)
+                if shim_env is not None:
+                    r = env.shim.run(command, "cid-ok", f"/run/netns/{netns}",
+                                     pod=("default", "ok", "u1"), env=shim_env)
+                    assert (r.rc, r.out.get("code")) == (1, contract.ERR_INVALID_ENV), (
+                        what, command, r)
+                    assert r.out["msg"].startswith("eniway: "), r.out
+        assert _store_bytes(env) == before
+        assert env.pod_artifacts() == links
+        assert env.agent.status()["counts"] == counts
+    finally:
+        env.net.remove_pod_netns(netns)
+
+
 def test_concurrent_add_for_the_same_pod_is_refused(env: NodeEnv, pods: Pods) -> None:
     results = []
     nss = [env.net.pod_netns() for _ in range(6)]
@@ -227,8 +285,9 @@ def test_release_handshake(env: NodeEnv, pods: Pods) -> None:
     held = pods.add()
     assert held == f"10.{n}.0.101"
     free = f"10.{n}.0.102"
-    env.op.release([held, free])
+    token = env.op.release([held, free])
     wait_for(lambda: env.op.agent_status().get("acknowledged") == [free], 15, "ack of free IP")
+    assert env.op.agent_status()[contract.AGENT_RELEASE_TOKEN] == token  # bound to the request
     got = [pods.add() for _ in range(4)]  # 6 IPs, 1 held, 1 being released: 4 more
     assert free not in got and held not in got
     netns = env.net.pod_netns()

@@ -73,6 +73,21 @@ def test_bad_input_codes(shim: Shim, tmp_path: Path) -> None:
          contract.ERR_INCOMPATIBLE_VERSION, "CHECK needs cniVersion 0.4.0"),
         (dict(command="GC", conf=shim.conf("1.0.0")), contract.ERR_INCOMPATIBLE_VERSION,
          "GC needs cniVersion 1.1.0"),
+        # What the CNI spec forbids: refused before the agent is even asked.
+        (dict(command="ADD", container_id="c1\nc2", netns=netns), contract.ERR_INVALID_ENV,
+         "is not a container ID"),
+        (dict(command="DEL", container_id="_c1"), contract.ERR_INVALID_ENV,
+         "is not a container ID"),
+        (dict(command="ADD", container_id="c1", netns=netns, ifname="a:b"),
+         contract.ERR_INVALID_ENV, "is not an interface name"),
+        (dict(command="ADD", container_id="c1", netns=netns, ifname="x" * 16),
+         contract.ERR_INVALID_ENV, "longer than 15 bytes"),
+        (dict(command="CHECK", container_id="c1", netns="proc/self/ns/net"),
+         contract.ERR_INVALID_ENV, "is not an absolute path"),
+        (dict(command="ADD", container_id="c1", netns=netns, env={"CNI_ARGS": "A=1;;B=2"}),
+         contract.ERR_INVALID_ENV, "CNI_ARGS has a malformed pair"),
+        (dict(command="ADD", container_id="c1", netns=netns, pod=("ns", "Pod_1", "u")),
+         contract.ERR_INVALID_ENV, "K8S_POD_NAME 'Pod_1' is not a Kubernetes name"),
     ]
     for kw, code, text in cases:
         r = shim.run(**kw)

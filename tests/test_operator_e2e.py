@@ -577,3 +577,20 @@ def test_changes_behind_its_back_are_picked_up(env: Env) -> None:
              "record of the vanished ENI dropped")
     wait_for(lambda: env.converged(node, 2, 5), 60, "pool refilled")
     env.check_truth(node)
+
+
+def test_a_pod_that_started_is_no_longer_pending(env: Env) -> None:
+    """A pod counts as pending (raising its node's free target) only while Pending: once
+    it runs it leaves the count, PodIP or not (its PodIP write may be refused forever)."""
+    env.config(min_pool_size=0, max_pool_size=5)
+    node = env.add_node("ecs.g6.xlarge")
+    env.operator()
+    wait_for(lambda: env.pool(node) and env.counts(node).get("pending") == 0, 60, "pool")
+    names = _pods_ns(env, node, 2, prefix="pend")
+    wait_for(lambda: env.counts(node).get("pending") == 2, 60, "two pending pods")
+    env.core.patch_namespaced_pod_status(names[0], env.namespace, {"status": {
+        "phase": "Running", "podIP": "192.0.2.10", "podIPs": [{"ip": "192.0.2.10"}]}})
+    wait_for(lambda: env.counts(node).get("pending") == 1, 60, "the running pod not pending")
+    env.core.patch_namespaced_pod_status(names[1], env.namespace,
+                                         {"status": {"phase": "Failed"}})
+    wait_for(lambda: env.counts(node).get("pending") == 0, 60, "the failed pod not pending")

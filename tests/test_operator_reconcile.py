@@ -80,9 +80,14 @@ class World:
         return list(((self.pool(node).get("spec") or {}).get("release") or {}).get("ips") or [])
 
     def ack(self, node: str, ips: list[str]) -> None:
+        """As the agent does: for the current release request, with a heartbeat."""
+        token = ((self.pool(node).get("spec") or {}).get("release") or {}).get(
+            contract.RELEASE_TOKEN)
         self.custom.patch_cluster_custom_object_status(
             contract.GROUP, contract.VERSION, contract.PLURAL_ENIPOOL, node,
-            {"status": {"agent": {"acknowledged": ips, "allocated": []}}})
+            {"status": {"agent": {"acknowledged": ips, "allocated": [],
+                                  contract.AGENT_RELEASE_TOKEN: token,
+                                  "heartbeat": kube_mod.now_iso()}}})
 
     def cloud_ips(self, node: str) -> set[str]:
         inst = self.pool(node)["spec"]["instanceId"]

@@ -92,6 +92,7 @@ class NodeAgent:
         self.enis: dict[str, EniState] = {}
         self.enis_synced = False
         self.pool_synced = False
+        self.release_token = ""  # the request spec.release.ips belongs to (echoed back)
         self._stale_since: dict[str, float] = {}  # ip -> when GC first found it stale
         self._reaper: queue.Queue[tuple[Allocation, int | None]] = queue.Queue()
         threading.Thread(target=self._reap_forever, name="reaper", daemon=True).start()
@@ -177,18 +178,24 @@ class NodeAgent:
                 for k, v in sorted(serving.items())) or "none")
         self._publish()
 
-    def set_release(self, ips: Iterable[str]) -> None:
-        """The operator's ``spec.release.ips``: never hand these out while listed."""
+    def set_release(self, ips: Iterable[str], token: str = "") -> None:
+        """The operator's ``spec.release.ips`` and its token: never hand these out while
+        listed."""
         with self.lock:
             self.pool.set_release(ips)
+            self.release_token = token
             self.pool_synced = True
         self._publish()
 
     def agent_status(self) -> dict[str, Any]:
-        """``status.agent`` of this node's ENIPool."""
+        """``status.agent`` of this node's ENIPool. The acknowledgements and the token of the
+        list they were computed from are read together, under the lock."""
         with self.lock:
             return {
                 "acknowledged": self.pool.acknowledged(),
+                # None (merge patch: remove) until a token is known: "" is not a string the
+                # API server keeps.
+                contract.AGENT_RELEASE_TOKEN: self.release_token or None,
                 "allocated": sorted(self.records, key=_ipkey),
                 "heartbeat": _now_iso(),
                 "ready": self.ready,
@@ -209,12 +216,16 @@ class NodeAgent:
             }.get(cmd)
             if handler is None:
                 raise CniError(contract.ERR_INVALID_CONFIG, f"unknown command {cmd!r}")
+            if cmd in (contract.WIRE_ADD, contract.WIRE_DEL, contract.WIRE_CHECK):
+                bad = contract.request_error(cmd, req)
+                if bad:  # the socket is not only the shim's: check again, touch nothing
+                    raise CniError(contract.ERR_INVALID_ENV, bad)
             result = handler(req)
             return {"ok": True, "result": result}
         except CniError as e:
             self.metrics.errors.labels(cmd, str(e.code)).inc()
-            log.warning("%s %s/%s: code %d: %s %s", cmd, req.get("containerId", "")[:12],
-                        req.get("ifname", ""), e.code, e.msg, e.details)
+            log.warning("%s %r/%r: code %d: %s %s", cmd, str(req.get("containerId", ""))[:12],
+                        str(req.get("ifname", ""))[:16], e.code, e.msg, e.details)
             return {"ok": False, "code": e.code, "msg": e.msg, "details": e.details}
         except Exception as e:
             self.metrics.errors.labels(cmd, str(contract.ERR_INTERNAL)).inc()

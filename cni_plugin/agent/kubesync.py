@@ -1,9 +1,11 @@
 """The agent's API-server side: watches (ENIs, its ENIPool), writes (PodIPs,
 ``status.agent``) and the periodic GC/resync loop.
 
-Writes are queued and done by one thread with retries, so a slow or unreachable API
+PodIP writes are queued and done by one thread with retries, so a slow or unreachable API
 server never slows a CNI ADD: the node store is the source of truth on the node, and
-PodIPs converge to it (and are reconciled on start and on every GC pass).
+PodIPs converge to it (and are reconciled on start and on every GC pass). ``status.agent``
+(acknowledgements, heartbeat) has a thread of its own: a PodIP write that keeps failing (a
+ResourceQuota, a webhook) never holds back the release handshake or the heartbeat.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ class KubeSync:
 
     def start(self) -> None:
         for name, target in (("watch-enis", self._watch_enis), ("watch-pool", self._watch_pool),
-                             ("writer", self._writer), ("gc", self._gc_loop),
+                             ("writer", self._writer), ("status", self._status_loop),
+                             ("gc", self._gc_loop),
                              ("resync", self._resync_loop)):
             threading.Thread(target=target, name=name, daemon=True).start()
 
@@ -117,7 +120,8 @@ class KubeSync:
 
         def apply(obj: dict[str, Any] | None) -> None:
             release = ((obj or {}).get("spec") or {}).get("release") or {}
-            self.agent.set_release(release.get("ips") or [])
+            self.agent.set_release(release.get("ips") or [],
+                                   str(release.get(contract.RELEASE_TOKEN) or ""))
 
         def on_list(items: list[dict[str, Any]]) -> None:
             apply(items[0] if items else None)
@@ -130,37 +134,43 @@ class KubeSync:
     # -- writes --------------------------------------------------------------------------
 
     def _writer(self) -> None:
-        next_heartbeat = last_status = 0.0
-        interval = self.agent.cfg.heartbeat_interval
+        """PodIP writes, in order; a failed one goes to the back of the queue."""
         while not self.stop.is_set():
             try:
-                op, rec = self._writes.get(timeout=0.2)
+                op, rec = self._writes.get(timeout=0.5)
             except queue.Empty:
-                op = ""
-            if op:
-                try:
-                    (self._bind if op == "bind" else self._unbind)(rec)
-                except Exception as e:
-                    self.agent.metrics.kube_errors.labels(f"podip-{op}").inc()
-                    log.warning("PodIP %s %s/%s: %s; retrying", op, rec.podNamespace,
-                                rec.podName, e)
-                    self.stop.wait(1.0)
-                    self._writes.put((op, rec))
                 continue
-            now = time.monotonic()
-            # Coalesce bursts of pod churn: at most one status write per STATUS_MIN_GAP.
-            if (self._status_dirty.is_set() and now - last_status >= STATUS_MIN_GAP) or (
-                    now >= next_heartbeat):
-                self._status_dirty.clear()
-                last_status = now
-                try:
-                    self.publish_status()
-                    next_heartbeat = time.monotonic() + interval
-                except Exception as e:
-                    self.agent.metrics.kube_errors.labels("status").inc()
-                    log.warning("status.agent: %s", e)
-                    self._status_dirty.set()
-                    self.stop.wait(1.0)
+            try:
+                (self._bind if op == "bind" else self._unbind)(rec)
+            except Exception as e:
+                self.agent.metrics.kube_errors.labels(f"podip-{op}").inc()
+                log.warning("PodIP %s %s/%s: %s; retrying", op, rec.podNamespace,
+                            rec.podName, e)
+                self.stop.wait(1.0)
+                self._writes.put((op, rec))
+
+    def _status_loop(self) -> None:
+        """``status.agent`` on every change (at most one write per STATUS_MIN_GAP, bursts
+        of pod churn coalesced) and every heartbeat interval; independent of PodIP writes."""
+        interval = self.agent.cfg.heartbeat_interval
+        next_heartbeat = 0.0
+        while not self.stop.is_set():
+            self._status_dirty.wait(max(0.0, min(next_heartbeat - time.monotonic(), 1.0)))
+            if self.stop.is_set():
+                return
+            if not self._status_dirty.is_set() and time.monotonic() < next_heartbeat:
+                continue
+            self._status_dirty.clear()
+            try:
+                self.publish_status()
+                next_heartbeat = time.monotonic() + interval
+            except Exception as e:
+                self.agent.metrics.kube_errors.labels("status").inc()
+                log.warning("status.agent: %s", e)
+                self._status_dirty.set()
+                self.stop.wait(1.0)
+                continue
+            self.stop.wait(STATUS_MIN_GAP)
 
     def publish_status(self) -> None:
         body = self.agent.agent_status()

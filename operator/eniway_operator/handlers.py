@@ -49,10 +49,17 @@ def _rt() -> Runtime:
 
 
 def demand_of(node: str) -> Demand:
-    """The node's pending pods and PodIPs, from the kopf indices (event loop thread)."""
+    """The node's pending pods and held IPs (PodIPs, and pods' own ``status.podIPs``: a
+    PodIP write may fail for as long as the pod lives), from the kopf indices (event loop
+    thread)."""
     idx = _rt().indices
     pods: dict[str, tuple[str, str, str]] = {}
     have: set[str] = set()
+    addrs = idx.get("pod_addrs")
+    if addrs is not None and node in addrs:
+        for ns, name, uid, ips in addrs[node]:
+            for ip in ips:
+                pods[ip] = (ns, name, uid)
     podips = idx.get("pod_ips")
     if podips is not None and node in podips:
         for ip, ns, name, uid in podips[node]:
@@ -68,22 +75,41 @@ def demand_of(node: str) -> Demand:
 
 # -- indices -------------------------------------------------------------------------------
 
+# An index function returns {} (never None) when an object stops qualifying: kopf keeps an
+# object's previous entry when the result is None, and drops it on an empty mapping.
+
 @kopf.index("pods")
 def pending_pods(spec: kopf.Spec, status: kopf.Status, name: str, namespace: str | None,
-                 **_: Any) -> dict[str, str] | None:
+                 **_: Any) -> dict[str, str]:
     """Pods bound to a node, on the pod network, not started yet."""
     node = spec.get("nodeName")
     if not node or spec.get("hostNetwork") or status.get("phase") != "Pending":
-        return None
+        return {}
     return {node: f"{namespace}/{name}"}
+
+
+@kopf.index("pods")
+def pod_addrs(spec: kopf.Spec, status: kopf.Status, name: str, namespace: str | None,
+              uid: str | None, **_: Any) -> dict[str, tuple[str, str, str, tuple[str, ...]]]:
+    """IPs pods on the pod network report in ``status.podIPs`` (pods that ended hold none)."""
+    node = spec.get("nodeName")
+    if (not node or spec.get("hostNetwork")
+            or status.get("phase") in ("Succeeded", "Failed")):
+        return {}
+    ips = {str(a.get("ip")) for a in status.get("podIPs") or [] if a.get("ip")}
+    if status.get("podIP"):
+        ips.add(str(status["podIP"]))
+    if not ips:
+        return {}
+    return {node: (namespace or "", name, uid or "", tuple(sorted(ips)))}
 
 
 @kopf.index(contract.GROUP, contract.VERSION, contract.PLURAL_PODIP)
 def pod_ips(spec: kopf.Spec, name: str, namespace: str | None,
-            **_: Any) -> dict[str, tuple[str, str, str, str]] | None:
+            **_: Any) -> dict[str, tuple[str, str, str, str]]:
     node = spec.get("nodeName")
     if not node:
-        return None
+        return {}
     return {node: (spec.get("ip", ""), namespace or "", name, spec.get("podUID", ""))}
 
 
@@ -141,7 +167,7 @@ async def _gc_loop(rt: Runtime) -> None:
 
 def _capture(kwargs: dict[str, Any]) -> None:
     idx = _rt().indices
-    for key in ("pending_pods", "pod_ips"):
+    for key in ("pending_pods", "pod_addrs", "pod_ips"):
         if key in kwargs:
             idx[key] = kwargs[key]
 

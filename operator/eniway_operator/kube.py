@@ -149,6 +149,25 @@ class Kube:
             if e.status != 404:
                 raise
 
+    # -- witnesses of held IPs -------------------------------------------------------------
+    def held_ips(self, node: str) -> set[str]:
+        """IPs something on ``node`` holds, read now: PodIPs and the pods' own
+        ``status.podIPs`` (pods that ended hold none)."""
+        podips = cast(JSON, self.custom.list_cluster_custom_object(
+            contract.GROUP, contract.VERSION, contract.PLURAL_PODIP,
+            label_selector=f"{contract.LABEL_NODE}={node}"))
+        held = {str(p["spec"].get("ip")) for p in podips["items"] if (p.get("spec") or {})
+                .get("ip")}
+        pods = self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}")
+        for pod in pods.items:
+            st = pod.status
+            if st is None or st.phase in ("Succeeded", "Failed"):
+                continue
+            held.update(a.ip for a in st.pod_ips or [] if a.ip)
+            if st.pod_ip:
+                held.add(st.pod_ip)
+        return held
+
     # -- ENI ----------------------------------------------------------------------------
     def _eni_args(self) -> tuple[str, str, str]:
         return contract.GROUP, contract.VERSION, contract.PLURAL_ENI

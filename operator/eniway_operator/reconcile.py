@@ -91,6 +91,7 @@ class Settings:
     backoff_base: float = 2.0
     backoff_max: float = 120.0
     idle_requeue: float = 60.0
+    agent_timeout: float = 90.0  # an ack counts only while the agent's heartbeat moves
 
 
 @dataclass
@@ -151,6 +152,8 @@ class Reconciler:
         self._moving_at = -1e9
         self._moving_lock = threading.Lock()
         self._cm: tuple[float, Mapping[str, Any] | Exception] = (0.0, {})
+        self._beats: dict[str, tuple[str, float]] = {}  # node -> (heartbeat, first seen)
+        self._beats_lock = threading.Lock()
 
     # -- helpers -------------------------------------------------------------------------
     def lock(self, node: str) -> threading.Lock:
@@ -277,7 +280,7 @@ class Reconciler:
             enis=tuple(self._views(mem, resources, now)),
             allocated=frozenset(allocated), free_since=free_since, cooling=cooling,
             release=frozenset(self._release(pool)), marked_at=dict(mem.marked_at),
-            acknowledged=frozenset(agent.get("acknowledged") or []),
+            acknowledged=self._acknowledged(name, pool),
             pending=demand.pending, vswitches=vswitches,
             default_vswitch=info.vswitch_id, blocked_vswitches=dict(mem.blocked),
             warmed_up=warmed, last_idle_reclaim=mem.last_idle_reclaim)
@@ -605,11 +608,36 @@ class Reconciler:
 
     def _set_release(self, name: str, pool: JSON, new: frozenset[str],
                      old: frozenset[str]) -> None:
-        requested = ((pool.get("spec") or {}).get("release") or {}).get("requestedAt")
-        if new - old or not requested:
-            requested = now_iso()
-        body = {"spec": {"release": {"ips": sorted(new, key=_ip_key), "requestedAt": requested}}}
+        """A new token whenever an IP joins the list: an acknowledgement given for an
+        earlier list (the IP may have been unlisted and handed to a pod since) no longer
+        counts. Dropping IPs keeps the token: what is still listed was listed throughout."""
+        release = (pool.get("spec") or {}).get("release") or {}
+        requested, token = release.get("requestedAt"), release.get(contract.RELEASE_TOKEN)
+        if new - old or not requested or not token:
+            requested, token = now_iso(), uuid.uuid4().hex
+        body = {"spec": {"release": {"ips": sorted(new, key=_ip_key), "requestedAt": requested,
+                                     contract.RELEASE_TOKEN: token}}}
         pool.update(self.kube.patch_pool(name, body))
+
+    def _acknowledged(self, name: str, pool: JSON) -> frozenset[str]:
+        """The agent's acknowledgements, if they answer the current release request (its
+        token echoed) and the agent is alive (its heartbeat moved within agent_timeout, on
+        this process's clock); otherwise none."""
+        token = ((pool.get("spec") or {}).get("release") or {}).get(contract.RELEASE_TOKEN)
+        agent = (pool.get("status") or {}).get("agent") or {}
+        if not token or agent.get(contract.AGENT_RELEASE_TOKEN) != token:
+            return frozenset()
+        beat = str(agent.get("heartbeat") or "")
+        if not beat:
+            return frozenset()
+        now = time.monotonic()
+        with self._beats_lock:
+            seen = self._beats.get(name)
+            if seen is None or seen[0] != beat:
+                seen = self._beats[name] = (beat, now)
+        if now - seen[1] >= self.settings.agent_timeout:
+            return frozenset()
+        return frozenset(agent.get("acknowledged") or [])
 
     def _write_pool_status(self, name: str, pool: JSON, mem: NodeMemory,
                            limits: InstanceLimits | None, cfg: pool_config.PoolConfig | None,
@@ -703,13 +731,18 @@ class Reconciler:
     def _releasable(self, name: str, ips: Sequence[str], demand: Demand
                     ) -> tuple[list[str], JSON]:
         """Re-read the handshake at the moment of acting: of ``ips``, those still listed,
-        still acknowledged and held by no pod (and the pool as read)."""
+        acknowledged for the current request by a live agent, and held by no witness: the
+        agent's allocations, PodIPs and the pods' own ``status.podIPs`` on the node (and
+        the pool as read)."""
         pool = self.kube.get_pool(name) or {}
         listed = set(self._release(pool))
+        acked = self._acknowledged(name, pool)
         agent = (pool.get("status") or {}).get("agent") or {}
-        acked = set(agent.get("acknowledged") or [])
-        held = set(agent.get("allocated") or []) | set(demand.pods)
-        return [ip for ip in ips if ip in listed and ip in acked and ip not in held], pool
+        candidates = [ip for ip in ips if ip in listed and ip in acked]
+        if not candidates:
+            return [], pool
+        held = set(agent.get("allocated") or []) | set(demand.pods) | self.kube.held_ips(name)
+        return [ip for ip in candidates if ip not in held], pool
 
     def _all_released(self, name: str, ips: Sequence[str], demand: Demand) -> bool:
         return len(self._releasable(name, ips, demand)[0]) == len(ips)
@@ -728,9 +761,8 @@ class Reconciler:
             e, private_ips=tuple(ip for ip in e.private_ips if ip not in ok))
         pool = self.kube.get_pool(name) or pool
         remaining = [ip for ip in self._release(pool) if ip not in ok]
-        self.kube.patch_pool(name, {"spec": {"release": {
-            "ips": remaining, "requestedAt": (pool["spec"].get("release") or {}).get(
-                "requestedAt") or now_iso()}}})
+        # Only the list shrinks: the request (token, requestedAt) stays the same.
+        self.kube.patch_pool(name, {"spec": {"release": {"ips": remaining}}})
 
     def _primary_groups(self, mem: NodeMemory) -> list[str]:
         for e in mem.view.values():
@@ -853,6 +885,8 @@ class Reconciler:
         if pool is not None:
             self.kube.delete_pool(name)
         self.memory.pop(name, None)
+        with self._beats_lock:
+            self._beats.pop(name, None)
         metrics.forget_pool(name)
         log.info("node %s is gone; its ENIs and pool are released", name)
         return None

@@ -217,7 +217,7 @@ class AgentDouble:
                     self.step(node)
                 except ApiException as e:
                     if e.status not in (404, 409):
-                        self.violations.append(f"api error {e.status} {e.reason}")
+                        self.violations.append(f"api error {e.status} {e.reason}: {e.body}")
                 except Exception as err:  # keep going: a test reads violations
                     self.violations.append(f"agent double error: {err!r}")
             self._stop.wait(self.interval)
@@ -240,7 +240,8 @@ class AgentDouble:
             if e.status == 404:
                 return
             raise
-        release = set(((pool.get("spec") or {}).get("release") or {}).get("ips") or [])
+        spec_release = (pool.get("spec") or {}).get("release") or {}
+        release = set(spec_release.get("ips") or [])
         enis = cast(JSON, self.custom.list_cluster_custom_object(
             contract.GROUP, contract.VERSION, contract.PLURAL_ENI,
             label_selector=f"{contract.LABEL_NODE}={node}"))["items"]
@@ -294,6 +295,7 @@ class AgentDouble:
             held[ip] = key
             self.allocations += 1
         agent = {"acknowledged": acked, "allocated": sorted(held), "heartbeat": _now(),
+                 contract.AGENT_RELEASE_TOKEN: spec_release.get(contract.RELEASE_TOKEN) or None,
                  "ready": True, "version": "agent-double"}
         old = dict((pool.get("status") or {}).get("agent") or {})
         beat = time.monotonic() - self._beats.get(node, 0.0) > 5.0
