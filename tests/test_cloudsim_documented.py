@@ -242,6 +242,20 @@ def test_at_most_ten_explicit_ips_at_create(cloudsim: Any, topo: Topology) -> No
     assert len(cloudsim.admin.state()["enis"]) == 1  # the refused one left nothing
 
 
+def test_explicit_ips_and_a_count_together_are_a_conflict(cloudsim: Any, topo: Topology
+                                                          ) -> None:
+    """CreateNetworkInterface EN: "you cannot specify the PrivateIpAddress.N and
+    SecondaryPrivateIpAddressCount parameters at the same time"; ZH error table: 400
+    InvalidParameter.Conflict."""
+    err = sdk_error(lambda: cloudsim.client().create_network_interface(
+        ecs.CreateNetworkInterfaceRequest(
+            region_id=cloudsim.region, v_switch_id=topo.vswitch_ids(ZONE)[0],
+            security_group_ids=[topo.security_group_id], private_ip_address=["10.0.0.100"],
+            secondary_private_ip_address_count=2)))
+    assert (err.code, err.status_code) == ("InvalidParameter.Conflict", 400)
+    assert cloudsim.admin.state()["enis"] == []
+
+
 def test_explicit_ips_on_an_in_use_eni_are_limited_by_the_type(
         cloudsim: Any, topo: Topology, provider: Any) -> None:
     """AssignPrivateIpAddresses EN/ZH: PrivateIpAddress.N, Available ENI: 1 to 10; InUse
