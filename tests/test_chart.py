@@ -311,7 +311,7 @@ def test_rendered_commands_are_accepted_by_the_real_programs(
         sim = objs[("Deployment", "eniway-cloudsim")]["spec"]["template"]["spec"]
         c = _container(sim, "cloudsim")
         parsed = cloudsim_main.build_parser().parse_args(c["args"])
-        assert parsed.listen == "0.0.0.0:9480" and parsed.state.startswith("/var/lib/cloudsim/")
+        assert parsed.listen == ("0.0.0.0", 9480) and parsed.state.startswith("/var/lib/cloudsim/")
         assert c["ports"][0]["containerPort"] == 9480
 
 
