@@ -415,3 +415,68 @@ def teardown_node_env(env: NodeEnv) -> None:
     env.agent.stop()
     env.op.cleanup()
     env.net.destroy()
+
+
+class OtherNodes:
+    """``count`` more nodes as the operator leaves them: a Node object and one secondary
+    ENI resource each (labelled with its node), so an agent's watches can be measured
+    against a cluster of many nodes. ``touch`` changes every one of their ENIs once."""
+
+    def __init__(self, cluster: LocalCluster, count: int, prefix: str = "") -> None:
+        self.cluster = cluster
+        self.prefix = prefix or f"other{secrets.token_hex(2)}"
+        self.names = [f"{self.prefix}n{i:04d}" for i in range(count)]
+        self.base = f"/apis/{contract.API_VERSION}/{contract.PLURAL_ENI}"
+        self.generation = 0
+
+    def _ok(self, method: str, path: str, body: Any = None,
+            ctype: str = "application/json") -> None:
+        code, obj = self.cluster.request(method, path, body, content_type=ctype)
+        if code >= 300:
+            raise RuntimeError(f"{method} {path}: {code} {obj}")
+
+    def eni(self, node: str) -> str:
+        return f"eni-{node}"  # names and ids: [0-9a-z] only, as the CRD wants
+
+    def create(self) -> OtherNodes:
+        for i, node in enumerate(self.names):
+            self._ok("POST", "/api/v1/nodes", {
+                "apiVersion": "v1", "kind": "Node", "metadata": {"name": node},
+                "spec": {"providerID": f"cn-test.i-{node}"}})
+            self._ok("POST", self.base, {
+                "apiVersion": contract.API_VERSION, "kind": contract.KIND_ENI,
+                "metadata": {"name": self.eni(node), "labels": {contract.LABEL_NODE: node}},
+                "spec": {"nodeName": node, "instanceId": f"i-{node}", "primary": False,
+                         "managed": True,
+                         "macAddress": f"02:ef:{i // 256:02x}:{i % 256:02x}:00:01",
+                         "deviceIndex": 1, "vpcId": "vpc-test", "zoneId": "cn-test-a",
+                         "vSwitchId": "vsw-test0001", "vSwitchCidr": "10.250.0.0/16",
+                         "gatewayIP": "10.250.255.253",
+                         "primaryIP": f"10.250.{i // 250}.{i % 250 + 1}"}})
+        self.touch()
+        return self
+
+    def touch(self) -> None:
+        """One status write per ENI: what each round of the operator may do to a node."""
+        self.generation += 1
+        for node in self.names:
+            self._ok("PATCH", f"{self.base}/{self.eni(node)}/status", {"status": {
+                "phase": contract.PHASE_INUSE, "ipCount": self.generation, "ips": []}},
+                ctype="application/merge-patch+json")
+
+    def delete(self) -> None:
+        for node in self.names:
+            self.cluster.request("DELETE", f"{self.base}/{self.eni(node)}")
+            self.cluster.request("DELETE", f"/api/v1/nodes/{node}")
+
+
+def watch_counts(agent: AgentProcess, resource: str = "enis") -> dict[str, float]:
+    """What the agent's watches received: {"<via>/<scope>": objects} (via list or watch,
+    scope own or other node)."""
+    out = {}
+    for via in ("list", "watch"):
+        for scope in ("own", "other"):
+            out[f"{via}/{scope}"] = agent.metric(
+                "eniway_kube_watch_objects_total",
+                f'resource="{resource}",scope="{scope}",via="{via}"')
+    return out

@@ -32,6 +32,14 @@ def test_bench_cni_runs(root: None) -> None:
     assert "distinct IPs 50/50" in out, out
 
 
+@pytest.mark.netns
+@pytest.mark.cluster
+def test_bench_watch_runs(root: None) -> None:
+    out = run("bench_watch.py", "--nodes", "5")
+    assert re.search(r"one agent among 5 nodes: \d+ ENI events about other nodes for 4 "
+                     r"changes there", out), out
+
+
 @pytest.mark.cluster
 def test_bench_operator_runs() -> None:
     out = run("bench_operator.py", "--nodes", "3", "--pods", "12", timeout=900)

@@ -526,6 +526,39 @@ def test_deleting_an_eni_resource_frees_the_cloud_eni(env: Env) -> None:
     assert env.provider.describe_enis(eni_ids=[primary])[0].status == "InUse"
 
 
+def test_enis_without_their_node_label_get_it_back(env: Env) -> None:
+    """Agents watch only ENIs labelled with their node: the operator labels one that lacks
+    it, whether the label goes while it runs or was missing before it started."""
+    env.config(min_pool_size=2)
+    node = env.add_node("ecs.g6.xlarge")
+    env.start_agent()
+    op = env.operator()
+    wait_for(lambda: env.converged(node, 2, 5), 60, "pool")
+    names = [r["metadata"]["name"] for r in env.enis(node)]
+    assert len(names) == 2
+
+    def strip() -> None:
+        for n in names:
+            env.custom.patch_cluster_custom_object(
+                contract.GROUP, contract.VERSION, contract.PLURAL_ENI, n,
+                {"metadata": {"labels": {contract.LABEL_NODE: None}}})
+
+    def labelled() -> bool:
+        return all((cast(JSON, env.custom.get_cluster_custom_object(
+            contract.GROUP, contract.VERSION, contract.PLURAL_ENI, n))["metadata"].get(
+                "labels") or {}).get(contract.LABEL_NODE) == node for n in names)
+
+    strip()
+    wait_for(labelled, 30, "labels put back while running")
+    op.stop()
+    strip()
+    assert not labelled()
+    env.operator()
+    wait_for(labelled, 60, "labels put back at start")
+    wait_for(lambda: env.converged(node, 2, 5), 60, "pool")
+    env.check_truth(node)
+
+
 def test_gc_deletes_leaked_tagged_enis_only(env: Env) -> None:
     env.config(min_pool_size=0)
     node = env.add_node("ecs.g6.xlarge")

@@ -1,4 +1,4 @@
-"""The agent's API-server side: watches (ENIs, its ENIPool), writes (PodIPs,
+"""The agent's API-server side: watches (its node's ENIs, its ENIPool), writes (PodIPs,
 ``status.agent``) and the periodic GC/resync loop.
 
 PodIP writes are queued and done by one thread with retries, so a slow or unreachable API
@@ -84,13 +84,22 @@ class KubeSync:
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
 
+    def _seen(self, resource: str, via: str, obj: dict[str, Any]) -> None:
+        mine = self._mine(obj) if resource == "enis" else (
+            obj.get("metadata", {}).get("name") == self.node)
+        self.agent.metrics.watch_objects.labels(resource, via,
+                                                "own" if mine else "other").inc()
+
     def _watch_enis(self) -> None:
         def on_list(items: list[dict[str, Any]]) -> None:
+            for o in items:
+                self._seen("enis", "list", o)
             with self._eni_lock:
                 self._enis = {o["metadata"]["name"]: o for o in items if self._mine(o)}
                 self.agent.set_enis(list(self._enis.values()))
 
         def on_event(kind: str, obj: dict[str, Any]) -> None:
+            self._seen("enis", "watch", obj)
             name = obj["metadata"]["name"]
             with self._eni_lock:
                 if kind == "DELETED" or not self._mine(obj):
@@ -100,7 +109,12 @@ class KubeSync:
                     self._enis[name] = obj
                 self.agent.set_enis(list(self._enis.values()))
 
-        self._watch_forever(ENIS, {}, on_list, on_event)
+        # Only this node's ENIs (the operator labels every ENI with its node, and labels
+        # any it finds without): the API server filters, so no other node's change reaches
+        # this agent. One that loses the label arrives as DELETED and is not served until
+        # the operator puts it back.
+        self._watch_forever(ENIS, {"labelSelector": f"{contract.LABEL_NODE}={self.node}"},
+                            on_list, on_event)
 
     def _resync_loop(self) -> None:
         """Links that appear late (async attach) and tables someone flushed."""
@@ -124,9 +138,12 @@ class KubeSync:
                                    str(release.get(contract.RELEASE_TOKEN) or ""))
 
         def on_list(items: list[dict[str, Any]]) -> None:
+            for o in items:
+                self._seen("enipools", "list", o)
             apply(items[0] if items else None)
 
         def on_event(kind: str, obj: dict[str, Any]) -> None:
+            self._seen("enipools", "watch", obj)
             apply(None if kind == "DELETED" else obj)
 
         self._watch_forever(ENIPOOLS, params, on_list, on_event)

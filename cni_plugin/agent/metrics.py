@@ -35,6 +35,10 @@ class Metrics:
                                registry=r)
         self.kube_errors = Counter("eniway_kube_errors_total", "Failed API server calls",
                                    ["op"], registry=r)
+        self.watch_objects = Counter(
+            "eniway_kube_watch_objects_total",
+            "Objects the API server sent (list or watch event), by resource and whether "
+            "they are about this node", ["resource", "via", "scope"], registry=r)
 
     def set_pool(self, counts: dict[str, int]) -> None:
         for state, n in counts.items():

@@ -5,6 +5,7 @@
   been written yet is never mistaken for a leak).
 - ENIPools and ENI resources of Nodes that no longer exist: handed to the node's reconcile,
   which releases the cloud side and forgets the node.
+- ENI resources without their node's label (agents watch by it): labelled.
 IPs on ENIs that no resource records, and ENI resources whose cloud ENI is gone, are handled
 by each node's resync. Nothing without eniway's tags is ever touched.
 """
@@ -15,6 +16,8 @@ import logging
 import time
 from collections.abc import Callable
 from typing import Any
+
+from kubernetes.client.rest import ApiException
 
 from cni_plugin import contract
 from eniway_operator import metrics
@@ -47,6 +50,10 @@ class GarbageCollector:
             node = (r.get("spec") or {}).get("nodeName", "")
             if node and node not in nodes:
                 orphans.add(node)
+            try:
+                self.kube.ensure_node_label(r)  # agents see an ENI only by this label
+            except ApiException as e:
+                log.warning("gc: labelling ENI %s: %s", r["metadata"]["name"], e.reason)
         deleted: list[str] = []
         try:
             tagged = self.cloud.describe_enis(tags={

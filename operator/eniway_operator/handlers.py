@@ -217,7 +217,19 @@ async def pool_event(name: str, type: str | None, body: kopf.Body,
 @kopf.on.event(contract.GROUP, contract.VERSION, contract.PLURAL_ENI)
 async def eni_event(spec: kopf.Spec, meta: kopf.Meta, type: str | None,
                     **kw: Any) -> None:
-    """A deleted ENI resource: its node's round runs the finalizer (cloud cleanup)."""
+    """A deleted ENI resource: its node's round runs the finalizer (cloud cleanup). One
+    without its node's label (the agent would not see it) gets it at once: every ENI is
+    listed when the operator starts, so older ones are labelled then."""
     _capture(kw)
     if type == "DELETED" or meta.get("deletionTimestamp"):
         _rt().scheduler.poke(spec.get("nodeName", ""), 0.0)
+        return
+    node = spec.get("nodeName")
+    if node and (meta.get("labels") or {}).get(contract.LABEL_NODE) != node:
+        kube = _rt().reconciler.kube
+        eni = {"metadata": {"name": meta.get("name"), "labels": dict(meta.get("labels") or {})},
+               "spec": {"nodeName": node}}
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, kube.ensure_node_label, eni)
+        except Exception as e:  # the next event or GC pass tries again
+            log.warning("labelling ENI %s: %s", meta.get("name"), e)

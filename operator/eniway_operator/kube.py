@@ -210,6 +210,26 @@ class Kube:
         self._write("patch ENI spec")
         self.custom.patch_cluster_custom_object(*self._eni_args(), name, {"spec": spec})
 
+    def ensure_node_label(self, eni: JSON) -> bool:
+        """Every ENI resource carries its node's label (each agent watches only its own
+        node's); one without it, or with another node's, gets it from spec.nodeName.
+        True when it had to be written."""
+        node = (eni.get("spec") or {}).get("nodeName") or ""
+        meta = eni.get("metadata") or {}
+        if not node or (meta.get("labels") or {}).get(contract.LABEL_NODE) == node:
+            return False
+        self._write("label ENI")
+        try:
+            self.custom.patch_cluster_custom_object(
+                *self._eni_args(), meta["name"],
+                {"metadata": {"labels": {contract.LABEL_NODE: node}}})
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            return False
+        log.info("ENI %s: labelled with its node %s", meta["name"], node)
+        return True
+
     def release_eni(self, name: str) -> None:
         """Drop our finalizer and delete the resource (the cloud side is already done)."""
         self._write("release ENI")
