@@ -343,3 +343,20 @@ def test_operator_disruption_budget_where_policy_v1_exists() -> None:
     single = render(values={"operator": {"replicas": 1}}, extra=extra)
     assert not [d for d in single if d["kind"] == "PodDisruptionBudget"]
     assert not [d for d in render() if d["kind"] == "PodDisruptionBudget"]  # 1.20: none
+
+
+def test_cloudsim_admin_token_from_a_secret() -> None:
+    """The emulator's admin API wants a token: the chart hands it one from a Secret, or
+    none (the emulator then makes a random one and its admin API stays closed)."""
+    from eniway_cloudsim.admin import ADMIN_TOKEN_ENV
+
+    def sim_container(extra: dict[str, Any]) -> dict[str, Any]:
+        docs = render(values={"cloud": {"provider": "cloudsim"}, "cloudsim": extra})
+        dep = _by_kind(docs)[("Deployment", "eniway-cloudsim")]
+        return _container(dep["spec"]["template"]["spec"], "cloudsim")
+
+    c = sim_container({"adminTokenSecret": "sim-admin"})
+    assert c["env"] == [{"name": ADMIN_TOKEN_ENV, "valueFrom": {"secretKeyRef": {
+        "name": "sim-admin", "key": "admin-token"}}}]
+    assert "env" not in sim_container({})
+    assert c["readinessProbe"]["httpGet"]["path"] == "/admin/healthz"  # open to probes
