@@ -165,8 +165,14 @@ def test_other_values_render_cloudsim_credentials_and_paths() -> None:
     assert "--standalone" in op["args"]
     assert "host" not in op["livenessProbe"]["httpGet"]
     env = _env(op, objs)
-    assert env["ALIBABA_CLOUD_ACCESS_KEY_ID"] == {
-        "secretKeyRef": {"name": "ecs-ak", "key": "access-key-id"}}
+    # The Secret is mounted, not passed as env: a rotated key reaches the running operator.
+    assert "ALIBABA_CLOUD_ACCESS_KEY_ID" not in env
+    mount = next(m for m in op["volumeMounts"] if m["name"] == "cloud-credentials")
+    assert env["ENIWAY_CLOUD_CREDENTIALS_DIR"] == mount["mountPath"] and mount["readOnly"]
+    vol = next(v for v in pod["volumes"] if v["name"] == "cloud-credentials")["secret"]
+    assert vol["secretName"] == "ecs-ak"
+    assert vol["items"] == [{"key": "access-key-id", "path": "access-key-id"},
+                            {"key": "access-key-secret", "path": "access-key-secret"}]
     assert env["ENIWAY_CLOUD_REGION"] == "cn-beijing"
 
     # The emulator: a Service whose link variables carry the endpoint into the operator.

@@ -112,7 +112,9 @@ def test_upgrade_changes_what_it_should(release: LocalCluster) -> None:
     assert dep["spec"]["replicas"] == 3
     assert dep["spec"]["template"]["metadata"]["annotations"]["checksum/cloud"] != checksum
     env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["ALIBABA_CLOUD_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "ak"
+    vols = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+    assert vols["cloud-credentials"]["secret"]["secretName"] == "ak"
+    assert "ENIWAY_CLOUD_CREDENTIALS_DIR" in env
     cm = _get(cluster, "configmap", f"{FULL}-config", "-n", NS)
     assert yaml.safe_load(cm["data"]["config.yaml"])["max_pool_size"] == 9
     assert cm["data"]["cloud-provider"] == "cloudsim"
@@ -136,6 +138,7 @@ def test_upgrade_changes_what_it_should(release: LocalCluster) -> None:
     op = _get(cluster, "deployment", f"{FULL}-operator", "-n", NS)
     names_of_env = {e["name"] for e in op["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert "ALIBABA_CLOUD_ACCESS_KEY_ID" not in names_of_env
+    assert "ENIWAY_CLOUD_CREDENTIALS_DIR" not in names_of_env
     assert _get(cluster, "deployment", f"{FULL}-operator", "-n", NS)["spec"]["replicas"] == 2
     status = json.loads(_helm(cluster, "status", RELEASE, "-n", NS, "-o", "json"))
     assert status["version"] == 4

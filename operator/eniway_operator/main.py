@@ -9,16 +9,31 @@ ENIWAY_CONFIGMAP, ENIWAY_CLOUD_*, ALIBABA_CLOUD_ACCESS_KEY_*, POD_NAMESPACE).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import socket
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from eniway_operator import kube as kube_mod
-from eniway_operator.cloud.base import CloudProvider
+from eniway_operator.cloud.aliyun import AliyunProvider
+from eniway_operator.cloud.credentials import (
+    DEFAULT_METADATA_URL,
+    ENV_ID,
+    ENV_SECRET,
+    ENV_TOKEN,
+    Credentials,
+    CredentialsError,
+    RamRoleCredentials,
+    SecretFileCredentials,
+    StaticCredentials,
+)
+from eniway_operator.cloud.limits import parse_override
+from eniway_operator.cloud.ratelimit import parse_rates
 from eniway_operator.gc import GarbageCollector
 from eniway_operator.leader import LeaseElector
 from eniway_operator.metrics import LEADER, Health, MeteredProvider, serve
@@ -26,84 +41,158 @@ from eniway_operator.reconcile import Reconciler, Settings
 from eniway_operator.scheduler import Scheduler
 
 log = logging.getLogger("eniway_operator")
+T = TypeVar("T")
 
 
 def _env(name: str, default: str = "") -> str:
     return os.environ.get(name, default)
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter,
+                     argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and every flag's default after its help."""
+
+
+def _json_flag(p: argparse.ArgumentParser, flag: str, text: str,
+               parse: Callable[[Mapping[str, object]], T]) -> T | None:
+    """A JSON mapping from a flag or its environment variable, or a usage error."""
+    if not text.strip():
+        return None
+    try:
+        spec = json.loads(text)
+        if not isinstance(spec, dict):
+            raise ValueError(f"want a JSON object, got {type(spec).__name__}")
+        return parse(spec)
+    except (ValueError, TypeError, KeyError) as e:
+        p.error(f"{flag}: {e}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every flag with its default (environment variables read now)."""
     p = argparse.ArgumentParser(prog="eniway-operator", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=_HelpFormatter)
     p.add_argument("--kubeconfig", default=_env("KUBECONFIG") or None,
-                   help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
+                   help="kubeconfig file ($KUBECONFIG; none: in-cluster, then ~/.kube/config)")
     p.add_argument("--namespace", default=_env("POD_NAMESPACE", "kube-system"),
-                   help="namespace of the config map and the leader Lease")
+                   help="namespace of the config map and the leader Lease ($POD_NAMESPACE)")
     p.add_argument("--configmap", "--config-map", dest="configmap",
                    default=_env("ENIWAY_CONFIGMAP", "eniway-config"),
-                   help="global pool configuration ConfigMap (key config.yaml or config.json)")
-    p.add_argument("--config-dir", default="", help="accepted for the chart; unused (the "
-                   "ConfigMap is read through the API so changes apply without a restart)")
+                   help="global pool configuration ConfigMap, key config.yaml or config.json "
+                        "($ENIWAY_CONFIGMAP)")
     p.add_argument("--cluster-id", default=_env("ENIWAY_CLUSTER_ID"),
-                   help="tags every cloud object eniway creates; GC only touches these")
+                   help="required ($ENIWAY_CLUSTER_ID): tags every cloud object eniway "
+                        "creates; GC only touches these")
     p.add_argument("--cloud", default=_env("ENIWAY_CLOUD_PROVIDER", "aliyun"),
-                   choices=["aliyun", "cloudsim"], help="cloudsim = aliyun SDK on the emulator")
+                   choices=["aliyun", "cloudsim"],
+                   help="cloudsim = the aliyun SDK on the emulator ($ENIWAY_CLOUD_PROVIDER)")
     p.add_argument("--cloud-endpoint", default=_env("ENIWAY_CLOUD_ENDPOINT"),
-                   help="ECS API endpoint (host:port or URL; default: the region's)")
-    p.add_argument("--region", default=_env("ENIWAY_CLOUD_REGION", "cn-hangzhou"))
-    p.add_argument("--access-key-id", default=_env("ALIBABA_CLOUD_ACCESS_KEY_ID"))
+                   help="ECS API endpoint, host:port or URL ($ENIWAY_CLOUD_ENDPOINT; "
+                        "empty: ecs.<region>.aliyuncs.com)")
+    p.add_argument("--region", default=_env("ENIWAY_CLOUD_REGION", "cn-hangzhou"),
+                   help="ECS region id ($ENIWAY_CLOUD_REGION)")
+    p.add_argument("--access-key-id", default=_env(ENV_ID),
+                   help=f"AccessKey id (${ENV_ID})")
     p.add_argument("--access-key-secret-file", default="",
-                   help="file holding the AccessKey secret (else $ALIBABA_CLOUD_ACCESS_KEY_SECRET)")
+                   help=f"file holding the AccessKey secret (else ${ENV_SECRET}); "
+                        f"${ENV_TOKEN} is sent with them (STS keys)")
+    p.add_argument("--credentials-dir", default=_env("ENIWAY_CLOUD_CREDENTIALS_DIR"),
+                   help="a mounted Secret with files access-key-id, access-key-secret "
+                        "(and security-token), re-read when they change "
+                        "($ENIWAY_CLOUD_CREDENTIALS_DIR; used when no AccessKey is given)")
+    p.add_argument("--metadata-url", default=_env("ENIWAY_METADATA_URL", DEFAULT_METADATA_URL),
+                   help="instance metadata service for RAM role credentials, the last "
+                        "source ($ENIWAY_METADATA_URL)")
+    p.add_argument("--rate-limits", default=_env("ENIWAY_CLOUD_RATE_LIMITS"),
+                   help='per-API rates over the defaults, JSON: {"AssignPrivateIpAddresses": '
+                        '"600/min", "DescribeNetworkInterfaces": {"perMinute": 1200, '
+                        '"burst": 20}} ($ENIWAY_CLOUD_RATE_LIMITS)')
+    p.add_argument("--limits-override", default=_env("ENIWAY_CLOUD_LIMITS_OVERRIDE"),
+                   help='instance-type limits that win over the API, JSON: {"ecs.g6.large": '
+                        '{"enis": 3, "ipsPerENI": 6, "hotSwap": true}} '
+                        "($ENIWAY_CLOUD_LIMITS_OVERRIDE)")
+    p.add_argument("--limits-ttl", type=float, default=3600.0,
+                   help="seconds an instance type's limits from the API are cached")
+    p.add_argument("--read-timeout", type=float, default=10.0,
+                   help="seconds a cloud call may wait for its answer")
+    p.add_argument("--connect-timeout", type=float, default=5.0,
+                   help="seconds a cloud call may wait to connect")
     p.add_argument("--metrics-port", type=int, default=9464, help="/metrics, /healthz, /readyz")
     p.add_argument("--health-port", type=int, default=0,
                    help="a second port serving the same endpoints (0: none)")
-    p.add_argument("--metrics-host", default="0.0.0.0")
+    p.add_argument("--metrics-host", default="0.0.0.0", help="address both ports listen on")
     p.add_argument("--workers", type=int, default=8, help="nodes reconciled in parallel")
     p.add_argument("--resync", type=float, default=300.0,
                    help="full cloud describe of a node at least this often (s)")
-    p.add_argument("--gc-interval", type=float, default=60.0)
+    p.add_argument("--gc-interval", type=float, default=60.0,
+                   help="seconds between garbage-collection passes")
     p.add_argument("--gc-grace", type=float, default=300.0,
                    help="an untracked Available ENI is deleted after this long (two passes)")
     p.add_argument("--debounce", type=float, default=0.3,
                    help="pod events are gathered this long before a round (batching)")
-    p.add_argument("--identity", default=f"{socket.gethostname()}-{os.getpid()}")
+    p.add_argument("--identity", default=f"{socket.gethostname()}-{os.getpid()}",
+                   help="this replica's name in the leader Lease")
     p.add_argument("--lease-name", "--peering", dest="lease_name", default="eniway-operator",
                    help="leader Lease name (one replica acts)")
-    p.add_argument("--lease-duration", type=float, default=15.0)
+    p.add_argument("--lease-duration", type=float, default=15.0,
+                   help="seconds a leader that stopped renewing keeps the Lease")
     p.add_argument("--standalone", action="store_true",
                    help="no leader election (a single replica)")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
     if not args.cluster_id:
         p.error("--cluster-id (or $ENIWAY_CLUSTER_ID) is required: it scopes every cloud tag")
+    for flag in ("limits_ttl", "read_timeout", "connect_timeout"):
+        if getattr(args, flag) <= 0:
+            p.error(f"--{flag.replace('_', '-')} must be > 0")
+    args.rates = _json_flag(p, "--rate-limits", args.rate_limits, parse_rates)
+    args.limits = _json_flag(p, "--limits-override", args.limits_override, parse_override)
     return args
 
 
-def make_provider(args: argparse.Namespace,
-                  fence: Callable[[str], None] | None = None) -> CloudProvider:
-    """``fence`` is asked right before every attempt of every call (leadership)."""
-    from eniway_operator.cloud.aliyun import AliyunProvider
-    from eniway_operator.cloud.credentials import StaticCredentials
-
-    secret = _env("ALIBABA_CLOUD_ACCESS_KEY_SECRET")
+def credentials(args: argparse.Namespace) -> Credentials:
+    """An AccessKey given by flag, file or environment (with the environment's STS token,
+    if any); else the mounted Secret of ``--credentials-dir`` (an error if it has no
+    key); else the instance's RAM role."""
+    secret = _env(ENV_SECRET)
     if args.access_key_secret_file:
         secret = Path(args.access_key_secret_file).read_text().strip()
-    kw: dict[str, object] = {"fence": fence}
     if args.access_key_id and secret:
-        kw["credentials"] = StaticCredentials(args.access_key_id, secret)
+        return StaticCredentials(args.access_key_id, secret, _env(ENV_TOKEN))
+    if args.credentials_dir:
+        return SecretFileCredentials(args.credentials_dir)
+    return RamRoleCredentials(args.metadata_url)
+
+
+def make_provider(args: argparse.Namespace,
+                  fence: Callable[[str], None] | None = None) -> AliyunProvider:
+    """``fence`` is asked right before every attempt of every call (leadership)."""
+    kw: dict[str, object] = {"fence": fence}
     endpoint = args.cloud_endpoint
     if endpoint:
         protocol = "https" if endpoint.startswith("https://") else "http" if (
             endpoint.startswith("http://") or args.cloud == "cloudsim") else "https"
         kw["endpoint"] = endpoint.split("://", 1)[-1]
         kw["protocol"] = protocol
-    return AliyunProvider(region_id=args.region, **kw)  # type: ignore[arg-type]
+    return AliyunProvider(region_id=args.region, credentials=credentials(args),
+                          rates=args.rates, limits_override=args.limits,
+                          limits_ttl=args.limits_ttl, read_timeout=args.read_timeout,
+                          connect_timeout=args.connect_timeout, **kw)  # type: ignore[arg-type]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        provider = make_provider(args)
+    except (CredentialsError, OSError) as e:
+        print(f"eniway-operator: cloud credentials: {e}", file=sys.stderr)
+        return 2
     for noisy in ("kubernetes.client.rest", "urllib3", "kopf.objects"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.kubeconfig:
@@ -144,7 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     fence = elector.assert_leader if elector else None
     kube.fence = fence  # no write, and no cloud call, once the lease is lost
-    cloud = MeteredProvider(make_provider(args, fence))
+    provider.fence = fence  # made before the election, so a bad setting fails at once
+    cloud = MeteredProvider(provider)
     settings = Settings(cluster_id=args.cluster_id, config_namespace=args.namespace,
                         config_name=args.configmap, resync=args.resync)
     reconciler = Reconciler(kube, cloud, settings)

@@ -95,12 +95,10 @@ the host's resolver, so a cluster DNS name would not resolve before the pod netw
 {{- end }}
 {{- $cred := .Values.cloud.credentials }}
 {{- if $cred.existingSecret }}
-- name: ALIBABA_CLOUD_ACCESS_KEY_ID
-  valueFrom:
-    secretKeyRef: {name: {{ $cred.existingSecret | quote }}, key: {{ $cred.accessKeyIdKey | quote }}}
-- name: ALIBABA_CLOUD_ACCESS_KEY_SECRET
-  valueFrom:
-    secretKeyRef: {name: {{ $cred.existingSecret | quote }}, key: {{ $cred.accessKeySecretKey | quote }}}
+# The Secret is mounted (volume "cloud-credentials"): the operator re-reads its files when
+# kubelet updates them, so a rotated AccessKey needs no restart.
+- name: ENIWAY_CLOUD_CREDENTIALS_DIR
+  value: {{ include "eniway.credentialsDir" . | quote }}
 {{- else if eq .Values.cloud.provider "cloudsim" }}
 # The emulator's built-in AccessKey pair (not a secret: it guards nothing real).
 - name: ALIBABA_CLOUD_ACCESS_KEY_ID
@@ -128,4 +126,9 @@ the host's resolver, so a cluster DNS name would not resolve before the pod netw
 {{- else if regexMatch "^[0-9.]+h$" $v -}}{{ mulf (trimSuffix "h" $v | float64) 3600 }}
 {{- else -}}{{ $v | float64 }}
 {{- end -}}
+{{- end -}}
+
+
+{{- define "eniway.credentialsDir" -}}
+/etc/eniway/cloud-credentials
 {{- end -}}

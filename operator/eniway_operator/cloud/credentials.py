@@ -61,7 +61,7 @@ class SecretFileCredentials:
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.dir = Path(directory)
         self._lock = threading.Lock()
-        self._stamp: tuple[float, ...] = ()
+        self._stamp: tuple[int, ...] = ()
         self._m: CredentialModel | None = None
         self.get_credential()
 
@@ -77,7 +77,11 @@ class SecretFileCredentials:
                  self._find(SECRET_TOKEN_FILES)]
         if files[0] is None or files[1] is None:
             raise CredentialsError(f"{self.dir}: no access key id / secret files")
-        stamp = tuple(p.stat().st_mtime if p else 0.0 for p in files)
+        # kubelet rotates a mounted Secret by swapping a symlink to new files: follow it
+        # and compare the files' identity, not only their times.
+        stats = [p.stat() if p else None for p in files]
+        stamp = tuple(x for st in stats for x in ((st.st_ino, st.st_mtime_ns, st.st_size)
+                                                  if st else (0, 0, 0)))
         with self._lock:
             if self._m is None or stamp != self._stamp:
                 ak, secret, token = (p.read_text().strip() if p else "" for p in files)

@@ -81,7 +81,7 @@ class TokenBucket:
             sleep(wait)
 
 
-# Terway's defaults (DESIGN.md §10) for the calls it names; the rest are ours.
+# Terway's defaults for the calls it names (its aliyun client); the rest are ours.
 DEFAULT_RATES: dict[str, Rate] = {
     "AssignPrivateIpAddresses": Rate(400, 10),
     "UnassignPrivateIpAddresses": Rate(400, 10),
@@ -122,19 +122,30 @@ class RateLimiter:
         return self.bucket(api).take(1, timeout=timeout, sleep=sleep)
 
 
+UNITS = {"": 1.0, "min": 1.0, "m": 1.0, "s": 60.0, "sec": 60.0, "h": 1 / 60.0}
+
+
 def parse_rates(spec: Mapping[str, object]) -> dict[str, Rate]:
     """``{"AssignPrivateIpAddresses": "400/min", "X": "5/s", "Y": {"perMinute": 60, "burst": 5}}``;
-    a bare number is per minute."""
+    a bare number is per minute. A bad entry is a ValueError naming the API."""
     out: dict[str, Rate] = {}
     for api, value in spec.items():
-        if isinstance(value, Mapping):
-            per_minute = float(value.get("perMinute", value.get("per_minute", 0)))
-            burst = int(value.get("burst", 10))
-        else:
-            text = str(value).strip()
-            num, _, unit = text.partition("/")
-            per_minute = float(num) * {"": 1.0, "s": 60.0, "sec": 60.0, "min": 1.0,
-                                       "m": 1.0, "h": 1 / 60.0}[unit.strip()]
-            burst = 10
+        try:
+            if isinstance(value, Mapping):
+                unknown = set(value) - {"perMinute", "per_minute", "burst"}
+                if unknown:
+                    raise ValueError(f"unknown keys {sorted(unknown)}")
+                per_minute = float(value.get("perMinute", value.get("per_minute", 0)))
+                burst = int(value.get("burst", 10))
+            else:
+                num, _, unit = str(value).strip().partition("/")
+                if unit.strip() not in UNITS:
+                    raise ValueError(f"unit {unit!r} is not one of /s, /min, /h")
+                per_minute = float(num) * UNITS[unit.strip()]
+                burst = 10
+            if per_minute <= 0 or burst < 1:
+                raise ValueError("the rate and the burst must be > 0")
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"rate for {api}: {value!r}: {e}") from None
         out[api] = Rate(per_minute, burst)
     return out
