@@ -25,22 +25,12 @@ PHASE_CREATING = "Creating"
 PHASE_ATTACHING = "Attaching"
 PHASE_INUSE = "InUse"
 PHASE_DETACHING = "Detaching"
-PHASE_DELETING = "Deleting"
-PHASE_FAILED = "Failed"
-ENI_PHASES = (
-    PHASE_CREATING,
-    PHASE_ATTACHING,
-    PHASE_INUSE,
-    PHASE_DETACHING,
-    PHASE_DELETING,
-    PHASE_FAILED,
-)
+ENI_PHASES = (PHASE_CREATING, PHASE_ATTACHING, PHASE_INUSE, PHASE_DETACHING)
 
 # Per secondary IP state on an ENI resource
 IP_FREE = "free"
 IP_ALLOCATED = "allocated"
 IP_RELEASING = "releasing"
-IP_STATES = (IP_FREE, IP_ALLOCATED, IP_RELEASING)
 
 # Labels and annotations on our resources
 LABEL_NODE = f"{GROUP}/node"
@@ -57,7 +47,6 @@ TAG_NODE = "eniway.io/node"
 TAG_INSTANCE = "eniway.io/instance"
 
 # Node-local paths
-DEFAULT_RUN_DIR = "/run/eniway"
 DEFAULT_SOCKET = "/run/eniway/eniway.sock"
 DEFAULT_STATE_DIR = "/var/lib/eniway"
 DEFAULT_CNI_BIN_DIR = "/opt/cni/bin"
@@ -67,7 +56,7 @@ CNI_BINARY_NAME = "eniway"
 CNI_CONFLIST_NAME = "10-eniway.conflist"
 CNI_NETWORK_NAME = "eniway"
 
-# Datapath constants (DESIGN.md §6)
+# Datapath constants (docs/node.md)
 POD_GATEWAY = "169.254.1.1"
 RULE_PRIORITY_TO_POD = 512
 RULE_PRIORITY_FROM_POD = 2048
@@ -81,9 +70,8 @@ CNI_SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 # of containernetworking/plugins 1.1) accept; eniway itself answers in any supported one.
 CNI_CONFLIST_VERSION = "1.0.0"
 
-# CNI error codes (spec §"Error"), plus our own range (100+)
+# CNI error codes (the CNI spec's "Error" section), plus our own range (100+)
 ERR_INCOMPATIBLE_VERSION = 1
-ERR_UNSUPPORTED_FIELD = 2
 ERR_UNKNOWN_CONTAINER = 3
 ERR_INVALID_ENV = 4
 ERR_IO = 5
@@ -91,7 +79,6 @@ ERR_DECODE = 6
 ERR_INVALID_CONFIG = 7
 ERR_TRY_AGAIN = 11
 ERR_PLUGIN_NOT_AVAILABLE = 50
-ERR_LIMITED_CONNECTIVITY = 51
 ERR_NO_FREE_IP = 100
 ERR_DATAPATH = 101
 ERR_INTERNAL = 999

@@ -187,6 +187,12 @@ class NodeAgent:
             self.pool_synced = True
         self._publish()
 
+    def set_cooldown(self, seconds: float | None) -> None:
+        """The node's ``ip_cooldown`` from its ENIPool ``status.config`` (None: the
+        ``--cooldown`` flag), so the operator and the agent rest an IP equally long."""
+        with self.lock:
+            self.pool.cooldown = self.cfg.cooldown if seconds is None else seconds
+
     def agent_status(self) -> dict[str, Any]:
         """``status.agent`` of this node's ENIPool. The acknowledgements and the token of the
         list they were computed from are read together, under the lock."""
@@ -487,7 +493,8 @@ class NodeAgent:
         with self.lock:
             counts = self.pool.counts()
             body = {"node": self.cfg.node_name, "ready": self.ready, "counts": counts,
-                    "enis": sorted(self.enis), "allocations": len(self.records)}
+                    "enis": sorted(self.enis), "allocations": len(self.records),
+                    "cooldown": self.pool.cooldown}
         if not self.ready:
             raise CniError(contract.ERR_PLUGIN_NOT_AVAILABLE,
                            f"eniway-agent on {self.cfg.node_name} is not ready: ENIs or pool "

@@ -1,4 +1,4 @@
-"""The node datapath (DESIGN.md §6): ENI links and tables, pod veths, routes and rules.
+"""The node datapath (docs/node.md, Datapath): ENI links and tables, pod veths, routes and rules.
 
 Pod netns: ``<ifname>`` with ``podIP/32``, ``default via 169.254.1.1 onlink`` and a
 permanent neighbour 169.254.1.1 -> host veth MAC. Host ("node") netns: the veth's

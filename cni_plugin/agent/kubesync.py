@@ -36,6 +36,15 @@ def podip_path(namespace: str, name: str = "") -> str:
     return f"{base}/{name}" if name else base
 
 
+def _cooldown(pool: dict[str, Any] | None) -> float | None:
+    """``ip_cooldown`` (seconds) of the configuration the operator put in effect for
+    this node (ENIPool ``status.config``); None when it has not written one."""
+    value = (((pool or {}).get("status") or {}).get("config") or {}).get("ip_cooldown")
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        return None
+    return float(value)
+
+
 class KubeSync:
     def __init__(self, agent: NodeAgent, kube: Kube) -> None:
         self.agent = agent
@@ -46,7 +55,6 @@ class KubeSync:
         self._eni_lock = threading.Lock()
         self._writes: queue.Queue[tuple[str, Allocation]] = queue.Queue()
         self._status_dirty = threading.Event()
-        self._last_status: dict[str, Any] = {}
         agent.on_bound = lambda rec: self._writes.put(("bind", rec))
         agent.on_unbound = lambda rec: self._writes.put(("unbind", rec))
         agent.on_change = self._status_dirty.set
@@ -134,6 +142,7 @@ class KubeSync:
 
         def apply(obj: dict[str, Any] | None) -> None:
             release = ((obj or {}).get("spec") or {}).get("release") or {}
+            self.agent.set_cooldown(_cooldown(obj))
             self.agent.set_release(release.get("ips") or [],
                                    str(release.get(contract.RELEASE_TOKEN) or ""))
 

@@ -27,7 +27,7 @@ from cni_plugin.agent.store import StoreLocked
 log = logging.getLogger("eniway.agent")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="eniway-agent", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--node-name", default=os.environ.get("NODE_NAME"),
@@ -60,7 +60,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="fsync every allocation record (only matters for power loss, which "
                         "also ends every pod; docs/node.md)")
     p.add_argument("--workers", type=int, default=16, help="CNI request worker threads")
-    p.add_argument("--log-level", default=os.environ.get("ENIWAY_LOG_LEVEL", "INFO"))
+    p.add_argument("--log-level", default=os.environ.get("ENIWAY_LOG_LEVEL", "INFO"),
+                   help="DEBUG, INFO, WARNING or ERROR (default $ENIWAY_LOG_LEVEL, else INFO)")
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
     if not args.node_name:
         p.error("--node-name (or $NODE_NAME) is required")

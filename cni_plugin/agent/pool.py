@@ -96,10 +96,6 @@ class Pool:
         """Release-requested IPs that no pod holds: safe for the operator to unassign."""
         return sorted((ip for ip in self.release if ip not in self.allocated), key=_key)
 
-    def free_count(self) -> int:
-        self._expire()
-        return len(self._free) + sum(1 for ip in self.cooling if ip not in self.release)
-
     def counts(self) -> dict[str, int]:
         self._expire()
         return {

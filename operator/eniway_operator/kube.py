@@ -47,10 +47,6 @@ def load_config(kubeconfig: str | None) -> client.ApiClient:
     return client.ApiClient()
 
 
-def is_status(e: BaseException, *codes: int) -> bool:
-    return isinstance(e, ApiException) and e.status in codes
-
-
 class Kube:
     """The calls the operator makes. ENI and ENIPool are cluster scoped custom objects.
     ``fence`` (set once leading) is asked before every write: a deposed leader's round
@@ -248,14 +244,6 @@ class Kube:
                     raise
                 if e.status == 409:
                     return self.release_eni(name)
-        try:
-            self.custom.delete_cluster_custom_object(*self._eni_args(), name)
-        except ApiException as e:
-            if e.status != 404:
-                raise
-
-    def delete_eni(self, name: str) -> None:
-        self._write("delete ENI")
         try:
             self.custom.delete_cluster_custom_object(*self._eni_args(), name)
         except ApiException as e:

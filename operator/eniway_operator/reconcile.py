@@ -105,9 +105,6 @@ class NodeMemory:
     polling: set[str] = field(default_factory=set)  # ENIs attaching or detaching
     info: InstanceInfo | None = None
     info_at: float = 0.0
-    vswitches: tuple[VSwitch, ...] = ()
-    vsw_at: float = 0.0
-    vsw_key: tuple[str, ...] = ()
     blocked: dict[str, float] = field(default_factory=dict)
     freed_at: dict[str, float] = field(default_factory=dict)
     marked_at: dict[str, float] = field(default_factory=dict)  # unknown after a restart: 0
@@ -258,7 +255,7 @@ class Reconciler:
             elif mem.polling:
                 self._poll(name, mem, instance_id)
             self._cleanup_deleting(name, mem, resources)
-            vswitches = self._vswitches(mem, cfg, info.zone_id, now)
+            vswitches = self._vswitches(cfg, info.zone_id, now)
         except CloudError as e:
             self._cloud_failure(name, node, mem, errors, "DescribeNetworkInterfaces", e)
             self._write_pool_status(name, pool, mem, limits, cfg, None, errors, now)
@@ -352,7 +349,7 @@ class Reconciler:
             mem.info_at = now
         return mem.info
 
-    def _vswitches(self, mem: NodeMemory, cfg: pool_config.PoolConfig, zone: str,
+    def _vswitches(self, cfg: pool_config.PoolConfig, zone: str,
                    now: float) -> tuple[VSwitch, ...]:
         ids = cfg.vswitches_for(zone)
         if not ids:
@@ -362,7 +359,6 @@ class Reconciler:
             if now - at >= self.settings.vswitch_ttl:
                 cached = tuple(self.cloud.describe_vswitches(list(ids)))
                 self._vsw_cache[ids] = (now, cached)
-        mem.vswitches, mem.vsw_key, mem.vsw_at = cached, ids, now
         return cached
 
     def _one_vswitch(self, vswitch_id: str) -> VSwitch | None:
