@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""CNI benchmark: eniway vs Debian's ptp+host-local, in the same run (DESIGN.md §9).
+"""CNI benchmark: eniway vs Debian's ptp+host-local, in the same run (docs/testing.md, Benchmarks).
 
 Builds one emulated node (real netns, ENIs into a VPC netns), starts a real local
 control plane and an eniway-agent with a warm pool, then times, interleaved, CNI ADD

@@ -3,7 +3,7 @@
 the time ECS's default rate limits alone would need.
 
 Real parts: a local control plane (hack/localcluster.py), eniway-cloudsim throttled at ECS's
-default per-API rates (the figures Terway uses, DESIGN.md §10), the operator as a child
+default per-API rates (the figures Terway uses, docs/configuration.md), the operator as a child
 process talking to it through the official SDK, and the agent double for the nodes.
 
     python3 hack/bench_operator.py [--nodes 200] [--pods 100] [--attach-delay 1.0]

@@ -1,6 +1,6 @@
 """Concurrency and crashes: 50 concurrent ADDs on one node; SIGKILL of the agent in the
 middle of an ADD storm, then restart: no address held twice, none lost, every leftover
-reclaimed by GC (DESIGN.md §4 invariants 1, 3, 6)."""
+reclaimed by GC (docs/architecture.md, invariants 1, 3, 6)."""
 
 from __future__ import annotations
 

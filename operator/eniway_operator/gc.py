@@ -1,4 +1,4 @@
-"""Cluster-wide garbage collection (DESIGN.md §4 invariant 3).
+"""Cluster-wide garbage collection (docs/architecture.md, invariant 3).
 
 - ENIs tagged as this cluster's eniway ENIs, Available, that no ENI resource records: deleted
   once seen so in two passes at least ``grace`` seconds apart (a create whose record has not

@@ -3,7 +3,7 @@ towards its configured pool.
 
 No I/O and no clock reads: the caller passes ``now``. The reconciler turns cloud and
 Kubernetes state into a ``NodeState``, calls ``plan_node`` and hands the ``Plan`` to the
-executor. Every rule the operator follows about limits (DESIGN.md §4 invariant 4), the
+executor. Every rule the operator follows about limits (docs/architecture.md, invariant 4), the
 release handshake (invariant 2) and batching (invariant 5) is decided here, so it is tested
 with tables of cases and no cluster.
 """
