@@ -69,7 +69,7 @@ def test_defaults_render_what_a_cluster_needs() -> None:
     objs = _by_kind(docs)
     kinds = sorted({d["kind"] for d in docs})
     assert kinds == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet", "Deployment",
-                     "Role", "RoleBinding", "ServiceAccount"]
+                     "Job", "Role", "RoleBinding", "ServiceAccount"]
     assert all(d["metadata"].get("namespace") == "eniway-system" for d in docs
                if d["kind"] in ("ConfigMap", "DaemonSet", "Deployment", "Role", "RoleBinding",
                                 "ServiceAccount"))
@@ -366,3 +366,44 @@ def test_cloudsim_admin_token_from_a_secret() -> None:
         "name": "sim-admin", "key": "admin-token"}}}]
     assert "env" not in sim_container({})
     assert c["readinessProbe"]["httpGet"]["path"] == "/admin/healthz"  # open to probes
+
+
+@pytest.mark.parametrize("values", [
+    {},
+    {"uninstall": {"hook": {"force": True, "timeout": 60}},
+     "operator": {"leaderElection": {"enabled": False}}, "cloud": {"provider": "cloudsim"}},
+])
+def test_uninstall_hook_runs_the_command_with_the_operators_settings(
+        values: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pre-delete hook: every object a hook (the Job last), and its command line
+    accepted by the real parser with the environment the chart gives it."""
+    from eniway_operator import uninstall
+
+    docs = [d for d in render(values=values)
+            if d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "uninstall"]
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Job", "Role", "RoleBinding",
+                     "ServiceAccount"]
+    weights = {d["kind"]: int(d["metadata"]["annotations"]["helm.sh/hook-weight"]) for d in docs}
+    assert all(d["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete" for d in docs)
+    assert weights["Job"] > max(w for k, w in weights.items() if k != "Job")
+    objs = _by_kind(render(values=values))
+    job = objs[("Job", "eniway-uninstall")]
+    pod = job["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True and pod["serviceAccountName"] == "eniway-uninstall"
+    c = _container(pod, "uninstall")
+    env = {**_env(c, objs), "POD_NAME": "u-0", "POD_NAMESPACE": "eniway-system"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value if isinstance(value, str) else "from-secret")
+    assert c["command"] == ["eniway-operator", "uninstall"]
+    args = uninstall.parse_args(_expand(c["args"], env))
+    assert args.scale_down == "eniway-operator" and args.namespace == "eniway-system"
+    assert args.cluster_id == "eniway"
+    hook = values.get("uninstall", {}).get("hook", {})
+    assert args.force == hook.get("force", False) and args.timeout == hook.get("timeout", 300)
+    assert args.lease_name == ("" if "operator" in values else "eniway-operator")
+    role = objs[("Role", "eniway-uninstall")]
+    apps = [r["resources"] for r in role["rules"] if r["apiGroups"] == ["apps"]]
+    assert apps == [["deployments/scale"]]
+    off = render(values={"uninstall": {"hook": {"enabled": False}}})
+    assert not [d for d in off if "uninstall" in d["metadata"]["name"]]

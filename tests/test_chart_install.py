@@ -58,7 +58,8 @@ def release(cluster: LocalCluster) -> Iterator[LocalCluster]:
     try:
         yield cluster
     finally:
-        helm("uninstall", RELEASE, "-n", NS, kubeconfig=cluster.kubeconfig, check=False)
+        helm("uninstall", RELEASE, "-n", NS, "--no-hooks", kubeconfig=cluster.kubeconfig,
+             check=False)
         cluster.kubectl("delete", "node", NODE, "--ignore-not-found", check=False)
         cluster.kubectl("delete", "namespace", NS, "--ignore-not-found", "--wait=false",
                         check=False)
@@ -144,9 +145,34 @@ def test_upgrade_changes_what_it_should(release: LocalCluster) -> None:
     assert status["version"] == 4
 
 
+def test_uninstall_hook_is_admitted_then_skippable(release: LocalCluster) -> None:
+    """The pre-delete hook's objects pass admission and its Job is made into a pod (which
+    cannot run here: no kubelet), so ``helm uninstall`` waits for it, times out and keeps
+    the release; the command itself is tested in test_uninstall.py."""
+    cluster = release
+    out = helm("uninstall", RELEASE, "-n", NS, "--timeout=10s", kubeconfig=cluster.kubeconfig,
+               check=False)
+    assert out.returncode != 0 and "timed out" in out.stderr, out.stdout + out.stderr
+    job = _get(cluster, "job", f"{FULL}-uninstall", "-n", NS)
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["command"] == ["eniway-operator", "uninstall"]
+    assert f"--scale-down={FULL}-operator" in container["args"]
+    assert pod["serviceAccountName"] == f"{FULL}-uninstall" and pod["hostNetwork"] is True
+    _wait(lambda: bool(_get(cluster, "pods", "-n", NS, "-l",
+                            "app.kubernetes.io/component=uninstall")["items"]),
+          "the hook Job's pod")
+    assert _names(cluster, "deployments", "-n", NS)  # nothing was uninstalled
+
+
 def test_uninstall_leaves_the_cluster_clean(release: LocalCluster) -> None:
     cluster = release
-    _helm(cluster, "uninstall", RELEASE, "-n", NS)
+    _helm(cluster, "uninstall", RELEASE, "-n", NS, "--no-hooks")
+    # A hook that did not succeed leaves its objects (as Helm does): removed by label.
+    hook = f"{SELECTOR},app.kubernetes.io/component=uninstall"
+    cluster.kubectl("delete", "jobs,pods,serviceaccounts,roles,rolebindings", "-n", NS,
+                    "-l", hook, "--wait=false")
+    cluster.kubectl("delete", "clusterroles,clusterrolebindings", "-l", hook)
     # Garbage collection removes the ReplicaSets and pods the controllers made.
     _wait(lambda: not _names(cluster, NAMESPACED, "-n", NS), "namespaced objects gone", 90)
     _wait(lambda: not _names(cluster, "clusterroles,clusterrolebindings"),
@@ -188,7 +214,7 @@ def test_install_on_a_bare_cluster_brings_the_crds() -> None:
         assert expected <= set(names)
         bare.kubectl("wait", "--for=condition=Established", "--timeout=60s", *expected)
         assert bare.kubectl("get", "enipools").returncode == 0
-        _helm(bare, "uninstall", "bare", "-n", "eniway-bare")
+        _helm(bare, "uninstall", "bare", "-n", "eniway-bare", "--no-hooks")
         assert expected <= set(bare.kubectl("get", "crd", "-o", "name").stdout.split())
     finally:
         bare.stop()

@@ -1,6 +1,7 @@
 """eniway-operator: command line, wiring, leader election, then kopf.
 
     eniway-operator --kubeconfig K --cluster-id C --cloud-endpoint 127.0.0.1:P --region R
+    eniway-operator uninstall --help     remove eniway's ENIs and objects (before helm uninstall)
 
 Flags default from the environment the Helm chart sets (ENIWAY_CLUSTER_ID,
 ENIWAY_CONFIGMAP, ENIWAY_CLOUD_*, ALIBABA_CLOUD_ACCESS_KEY_*, POD_NAMESPACE).
@@ -17,7 +18,7 @@ import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from eniway_operator import kube as kube_mod
 from eniway_operator.cloud.aliyun import AliyunProvider
@@ -141,8 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = build_parser()
+def parse_args(argv: Sequence[str] | None = None,
+               p: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    """``p``: build_parser() with a command's own flags added (eniway-operator uninstall)."""
+    p = p or build_parser()
     args = p.parse_args(argv)
     if not args.cluster_id:
         p.error("--cluster-id (or $ENIWAY_CLUSTER_ID) is required: it scopes every cloud tag")
@@ -184,7 +187,18 @@ def make_provider(args: argparse.Namespace,
                           connect_timeout=args.connect_timeout, **kw)  # type: ignore[arg-type]
 
 
+COMMANDS = {
+    "uninstall": "eniway_operator.uninstall",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in COMMANDS:
+        import importlib
+
+        command: Any = importlib.import_module(COMMANDS[argv[0]])
+        return int(command.main(argv[1:]))
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
