@@ -407,3 +407,11 @@ def test_uninstall_hook_runs_the_command_with_the_operators_settings(
     assert apps == [["deployments/scale"]]
     off = render(values={"uninstall": {"hook": {"enabled": False}}})
     assert not [d for d in off if "uninstall" in d["metadata"]["name"]]
+
+
+def test_sts_token_key_of_the_credentials_secret_is_mounted() -> None:
+    objs = _by_kind(render(values={"cloud": {"credentials": {
+        "existingSecret": "ecs-sts", "securityTokenKey": "token"}}}))
+    pod = objs[("Deployment", "eniway-operator")]["spec"]["template"]["spec"]
+    vol = next(v for v in pod["volumes"] if v["name"] == "cloud-credentials")["secret"]
+    assert {"key": "token", "path": "security-token"} in vol["items"]

@@ -5,6 +5,7 @@ against the real apiserver) or is listed below with the reason it cannot."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import shlex
@@ -275,3 +276,34 @@ def test_no_reference_to_files_users_do_not_have() -> None:
             if design in line or "\u00a7" in line:
                 bad.append(f"{rel}:{n}: {line.strip()}")
     assert not bad, "\n".join(bad)
+
+
+# -- cloud figures ------------------------------------------------------------------------
+
+def test_rate_limit_and_retry_figures_are_the_codes() -> None:
+    from eniway_operator.cloud.aliyun import AliyunProvider
+    from eniway_operator.cloud.backoff import RetryPolicy
+    from eniway_operator.cloud.ratelimit import DEFAULT_RATES, FALLBACK_RATE, Rate
+
+    documented: dict[str, Rate] = {}
+    for cells in _table(CONFIGURATION, "### Rate limits"):
+        rate = Rate(float(cells[1]), int(cells[2]))
+        for api in cells[0].split(", "):
+            if api == "anything else":
+                assert rate == FALLBACK_RATE
+                continue
+            *verbs, last = api.split("/")  # Attach/Detach/DeleteNetworkInterface
+            verb, noun = re.match(r"([A-Z][a-z]+)(.*)", last).groups()  # type: ignore[union-attr]
+            for v in [*verbs, verb]:
+                documented[v + noun] = rate
+    assert documented == DEFAULT_RATES
+
+    retries = {c[0].split(" (")[0]: c for c in _table(CONFIGURATION, "### Retries")}
+    policy = RetryPolicy()
+    for key, backoff in (("throttling", policy.throttled), ("server errors", policy.server)):
+        cells = retries[key]
+        assert cells[1] == f"up to {backoff.max_attempts} attempts", cells
+        assert cells[2] == f"{backoff.base:g} s doubling, capped at {backoff.cap:g} s", cells
+    text = CONFIGURATION.read_text()
+    timeout = inspect.signature(AliyunProvider).parameters["limiter_timeout"].default
+    assert f"waits for its token up to {timeout:g} s" in " ".join(text.split())
