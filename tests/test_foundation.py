@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,16 @@ def test_operator_folder_is_not_a_package() -> None:
                           "print(operator.__file__)"], capture_output=True, text=True,
                          check=True, cwd=REPO)
     assert "site-packages" not in out.stdout and "lib/python3" in out.stdout
+
+
+def test_package_data_globs_match_files() -> None:
+    """Each package-data entry names files that exist (a wheel would silently lack them)."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    roots = project["tool"]["setuptools"]["packages"]["find"]["where"]
+    for package, globs in project["tool"]["setuptools"]["package-data"].items():
+        folder = next(REPO / r / package for r in roots if (REPO / r / package).is_dir())
+        for pattern in globs:
+            assert list(folder.glob(pattern)), f"{package}: {pattern} matches nothing"
 
 
 @pytest.mark.parametrize("script", ["eniway", "eniway-operator", "eniway-agent",
