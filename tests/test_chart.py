@@ -250,6 +250,22 @@ def test_schema_rejects_bad_values(flags: list[str], message: str) -> None:
     assert "schema" in out.stderr and message in out.stderr, out.stderr
 
 
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--set", "pool.min_pool_size=6", "--set", "pool.max_pool_size=2"],
+     "pool.min_pool_size (6) must be <= pool.max_pool_size (2)"),
+    (["--set", "pool.min_eni=3", "--set", "pool.max_eni=2"], "pool.min_eni (3) must be <="),
+])
+def test_cross_key_rules_rejected_before_install(flags: list[str], message: str) -> None:
+    """What JSON schema cannot say (one key against another) the templates refuse."""
+    out = subprocess.run([str(BIN / "helm"), "template", "x",
+                          str(CHART), *flags], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and message in out.stderr, out.stderr
+    ok = subprocess.run([str(BIN / "helm"), "template", "x", str(CHART), "--set",
+                         "pool.min_pool_size=5", "--set", "pool.min_eni=2"],
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+
+
 def test_cloudsim_elsewhere_and_its_builtin_key() -> None:
     """cloudsim.deploy=false: the operator talks to the endpoint given, nothing is deployed;
     without a Secret the emulator's built-in AccessKey pair is used."""

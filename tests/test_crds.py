@@ -147,3 +147,34 @@ def test_serviceaccount_kubeconfig_has_only_granted_rights(cluster: LocalCluster
     _apply(cluster, binding)
     assert cluster.kubectl("get", "enis", kubeconfig=kc).returncode == 0
     assert cluster.kubectl("delete", "eni", ENI_NAME, kubeconfig=kc, check=False).returncode != 0
+
+
+@pytest.mark.parametrize("config,needle", [
+    ({"min_pool_size": -1}, "spec.config.min_pool_size"),
+    ({"max_pool_size": "ten"}, "spec.config.max_pool_size"),
+    ({"ips_per_call": 11}, "spec.config.ips_per_call"),
+    ({"vswitches": {"cn-hangzhou-i": ["vsw_typo"]}}, "spec.config.vswitches"),
+    ({"vswitches": {"cn-hangzhou-i": []}}, "spec.config.vswitches"),
+    ({"security_group_ids": ["default"]}, "spec.config.security_group_ids"),
+    ({"vswitch_selection_policy": "random"}, "spec.config.vswitch_selection_policy"),
+    ({"ip_cooldown": "soon"}, "spec.config.ip_cooldown"),
+    ({"delete_on_release": "yes"}, "spec.config.delete_on_release"),
+])
+def test_enipool_config_rejects_what_it_can(cluster: LocalCluster, config: dict[str, object],
+                                            needle: str) -> None:
+    """ENIPool spec.config has a structural schema: the API server refuses bad types,
+    ranges and ids before any node sees them; unknown keys stay (the operator names them)."""
+    name = f"cfg-{uuid.uuid4().hex[:6]}"
+    pool = {"apiVersion": "network.eniway.io/v1", "kind": "ENIPool", "metadata": {"name": name},
+            "spec": {"nodeName": name, "config": config}}
+    out = _apply(cluster, pool, check=False)
+    assert out.returncode != 0 and needle in out.stderr, out.stdout + out.stderr
+    good = {"min_pool_size": 2, "max_pool_size": 8, "ip_cooldown": "30s",
+            "idle_ip_reclaim_after": 300, "vswitches": {"cn-hangzhou-i": ["vsw-abcd1234"]},
+            "security_group_ids": ["sg-abcd1234"], "eni_tags": {"team": "a"},
+            "min_pol_size": 1}
+    pool["spec"] = {"nodeName": name, "config": good}
+    _apply(cluster, pool)
+    got = json.loads(cluster.kubectl("get", "enipool", name, "-o", "json").stdout)
+    assert got["spec"]["config"] == good  # nothing pruned, the typo kept for the operator
+    cluster.kubectl("delete", "enipool", name)

@@ -13,6 +13,7 @@ from eniway_operator.config import (
     from_annotation,
     from_configmap,
     merge,
+    merge_report,
     parse_duration,
 )
 
@@ -84,3 +85,26 @@ def test_bad_documents() -> None:
     (30, 30.0), ("30s", 30.0), ("5m", 300.0), ("1h", 3600.0), ("250ms", 0.25), (1.5, 1.5)])
 def test_durations(value: object, seconds: float) -> None:
     assert parse_duration(value, "k") == seconds
+
+
+def test_every_problem_at_once_with_its_source_and_the_rest_in_effect() -> None:
+    glob = {"min_pool_size": 2, "max_pool_size": 6, "ip_cooldown": "soon"}
+    node = {"max_pool_size": 1, "vswitches": {"z1": ["vsw-aaaa0001", "bad"]}, "min_pol": 1,
+            "max_eni": 2}
+    merged = merge_report((glob, "configmap kube-system/eniway-config"),
+                          (node, "enipool n1 spec.config"))
+    problems = "\n".join(merged.problems)
+    assert len(merged.problems) == 4, problems
+    assert "configmap kube-system/eniway-config: ip_cooldown: expected a duration" in problems
+    assert "enipool n1 spec.config: vswitches.z1: 'bad' is not a vSwitch id" in problems
+    assert "enipool n1 spec.config: unknown key 'min_pol'" in problems
+    assert ("enipool n1 spec.config: max_pool_size (1) must be >= min_pool_size (2) "
+            "(its max_pool_size ignored)") in problems
+    cfg = merged.config  # what is valid stays in effect, the bad values fall back
+    assert (cfg.min_pool_size, cfg.max_pool_size, cfg.ip_cooldown, cfg.max_eni) == (2, 6, 30, 2)
+    assert cfg.vswitches == {}
+    assert merged.origin["max_eni"] == "enipool n1 spec.config"
+    assert merged.origin["min_pool_size"] == "configmap kube-system/eniway-config"
+    with pytest.raises(ConfigError) as e:
+        merge((glob, "cm"), (node, "enipool"))
+    assert str(e.value).count(";") == 3

@@ -152,6 +152,17 @@ def describe_vswitches(e: Engine, p: Params) -> dict[str, Any]:
         for v in chunk]})
 
 
+def describe_security_groups(e: Engine, p: Params) -> dict[str, Any]:
+    groups = e.filter_security_groups(p)
+    return {"TotalCount": len(groups), "NextToken": "", "RegionId": e.settings.region_id,
+            "SecurityGroups": {"SecurityGroup": [
+                {"SecurityGroupId": g.security_group_id, "VpcId": g.vpc_id,
+                 "SecurityGroupName": "", "SecurityGroupType": "normal", "Description": "",
+                 "CreationTime": iso(g.created), "ResourceGroupId": "",
+                 "ServiceManaged": False, "Tags": {"Tag": []}}
+                for g in groups]}}
+
+
 def create_network_interface(e: Engine, p: Params) -> dict[str, Any]:
     def run() -> dict[str, Any]:
         return eni_body(e, e.create_eni(p))
@@ -206,6 +217,7 @@ ACTIONS: dict[str, Callable[[Engine, Params], dict[str, Any]]] = {
     "DescribeInstanceTypes": describe_instance_types,
     "DescribeInstances": describe_instances,
     "DescribeVSwitches": describe_vswitches,
+    "DescribeSecurityGroups": describe_security_groups,
     "CreateNetworkInterface": create_network_interface,
     "AttachNetworkInterface": attach_network_interface,
     "DetachNetworkInterface": detach_network_interface,

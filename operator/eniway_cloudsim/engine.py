@@ -937,6 +937,26 @@ class Engine:
                 out.append(vsw)
             return out
 
+    def filter_security_groups(self, p: Mapping[str, str]) -> list[SecurityGroup]:
+        """SecurityGroupIds (a JSON array, at most 100), SecurityGroupId, VpcId."""
+        ids: set[str] = set()
+        if p.get("SecurityGroupIds"):
+            try:
+                ids = set(json.loads(p["SecurityGroupIds"]))
+            except (ValueError, TypeError):
+                raise EcsError(400, "InvalidSecurityGroupIds.Malformed",
+                               "SecurityGroupIds must be a JSON array.") from None
+            if len(ids) > 100:
+                raise EcsError(400, "InvalidParameter.SecurityGroupIds",
+                               "At most 100 security group ids.")
+        if p.get("SecurityGroupId"):
+            ids.add(p["SecurityGroupId"])
+        with self.lock:
+            return [g for g in sorted(self.sgs.values(),
+                                      key=lambda g: (g.created, g.security_group_id))
+                    if (not ids or g.security_group_id in ids)
+                    and (not p.get("VpcId") or g.vpc_id == p["VpcId"])]
+
     def filter_types(self, p: Mapping[str, str]) -> list[InstanceType]:
         wanted = set(repeat_list(p, "InstanceTypes"))
         family = p.get("InstanceTypeFamily", "")

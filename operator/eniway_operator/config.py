@@ -168,24 +168,31 @@ _PARSERS: dict[str, Any] = {
 _ALIASES = {"security_groups": "security_group_ids", "security_group": "security_group_ids"}
 
 
-def _normalise(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
-    """Validate one layer; returns only the keys it sets, parsed."""
+def _normalise(raw: Mapping[str, Any], source: str) -> tuple[dict[str, Any], list[str]]:
+    """Validate one layer: the keys it sets, parsed, and a problem for each bad one (left
+    out, so the layers below or the default apply)."""
     out: dict[str, Any] = {}
+    problems: list[str] = []
     for key, value in raw.items():
         name = _ALIASES.get(key, key)
-        if name not in _PARSERS:
-            known = ", ".join(sorted(_PARSERS))
-            raise ConfigError(f"{source}: unknown key {key!r} (known keys: {known})")
         where = f"{source}: {key}"
-        if name == "vswitch_selection_policy":
-            if value not in POLICIES:
-                raise ConfigError(f"{where}: expected one of {', '.join(POLICIES)}, got {value!r}")
-            out[name] = value
-        elif name == "security_group_ids" and key == "security_group" and isinstance(value, str):
-            out[name] = _security_groups([value], where)
-        else:
-            out[name] = _PARSERS[name](value, where)
-    return out
+        try:
+            if name not in _PARSERS:
+                known = ", ".join(sorted(_PARSERS))
+                raise ConfigError(f"{source}: unknown key {key!r} (known keys: {known})")
+            if name == "vswitch_selection_policy":
+                if value not in POLICIES:
+                    raise ConfigError(
+                        f"{where}: expected one of {', '.join(POLICIES)}, got {value!r}")
+                out[name] = value
+            elif name == "security_group_ids" and key == "security_group" and isinstance(
+                    value, str):
+                out[name] = _security_groups([value], where)
+            else:
+                out[name] = _PARSERS[name](value, where)
+        except ConfigError as e:
+            problems.append(str(e))
+    return out, problems
 
 
 def load_text(text: str, source: str) -> dict[str, Any]:
@@ -219,23 +226,66 @@ def from_annotation(annotations: Mapping[str, str] | None, source: str) -> dict[
     return load_text(value, f"{source} annotation {contract.ANNOTATION_POOL_OVERRIDE}")
 
 
-def merge(*layers: tuple[Mapping[str, Any], str]) -> PoolConfig:
+@dataclass(frozen=True)
+class Merged:
+    """A configuration in effect, what was wrong with the input (each problem names its
+    source and key; the bad values are left out), and which source set each key."""
+
+    config: PoolConfig
+    problems: tuple[str, ...] = ()
+    origin: Mapping[str, str] = field(default_factory=dict)
+
+
+def _cross_problems(cfg: PoolConfig) -> list[tuple[frozenset[str], str]]:
+    out = []
+    if cfg.max_pool_size < cfg.min_pool_size:
+        out.append((frozenset({"min_pool_size", "max_pool_size"}),
+                    f"max_pool_size ({cfg.max_pool_size}) must be >= min_pool_size "
+                    f"({cfg.min_pool_size})"))
+    if cfg.max_eni and cfg.min_eni > cfg.max_eni:
+        out.append((frozenset({"min_eni", "max_eni"}),
+                    f"min_eni ({cfg.min_eni}) must be <= max_eni ({cfg.max_eni})"))
+    if cfg.idle_ip_reclaim_after and cfg.idle_ip_reclaim_interval <= 0:
+        out.append((frozenset({"idle_ip_reclaim_after", "idle_ip_reclaim_interval"}),
+                    "idle_ip_reclaim_interval must be > 0 when idle reclaim is on"))
+    return out
+
+
+def merge_report(*layers: tuple[Mapping[str, Any], str]) -> Merged:
     """Defaults overlaid by each (raw map, source name) layer in order, then checked as a
     whole (cross-key rules). Maps (vswitches, eni_tags) are replaced, not deep-merged, so an
-    override states the whole set it wants."""
-    values: dict[str, Any] = {}
+    override states the whole set it wants. Every problem is reported at once; a bad value
+    is left out, and a cross-key rule broken drops those keys from the highest layer that
+    set them, so a node keeps running on what is valid."""
+    parsed: list[tuple[dict[str, Any], str]] = []
+    problems: list[str] = []
     for raw, source in layers:
-        values.update(_normalise(raw, source))
-    cfg = PoolConfig(**values)
-    if cfg.max_pool_size < cfg.min_pool_size:
-        raise ConfigError(
-            f"max_pool_size ({cfg.max_pool_size}) must be >= min_pool_size ({cfg.min_pool_size})"
-        )
-    if cfg.max_eni and cfg.min_eni > cfg.max_eni:
-        raise ConfigError(f"min_eni ({cfg.min_eni}) must be <= max_eni ({cfg.max_eni})")
-    if cfg.idle_ip_reclaim_after and cfg.idle_ip_reclaim_interval <= 0:
-        raise ConfigError("idle_ip_reclaim_interval must be > 0 when idle reclaim is on")
-    return cfg
+        values, bad = _normalise(raw, source)
+        parsed.append((values, source))
+        problems += bad
+    while True:
+        values, origin = {}, {}
+        for layer, source in parsed:
+            values.update(layer)
+            origin.update(dict.fromkeys(layer, source))
+        cfg = PoolConfig(**values)
+        cross = _cross_problems(cfg)
+        if not cross:
+            return Merged(cfg, tuple(problems), origin)
+        keys, message = cross[0]
+        top = max(i for i, (layer, _) in enumerate(parsed) if keys & set(layer))
+        layer, source = parsed[top]
+        dropped = sorted(keys & set(layer))
+        problems.append(f"{source}: {message} (its {', '.join(dropped)} ignored)")
+        parsed[top] = ({k: v for k, v in layer.items() if k not in keys}, source)
+
+
+def merge(*layers: tuple[Mapping[str, Any], str]) -> PoolConfig:
+    """As merge_report, but any problem raises ConfigError naming them all."""
+    merged = merge_report(*layers)
+    if merged.problems:
+        raise ConfigError("; ".join(merged.problems))
+    return merged.config
 
 
 def dumps(cfg: PoolConfig) -> str:

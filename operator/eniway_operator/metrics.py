@@ -26,6 +26,7 @@ from eniway_operator.cloud.base import (
     InstanceInfo,
     InstanceLimits,
     NetworkInterface,
+    SecurityGroup,
     VSwitch,
 )
 
@@ -103,6 +104,11 @@ class MeteredProvider(CloudProvider):
 
     def describe_vswitches(self, vswitch_ids: Sequence[str]) -> list[VSwitch]:
         return self._call("DescribeVSwitches", lambda: self.inner.describe_vswitches(vswitch_ids))
+
+    def describe_security_groups(self, security_group_ids: Sequence[str]
+                                 ) -> list[SecurityGroup]:
+        return self._call("DescribeSecurityGroups",
+                          lambda: self.inner.describe_security_groups(security_group_ids))
 
     def create_eni(self, vswitch_id: str, security_group_ids: Sequence[str],
                    tags: Mapping[str, str], description: str = "", secondary_ip_count: int = 0,

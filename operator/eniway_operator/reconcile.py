@@ -30,6 +30,7 @@ from eniway_operator.cloud.base import (
     NetworkInterface,
     NotFound,
     QuotaExceeded,
+    SecurityGroup,
     Throttled,
     VSwitch,
     VSwitchExhausted,
@@ -61,6 +62,7 @@ from eniway_operator.plan import (
     UnassignIPs,
     plan_node,
 )
+from eniway_operator.validate import check_cloud_ids
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,7 @@ class Settings:
     resync: float = 300.0  # full cloud describe at least this often per node
     instance_ttl: float = 300.0  # type and zone never change; hot-swap waits refresh sooner
     vswitch_ttl: float = 30.0
+    group_ttl: float = 300.0  # configured security groups are described again this often
     tagged_ttl: float = 5.0
     config_ttl: float = 5.0
     poll: float = 1.0  # while an ENI attaches or detaches
@@ -142,6 +145,7 @@ class Reconciler:
         self._vsw_cache: dict[tuple[str, ...], tuple[float, tuple[VSwitch, ...]]] = {}
         self._vsw_lock = threading.Lock()
         self._vsw_static: dict[str, VSwitch] = {}
+        self._sg_cache: dict[tuple[str, ...], tuple[float, tuple[SecurityGroup, ...]]] = {}
         self._tagged: tuple[float, list[NetworkInterface]] = (-1e9, [])
         self._tagged_lock = threading.Lock()
         self._moving: set[str] = set()
@@ -234,18 +238,19 @@ class Reconciler:
         if any(pool["spec"].get(k) != v for k, v in spec_want.items()):
             pool = self.kube.patch_pool(name, {"spec": spec_want})
 
-        # Configuration in effect
+        # Configuration in effect: every problem reported, what is valid used
         try:
-            cfg = pool_config.merge(
-                (self.global_config(), "configmap"),
+            merged = pool_config.merge_report(
+                (self.global_config(), self._configmap_source()),
                 (pool_config.from_annotation(node["metadata"].get("annotations"),
                                              f"node {name}"), f"node {name} annotation"),
                 (pool["spec"].get("config") or {}, f"enipool {name} spec.config"))
-        except pool_config.ConfigError as e:
+        except pool_config.ConfigError as e:  # a whole document unreadable: nothing to go on
             errors.add(COND_CONFIG, "ConfigInvalid", str(e))
-            self.kube.node_event(name, "ConfigInvalid", str(e), uid=node["metadata"]["uid"])
+            self._config_event(name, node, pool, str(e))
             self._write_pool_status(name, pool, mem, limits, None, None, errors, now)
             return 30.0
+        cfg = merged.config
 
         # Cloud view and the ENI resources
         resources = {r["metadata"]["name"]: r for r in self.kube.list_enis(name)}
@@ -255,11 +260,21 @@ class Reconciler:
             elif mem.polling:
                 self._poll(name, mem, instance_id)
             self._cleanup_deleting(name, mem, resources)
-            vswitches = self._vswitches(cfg, info.zone_id, now)
+            found_vsw = self._vswitches(cfg, info.zone_id, now)
+            found_sg = self._groups(cfg, now)
         except CloudError as e:
-            self._cloud_failure(name, node, mem, errors, "DescribeNetworkInterfaces", e)
+            self._cloud_failure(name, node, mem, errors, e.api or "DescribeNetworkInterfaces", e)
             self._write_pool_status(name, pool, mem, limits, cfg, None, errors, now)
             return self._backoff(mem, errors)
+        cfg, bad_ids = check_cloud_ids(cfg, merged.origin, info.zone_id, info.vpc_id,
+                                       {v.vswitch_id: v for v in found_vsw},
+                                       {g.security_group_id: g for g in found_sg})
+        vswitches = tuple(v for v in found_vsw if v.vswitch_id in cfg.vswitches_for(info.zone_id))
+        problems = [*merged.problems, *bad_ids]
+        if problems:  # not a failed round: the node goes on with what is valid
+            message = "; ".join(problems)
+            errors.conditions[COND_CONFIG] = Condition(True, "ConfigInvalid", message)
+            self._config_event(name, node, pool, message)
         self._ensure_resources(name, mem, instance_id, resources, vswitches, cfg)
 
         # Plan
@@ -351,15 +366,44 @@ class Reconciler:
 
     def _vswitches(self, cfg: pool_config.PoolConfig, zone: str,
                    now: float) -> tuple[VSwitch, ...]:
+        """The zone's configured vSwitches that exist (one describe each, cached)."""
         ids = cfg.vswitches_for(zone)
         if not ids:
             return ()
         with self._vsw_lock:
             at, cached = self._vsw_cache.get(ids, (0.0, ()))
             if now - at >= self.settings.vswitch_ttl:
-                cached = tuple(self.cloud.describe_vswitches(list(ids)))
+                found: list[VSwitch] = []
+                for vid in ids:
+                    with contextlib.suppress(NotFound):
+                        found += self.cloud.describe_vswitches([vid])
+                cached = tuple(found)
                 self._vsw_cache[ids] = (now, cached)
         return cached
+
+    def _groups(self, cfg: pool_config.PoolConfig, now: float) -> tuple[SecurityGroup, ...]:
+        """The configured security groups that exist, described again when the list
+        changes or after ``group_ttl``."""
+        ids = cfg.security_group_ids
+        if not ids:
+            return ()
+        with self._vsw_lock:
+            at, cached = self._sg_cache.get(ids, (-1e9, ()))
+            if now - at >= self.settings.group_ttl:
+                cached = tuple(self.cloud.describe_security_groups(list(ids)))
+                self._sg_cache[ids] = (now, cached)
+        return cached
+
+    def _configmap_source(self) -> str:
+        return f"configmap {self.settings.config_namespace}/{self.settings.config_name}"
+
+    def _config_event(self, name: str, node: JSON, pool: JSON, message: str) -> None:
+        """One Event per new set of problems (the condition keeps saying it meanwhile)."""
+        for c in (pool.get("status") or {}).get("conditions") or []:
+            if c.get("type") == COND_CONFIG and c.get("status") == "True" and \
+                    c.get("message") == message:
+                return
+        self.kube.node_event(name, "ConfigInvalid", message, uid=node["metadata"]["uid"])
 
     def _one_vswitch(self, vswitch_id: str) -> VSwitch | None:
         """A vSwitch's CIDR and gateway for an ENI record (they never change: cached)."""

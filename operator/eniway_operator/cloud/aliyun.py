@@ -38,6 +38,7 @@ from .base import (
     InvalidState,
     NetworkInterface,
     NotFound,
+    SecurityGroup,
     ServerError,
     Throttled,
     Unauthorized,
@@ -271,6 +272,22 @@ class AliyunProvider(CloudProvider):
             for v in items:
                 out.append(VSwitch(v.v_switch_id, v.vpc_id, v.zone_id, v.cidr_block,
                                    int(v.available_ip_address_count or 0)))
+        return out
+
+    def describe_security_groups(self, security_group_ids: Sequence[str]
+                                 ) -> list[SecurityGroup]:
+        out: list[SecurityGroup] = []
+        ids = list(dict.fromkeys(security_group_ids))
+        for i in range(0, len(ids), 100):
+            req = ecs.DescribeSecurityGroupsRequest(
+                region_id=self.region_id, security_group_ids=json.dumps(ids[i:i + 100]),
+                max_results=100)
+            resp = self._call("DescribeSecurityGroups",
+                              self._client.describe_security_groups_with_options, req)
+            assert resp is not None
+            groups = resp.body.security_groups
+            for g in (groups.security_group if groups else []) or []:
+                out.append(SecurityGroup(g.security_group_id, g.vpc_id or ""))
         return out
 
     # --- ENIs ------------------------------------------------------------------------

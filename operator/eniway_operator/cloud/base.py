@@ -62,6 +62,12 @@ class VSwitch:
 
 
 @dataclass(frozen=True)
+class SecurityGroup:
+    security_group_id: str
+    vpc_id: str
+
+
+@dataclass(frozen=True)
 class NetworkInterface:
     eni_id: str
     status: str  # Available, Attaching, InUse, Detaching, Deleting, CreateFailed
@@ -144,6 +150,11 @@ class CloudProvider(ABC):
 
     @abstractmethod
     def describe_vswitches(self, vswitch_ids: Sequence[str]) -> list[VSwitch]: ...
+
+    def describe_security_groups(self, security_group_ids: Sequence[str]
+                                 ) -> list[SecurityGroup]:
+        """Those of ``security_group_ids`` that exist (a missing one is simply absent)."""
+        raise NotImplementedError
 
     @abstractmethod
     def create_eni(

@@ -94,6 +94,7 @@ DEFAULT_RATES: dict[str, Rate] = {
     "DescribeInstances": Rate(800, 10),
     "DescribeInstanceTypes": Rate(800, 10),
     "DescribeVSwitches": Rate(800, 10),
+    "DescribeSecurityGroups": Rate(800, 10),
 }
 FALLBACK_RATE = Rate(300, 10)
 
