@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Operator benchmark: cloud calls per 100 pods of churn, and time to warm N nodes against
-the time ECS's default rate limits alone would need.
+"""Operator benchmark: cloud calls per 100 pods of churn, time to warm N nodes against
+the time ECS's default rate limits alone would need, and the API server requests the
+operator makes per reconcile round in both phases.
 
 Real parts: a local control plane (hack/localcluster.py), eniway-cloudsim throttled at ECS's
 default per-API rates (the figures Terway uses, docs/configuration.md), the operator as a child
@@ -61,6 +62,28 @@ def rate_bound(calls: dict[str, int]) -> float:
             continue
         worst = max(worst, (n - rate.burst) / rate.per_second)
     return worst
+
+
+def round_requests(op: OperatorProcess) -> dict[str, float]:
+    """The operator's reconcile rounds so far and its API server requests (counted by a
+    wrapper on its client, ``eniway_kube_requests_total``; the lease's apart), in all and
+    the reads of Nodes, ENIPools and ENIs."""
+    m = op.metrics()
+    rounds = sum(v for k, v in m.items() if k.startswith("eniway_reconcile_seconds_count"))
+    reqs = {k: v for k, v in m.items() if k.startswith("eniway_kube_requests_total{")
+            and 'resource="leases"' not in k}
+    reads = sum(v for k, v in reqs.items()
+                if ('verb="get"' in k or 'verb="list"' in k)
+                and any(f'resource="{r}"' in k for r in ("nodes", "enipools", "enis")))
+    return {"rounds": rounds, "requests": sum(reqs.values()), "reads": reads}
+
+
+def per_round(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    rounds = max(1.0, after["rounds"] - before["rounds"])
+    return {"rounds": after["rounds"] - before["rounds"],
+            "requests_per_round": round((after["requests"] - before["requests"]) / rounds, 2),
+            "node_pool_eni_reads_per_round": round((after["reads"] - before["reads"]) / rounds,
+                                                   2)}
 
 
 def main() -> int:
@@ -127,6 +150,7 @@ def main() -> int:
         op.start()
         wait_for(lambda: node_counts("churn").get("total") == 0, 120, "churn node ready")
         sim.admin.reset_call_counts()
+        kube_churn = round_requests(op)
         t0 = time.monotonic()
         pods = make_pods(api, "churn", args.pods, namespace=ns)
         wait_for(lambda: len(agent.held("churn")) == args.pods, 600, "pods served")
@@ -145,6 +169,7 @@ def main() -> int:
         wait_for(lambda: not [e for e in sim.admin.state()["enis"]
                               if e["status"] != "InUse"], 600, "released ENIs deleted")
         down = counts()
+        kube_churn_per_round = per_round(kube_churn, round_requests(op))
         per = 100.0 / args.pods
         results["churn"] = {
             "pods": args.pods, "scale_up_s": round(t_up, 2),
@@ -157,6 +182,7 @@ def main() -> int:
             "all_calls_per_100_pods_churn": round(
                 (sum(up.values()) + sum(down.values())) * per, 1),
             "peer_one_ip_per_call": 200,
+            "apiserver": kube_churn_per_round,
         }
 
         # --- warm N nodes --------------------------------------------------------------
@@ -169,6 +195,7 @@ def main() -> int:
                 args.instance_type, topo.vswitch_ids(ZONE)[i % 2], [topo.security_group_id]))
         time.sleep(6)  # the operator has read the new config (its cache lasts 5 s)
         sim.admin.reset_call_counts()
+        kube_warm = round_requests(op)
         t0 = time.monotonic()
         for i, inst in enumerate(instances):
             name = f"warm-{i:04d}"
@@ -188,6 +215,7 @@ def main() -> int:
                  interval=0.5)
         t_warm = time.monotonic() - t0
         calls = counts()
+        kube_warm_per_round = per_round(kube_warm, round_requests(op))
         # a new ENI takes up to 49 IPs in its creating call: one create per ENI needed
         cap = bundled_table()[args.instance_type].eni_private_ip_quantity - 1
         enis_per_node = math.ceil(args.warm / min(cap, MAX_IPS_AT_CREATE)) if args.warm else 0
@@ -204,6 +232,7 @@ def main() -> int:
             "rate_limit_bound_for_calls_made_s": round(bound_made, 2),
             "ratio_vs_necessary": round(t_warm / bound_needed, 2) if bound_needed else None,
             "ratio_vs_calls_made": round(t_warm / bound_made, 2) if bound_made else None,
+            "apiserver": kube_warm_per_round,
         }
         print(json.dumps(results, indent=2))
         c = results["churn"]
@@ -217,6 +246,11 @@ def main() -> int:
               f"calls (ratio {w['ratio_vs_necessary']}), "
               f"{w['rate_limit_bound_for_calls_made_s']} s for the calls made "
               f"(ratio {w['ratio_vs_calls_made']})")
+        for phase in ("churn", "warm"):
+            k = results[phase]["apiserver"]
+            print(f"apiserver requests per round ({phase}): {k['requests_per_round']}, of "
+                  f"which {k['node_pool_eni_reads_per_round']} reads of the node, its pool "
+                  f"and its ENIs ({int(k['rounds'])} rounds)")
         return 0
     finally:
         if agent is not None:

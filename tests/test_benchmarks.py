@@ -45,6 +45,7 @@ def test_bench_operator_runs() -> None:
     out = run("bench_operator.py", "--nodes", "3", "--pods", "12", timeout=900)
     assert re.search(r"churn of 12 pods: \d+(\.\d+)? IP calls per 100 pods up", out), out
     assert re.search(r"warm 3 nodes: \d+(\.\d+)? s; ECS default rate limits", out), out
+    assert re.search(r"apiserver requests per round \(churn\): \d+(\.\d+)?, of which", out), out
 
 
 def test_bench_cloud_runs() -> None:

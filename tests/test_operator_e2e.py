@@ -559,6 +559,33 @@ def test_enis_without_their_node_label_get_it_back(env: Env) -> None:
     env.check_truth(node)
 
 
+def test_rounds_read_node_pool_and_enis_from_what_kopf_holds(env: Env) -> None:
+    """A round takes its Node, ENIPool and ENI resources from kopf's watches (plus the
+    operator's own writes), not from GETs: rounds on a converged node read none of them."""
+    env.config(min_pool_size=2)
+    node = env.add_node("ecs.g6.xlarge")
+    env.start_agent()
+    op = env.operator("--gc-interval=600")  # GC lists every Node, pool and ENI: not now
+    wait_for(lambda: env.converged(node, 2, 5), 60, "pool")
+
+    def reads_and_rounds() -> tuple[float, float]:
+        m = op.metrics()
+        reads = sum(v for k, v in m.items() if k.startswith("eniway_kube_requests_total{")
+                    and ('verb="get"' in k or 'verb="list"' in k)
+                    and any(f'resource="{r}"' in k for r in ("nodes", "enipools", "enis")))
+        rounds = sum(v for k, v in m.items() if k.startswith("eniway_reconcile_seconds_count"))
+        return reads, rounds
+
+    reads0, rounds0 = reads_and_rounds()
+    for i in range(5):  # each change of the Node is a round
+        env.core.patch_node(node, {"metadata": {"annotations": {"example.com/touch": str(i)}}})
+        wait_for(lambda n=i: reads_and_rounds()[1] > rounds0 + n, 30, f"round {i + 1}")
+    reads1, rounds1 = reads_and_rounds()
+    assert rounds1 - rounds0 >= 5
+    assert reads1 - reads0 == 0, (reads1 - reads0, rounds1 - rounds0)
+    env.check_truth(node)
+
+
 def test_gc_deletes_leaked_tagged_enis_only(env: Env) -> None:
     env.config(min_pool_size=0)
     node = env.add_node("ecs.g6.xlarge")

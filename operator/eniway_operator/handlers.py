@@ -115,6 +115,37 @@ def pod_ips(spec: kopf.Spec, name: str, namespace: str | None,
 
 # -- lifecycle -----------------------------------------------------------------------------
 
+# The Nodes, ENIPools and ENI resources themselves, for the rounds (objects.py): kopf runs
+# these for every object and, at start, for every listed one before any handler.
+
+def _keep(kind: str, body: kopf.Body) -> dict[str, Any]:
+    cache = _rt().reconciler.kube.cache
+    if cache is not None:
+        cache.seen(kind, dict(body))
+    return {}
+
+
+@kopf.index("nodes")
+def node_objects(body: kopf.Body, **_: Any) -> dict[str, Any]:
+    return _keep("nodes", body)
+
+
+@kopf.index(contract.GROUP, contract.VERSION, contract.PLURAL_ENIPOOL)
+def pool_objects(body: kopf.Body, **_: Any) -> dict[str, Any]:
+    return _keep("enipools", body)
+
+
+@kopf.index(contract.GROUP, contract.VERSION, contract.PLURAL_ENI)
+def eni_objects(body: kopf.Body, **_: Any) -> dict[str, Any]:
+    return _keep("enis", body)
+
+
+def _gone(kind: str, body: kopf.Body) -> None:
+    cache = _rt().reconciler.kube.cache
+    if cache is not None:
+        cache.forget(kind, dict(body))
+
+
 @kopf.on.login()
 def login(**_: Any) -> kopf.ConnectionInfo:
     """kopf talks to the apiserver with the very credentials of our own client (kubeconfig
@@ -159,13 +190,21 @@ async def _gc_loop(rt: Runtime) -> None:
         except Exception:
             log.exception("garbage collection failed")
             continue
+        cache = rt.reconciler.kube.cache
         for node in report["orphans"]:
+            if cache is not None:  # gone from the server, whatever the watch said
+                cache.forget("nodes", {"metadata": {"name": node}})
             rt.scheduler.poke(node)
         if report["deleted"]:
             log.info("gc: %s", report)
 
 
 def _capture(kwargs: dict[str, Any]) -> None:
+    """Every handler starts here; kopf runs none before every index is complete, so the
+    object cache is complete too from now on."""
+    cache = _rt().reconciler.kube.cache
+    if cache is not None:
+        cache.ready = True
     idx = _rt().indices
     for key in ("pending_pods", "pod_addrs", "pod_ips"):
         if key in kwargs:
@@ -175,8 +214,10 @@ def _capture(kwargs: dict[str, Any]) -> None:
 # -- events --------------------------------------------------------------------------------
 
 @kopf.on.event("nodes")
-async def node_event(name: str, type: str | None, **kw: Any) -> None:
+async def node_event(name: str, type: str | None, body: kopf.Body, **kw: Any) -> None:
     _capture(kw)
+    if type == "DELETED":
+        _gone("nodes", body)
     _rt().scheduler.poke(name, 0.0 if type in (None, "DELETED", "ADDED") else 0.1)
 
 
@@ -202,6 +243,7 @@ async def pool_event(name: str, type: str | None, body: kopf.Body,
     _capture(kw)
     rt = _rt()
     if type == "DELETED":
+        _gone("enipools", body)
         rt.digests.pop(name, None)
         rt.scheduler.poke(name, 0.5)
         return
@@ -215,12 +257,14 @@ async def pool_event(name: str, type: str | None, body: kopf.Body,
 
 
 @kopf.on.event(contract.GROUP, contract.VERSION, contract.PLURAL_ENI)
-async def eni_event(spec: kopf.Spec, meta: kopf.Meta, type: str | None,
+async def eni_event(spec: kopf.Spec, meta: kopf.Meta, type: str | None, body: kopf.Body,
                     **kw: Any) -> None:
     """A deleted ENI resource: its node's round runs the finalizer (cloud cleanup). One
     without its node's label (the agent would not see it) gets it at once: every ENI is
     listed when the operator starts, so older ones are labelled then."""
     _capture(kw)
+    if type == "DELETED":
+        _gone("enis", body)
     if type == "DELETED" or meta.get("deletionTimestamp"):
         _rt().scheduler.poke(spec.get("nodeName", ""), 0.0)
         return

@@ -7,6 +7,7 @@ import datetime as dt
 import hashlib
 import logging
 import threading
+import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
@@ -14,6 +15,8 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from cni_plugin import contract
+from eniway_operator import metrics
+from eniway_operator.objects import ObjectCache
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
@@ -47,14 +50,44 @@ def load_config(kubeconfig: str | None) -> client.ApiClient:
     return client.ApiClient()
 
 
+def request_kind(method: str, url: str) -> tuple[str, str]:
+    """(verb, resource) of a request: ("get", "enipools"), ("list", "enis"),
+    ("patch", "enipools/status")..."""
+    segs = [p for p in urllib.parse.urlsplit(url).path.split("/") if p]
+    segs = segs[2:] if segs[:1] == ["api"] else segs[3:]  # /api/v1 or /apis/group/version
+    if segs[:1] == ["namespaces"] and len(segs) > 2:
+        segs = segs[2:]
+    resource = segs[0] if segs else ""
+    if len(segs) == 3:
+        resource += "/" + segs[2]
+    verb = method.lower()
+    if verb == "get" and len(segs) == 1:
+        verb = "list"
+    return verb, resource
+
+
+def count_requests(api: client.ApiClient) -> client.ApiClient:
+    """Counts every request of ``api`` in ``eniway_kube_requests_total``."""
+    call = api.call_api
+
+    def counted(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        metrics.KUBE_REQUESTS.labels(*request_kind(method, url)).inc()
+        return call(method, url, *args, **kwargs)
+
+    setattr(api, "call_api", counted)  # noqa: B010 - an instance attribute, not the class's
+    return api
+
+
 class Kube:
     """The calls the operator makes. ENI and ENIPool are cluster scoped custom objects.
     ``fence`` (set once leading) is asked before every write: a deposed leader's round
     stops at its next write instead of racing the new leader."""
 
     def __init__(self, api: client.ApiClient, namespace: str = "kube-system",
-                 fence: Callable[[str], None] | None = None) -> None:
+                 fence: Callable[[str], None] | None = None,
+                 cache: ObjectCache | None = None) -> None:
         self.fence = fence
+        self.cache = cache  # what kopf watches, plus our writes (see objects.py)
         self.api = api
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
@@ -66,6 +99,43 @@ class Kube:
     def _write(self, what: str) -> None:
         if self.fence is not None:
             self.fence(what)
+
+    def _saw(self, kind: str, answer: Any) -> Any:
+        """An object the API server answered a write with: the newest version we know."""
+        if self.cache is not None and isinstance(answer, dict) and answer.get(
+                "kind") != "Status" and (answer.get("metadata") or {}).get("name"):
+            self.cache.seen(kind, answer)
+        return answer
+
+    def _deleted(self, kind: str, answer: Any) -> None:
+        if self.cache is not None and isinstance(answer, dict) and answer.get(
+                "kind") != "Status" and (answer.get("metadata") or {}).get("uid"):
+            if (answer["metadata"].get("finalizers") or []):
+                self.cache.seen(kind, answer)  # deletion waits for another finalizer
+            else:
+                self.cache.forget(kind, answer)
+
+    def _cached(self) -> ObjectCache | None:
+        return self.cache if self.cache is not None and self.cache.ready else None
+
+    # -- what a round reads: from the cache once it is complete, else from the server ----
+    def node(self, name: str) -> JSON | None:
+        """The Node; absent from the cache is confirmed with a GET (a node that looks gone
+        gets its ENIs released)."""
+        c = self._cached()
+        got = c.get("nodes", name) if c is not None else None
+        return got if got is not None else self.get_node(name)
+
+    def pool(self, name: str) -> JSON | None:
+        c = self._cached()
+        got = c.get("enipools", name) if c is not None else None
+        return got if got is not None else self.get_pool(name)
+
+    def enis_of(self, node: str) -> list[JSON]:
+        """The node's ENI resources (by spec.nodeName from the cache; by label from the
+        server until the cache is complete)."""
+        c = self._cached()
+        return c.enis_of(node) if c is not None else self.list_enis(node)
 
     # -- nodes --------------------------------------------------------------------------
     def get_node(self, name: str) -> JSON | None:
@@ -79,7 +149,8 @@ class Kube:
 
     def annotate_node(self, name: str, annotations: Mapping[str, str | None]) -> None:
         self._write("annotate node")
-        self.core.patch_node(name, {"metadata": {"annotations": dict(annotations)}})
+        got = self.core.patch_node(name, {"metadata": {"annotations": dict(annotations)}})
+        self._saw("nodes", self.api.sanitize_for_serialization(got))
 
     def node_names(self) -> set[str]:
         return {str(n.metadata.name) for n in self.core.list_node().items if n.metadata}
@@ -120,7 +191,8 @@ class Kube:
         body = {"apiVersion": contract.API_VERSION, "kind": contract.KIND_ENIPOOL,
                 "metadata": meta, "spec": spec}
         try:
-            return cast(JSON, self.custom.create_cluster_custom_object(*self._pool_args(), body))
+            return cast(JSON, self._saw("enipools", self.custom.create_cluster_custom_object(
+                *self._pool_args(), body)))
         except ApiException as e:
             if e.status == 409:
                 got = self.get_pool(name)
@@ -130,17 +202,19 @@ class Kube:
 
     def patch_pool(self, name: str, patch: JSON) -> JSON:
         self._write("patch ENIPool")
-        return cast(JSON, self.custom.patch_cluster_custom_object(*self._pool_args(), name, patch))
+        return cast(JSON, self._saw("enipools", self.custom.patch_cluster_custom_object(
+            *self._pool_args(), name, patch)))
 
     def patch_pool_status(self, name: str, status: JSON) -> None:
         self._write("patch ENIPool status")
-        self.custom.patch_cluster_custom_object_status(
-            *self._pool_args(), name, {"status": status})
+        self._saw("enipools", self.custom.patch_cluster_custom_object_status(
+            *self._pool_args(), name, {"status": status}))
 
     def delete_pool(self, name: str) -> None:
         self._write("delete ENIPool")
         try:
-            self.custom.delete_cluster_custom_object(*self._pool_args(), name)
+            self._deleted("enipools",
+                          self.custom.delete_cluster_custom_object(*self._pool_args(), name))
         except ApiException as e:
             if e.status != 404:
                 raise
@@ -189,7 +263,8 @@ class Kube:
                              "labels": {contract.LABEL_NODE: node}},
                 "spec": spec}
         try:
-            obj = cast(JSON, self.custom.create_cluster_custom_object(*self._eni_args(), body))
+            obj = cast(JSON, self._saw("enis", self.custom.create_cluster_custom_object(
+                *self._eni_args(), body)))
         except ApiException as e:
             if e.status != 409:
                 raise
@@ -199,12 +274,13 @@ class Kube:
 
     def patch_eni_status(self, name: str, status: JSON) -> None:
         self._write("patch ENI status")
-        self.custom.patch_cluster_custom_object_status(
-            *self._eni_args(), name, {"status": status})
+        self._saw("enis", self.custom.patch_cluster_custom_object_status(
+            *self._eni_args(), name, {"status": status}))
 
     def patch_eni_spec(self, name: str, spec: JSON) -> None:
         self._write("patch ENI spec")
-        self.custom.patch_cluster_custom_object(*self._eni_args(), name, {"spec": spec})
+        self._saw("enis", self.custom.patch_cluster_custom_object(
+            *self._eni_args(), name, {"spec": spec}))
 
     def ensure_node_label(self, eni: JSON) -> bool:
         """Every ENI resource carries its node's label (each agent watches only its own
@@ -216,9 +292,9 @@ class Kube:
             return False
         self._write("label ENI")
         try:
-            self.custom.patch_cluster_custom_object(
+            self._saw("enis", self.custom.patch_cluster_custom_object(
                 *self._eni_args(), meta["name"],
-                {"metadata": {"labels": {contract.LABEL_NODE: node}}})
+                {"metadata": {"labels": {contract.LABEL_NODE: node}}}))
         except ApiException as e:
             if e.status != 404:
                 raise
@@ -231,6 +307,8 @@ class Kube:
         self._write("release ENI")
         obj = self.get_eni(name)
         if obj is None:
+            if self.cache is not None:
+                self.cache.forget("enis", {"metadata": {"name": name}})
             return
         fins = [f for f in obj["metadata"].get("finalizers") or [] if f != contract.FINALIZER]
         if len(fins) != len(obj["metadata"].get("finalizers") or []):
@@ -249,6 +327,8 @@ class Kube:
         except ApiException as e:
             if e.status != 404:
                 raise
+        if self.cache is not None:
+            self.cache.forget("enis", obj)  # released: rounds no longer see it
 
     # -- events -------------------------------------------------------------------------
     def node_event(self, node: str, reason: str, message: str, warning: bool = True,

@@ -38,6 +38,7 @@ from eniway_operator.cloud.ratelimit import parse_rates
 from eniway_operator.gc import GarbageCollector
 from eniway_operator.leader import LeaseElector
 from eniway_operator.metrics import LEADER, Health, MeteredProvider, serve
+from eniway_operator.objects import ObjectCache
 from eniway_operator.reconcile import Reconciler, Settings
 from eniway_operator.scheduler import Scheduler
 
@@ -211,8 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's login reads it too
-    api = kube_mod.load_config(args.kubeconfig)
-    kube = kube_mod.Kube(api, args.namespace)
+    api = kube_mod.count_requests(kube_mod.load_config(args.kubeconfig))
+    kube = kube_mod.Kube(api, args.namespace, cache=ObjectCache())
     health = Health()
     serve(args.metrics_port, health, args.metrics_host)
     if args.health_port and args.health_port != args.metrics_port:

@@ -46,6 +46,9 @@ RECONCILE = Histogram("eniway_reconcile_seconds", "Node reconcile latency", ["re
                       registry=REGISTRY, buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 LEADER = Gauge("eniway_leader", "1 while this replica holds the leader lease",
                registry=REGISTRY)
+KUBE_REQUESTS = PCounter("eniway_kube_requests", "API server requests of the operator's "
+                         "client (kopf's watches apart), by verb and resource",
+                         ["verb", "resource"], registry=REGISTRY)
 GC_DELETED = PCounter("eniway_gc_deleted", "Objects removed by garbage collection", ["kind"],
                       registry=REGISTRY)
 

@@ -206,7 +206,7 @@ class Reconciler:
             metrics.RECONCILE.labels(result).observe(time.monotonic() - t0)
 
     def _reconcile(self, name: str, demand: Demand) -> float | None:
-        node = self.kube.get_node(name)
+        node = self.kube.node(name)
         if node is None or node["metadata"].get("deletionTimestamp"):
             return self._teardown(name)
         mem = self.memory.setdefault(name, NodeMemory())
@@ -217,7 +217,7 @@ class Reconciler:
                                  "spec.providerID is not <region>.<instance-id>: not managed",
                                  uid=node["metadata"].get("uid", ""))
             return 60.0
-        pool = self.kube.get_pool(name)
+        pool = self.kube.pool(name)
         if pool is None:
             pool = self.kube.create_pool(name, {"nodeName": name, "instanceId": instance_id},
                                          node)
@@ -253,7 +253,7 @@ class Reconciler:
         cfg = merged.config
 
         # Cloud view and the ENI resources
-        resources = {r["metadata"]["name"]: r for r in self.kube.list_enis(name)}
+        resources = {r["metadata"]["name"]: r for r in self.kube.enis_of(name)}
         try:
             if mem.dirty or now - mem.view_at >= self.settings.resync:
                 self._refresh_view(name, mem, instance_id, resources)
@@ -315,9 +315,9 @@ class Reconciler:
 
         # Record (re-read only what this round changed)
         if plan.actions:
-            resources = {r["metadata"]["name"]: r for r in self.kube.list_enis(name)}
+            resources = {r["metadata"]["name"]: r for r in self.kube.enis_of(name)}
         if plan.actions or plan.release != state.release:
-            pool = self.kube.get_pool(name) or pool
+            pool = self.kube.pool(name) or pool
         states = self._ip_states(mem, resources, allocated, set(self._release(pool)), now)
         self._write_eni_statuses(mem, resources, states, demand.pods, now)
         counts = self._counts(mem, states, demand.pending)
