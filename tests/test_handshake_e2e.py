@@ -298,6 +298,7 @@ def test_agent_killed_between_acknowledgement_and_unassign(box: ClusterBox) -> N
             assert listed <= _cloud_ips(box), "released without an acknowledgement"
             mon.check("agent dead")
 
+            _bounds(box, 2, 5)  # room for the pods that wait
             box.start_agent(NODE)
             got = wait_for(lambda: all(ips := [_pod_ip(box, n) for _, n in pods[1:]]) and ips,
                            120, "quota pods running after the restart")
