@@ -23,9 +23,11 @@ lint:
 demo: deps
 	$(VPY) hack/demo.py
 
-## Print the benchmark figures (CNI ADD/DEL vs ptp+host-local, operator calls, agent watch traffic, cloud API).
+## Print the benchmark figures (CNI ADD/DEL and pod startup on real nodes vs ptp+host-local,
+## operator calls, agent watch traffic, cloud API).
 bench: deps
 	$(VPY) hack/bench_cni.py
+	$(VPY) hack/bench_nodes.py
 	$(VPY) hack/bench_operator.py
 	$(VPY) hack/bench_watch.py
 	$(VPY) hack/bench_cloud.py

@@ -5,9 +5,10 @@
 - ``eniway-cloudsim`` in network mode: a VPC namespace with vSwitch gateways; every
   instance is a network namespace (the node's host network) whose ENIs are veths into
   the VPC, with source/destination check;
-- per node: the CNI binary and conflist installed by ``eniway install-cni``, an
-  ``eniway-agent`` managing the node's namespace, and a kubelet stand-in that
-  registers the Node and runs the conflist for each pod bound to it;
+- per node: a real node (``realnode.RealNode``: containerd in the node's namespace,
+  kubelet v1.20.2 with ``maxPods`` from eniway's figure for the instance type), the
+  CNI binary and conflist installed by ``eniway install-cni`` as the chart's init
+  container does (portmap chained), and an ``eniway-agent`` managing the node;
 - the operator, ``eniway-operator``, talking to the emulator through the official SDK.
 
 Every process is a child in its own process group that dies with its parent.
@@ -30,11 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cniexec import CNIRuntime
 from eniway_cloudsim.testing import SimHandle, start_subprocess
 from eniway_operator import testing
-from kubelet_standin import KubeletStandin, netns_name
-from localcluster import LocalCluster, _die_with_parent, free_port
+from localcluster import BIN, LocalCluster, _die_with_parent, free_port
+from node_images import BUSYBOX_IMAGE
+from realnode import RealNode
 
 REGION = "cn-hangzhou"
 ZONE = "cn-hangzhou-i"
@@ -56,7 +57,7 @@ class Node:
     primary_ip: str
     dir: Path
     agent: subprocess.Popen[bytes] | None = None
-    kubelet: KubeletStandin | None = None
+    real: RealNode | None = None
     metrics_port: int = 0
 
     @property
@@ -92,6 +93,7 @@ class ClusterBox:
 
     def _start(self) -> None:
         t0 = time.monotonic()
+        self.log(f"cluster {self.cluster_id}, working directory {self.workdir}")
         self.log("starting the control plane (etcd, kube-apiserver, controller-manager, "
                  "scheduler)")
         self.cluster = LocalCluster().start()
@@ -111,15 +113,20 @@ class ClusterBox:
         for i, spec in enumerate(self.nodes):
             self._start_node(spec, topo.vswitch_ids(ZONE)[i % len(topo.vswitch_ids(ZONE))],
                              topo.security_group_id)
+        for node in self.node_by_name.values():
+            assert node.real is not None
+            node.real.wait_ready()
+            self.log(f"  node {node.name} Ready in "
+                     f"{node.real.timings['start_to_ready_s']:.1f}s")
         self.start_operator()
         self.log(f"system up in {time.monotonic() - t0:.1f}s")
 
     def stop(self) -> None:
         """Stop everything in reverse order; pods' networks are torn down by their DEL."""
         for node in self.node_by_name.values():
-            if node.kubelet is not None:
+            if node.real is not None:
                 with contextlib.suppress(Exception):
-                    node.kubelet.stop(teardown=True)
+                    node.real.stop()
         self.stop_operator()
         for node in self.node_by_name.values():
             self.stop_agent(node.name)
@@ -204,24 +211,23 @@ class ClusterBox:
                         "--socket", str(ndir / "run" / "eniway.sock"),
                         "--state-dir", str(ndir / "state")],
                        check=True, capture_output=True)
-        self.start_agent(spec.name)
-        runtime = CNIRuntime(ndir / "net.d" / "10-eniway.conflist",
-                             [ndir / "bin", Path("/usr/lib/cni")], ndir / "cni-cache",
-                             node_netns=netns)
         labels = {"node.kubernetes.io/instance-type": spec.instance_type,
                   "topology.kubernetes.io/zone": ZONE, "topology.kubernetes.io/region": REGION}
-        node.kubelet = KubeletStandin(str(self.kube.kubeconfig), spec.name, runtime,
-                                      provider_id=inst["provider_id"], node_ip=primary_ip,
-                                      labels=labels, on_event=self.log,
-                                      heartbeat_s=3.0).start()
+        max_pods = self.cloud.provider().instance_limits(spec.instance_type).max_pods
+        node.real = RealNode(self.kube, spec.name, netns, ndir, ndir / "bin", ndir / "net.d",
+                             max_pods, provider_id=inst["provider_id"], labels=labels,
+                             log=self.log).prepare()
+        self.start_agent(spec.name)
+        node.real.start()
         self.log(f"  node {spec.name}: {spec.instance_type}, {inst['instance_id']}, "
-                 f"netns {netns}, {primary_ip}")
+                 f"netns {netns}, {primary_ip}, max pods {max_pods}")
 
     def start_agent(self, name: str) -> None:
         node = self.node_by_name[name]
         node.metrics_port = node.metrics_port or free_port()
+        assert node.real is not None
         node.agent = self._spawn(f"agent-{name}", [
-            sys.executable, "-m", "cni_plugin.agent.main", "--node-name", name,
+            *node.real.enter(), sys.executable, "-m", "cni_plugin.agent.main", "--node-name", name,
             "--kubeconfig", str(self.kube.kubeconfig),
             "--socket", str(node.dir / "run" / "eniway.sock"),
             "--state-dir", str(node.dir / "state"), "--netns", node.netns,
@@ -258,17 +264,33 @@ class ClusterBox:
         items: list[dict[str, Any]] = self.get("podips", "-A")["items"]
         return items
 
-    def pod_netns(self, pod: dict[str, Any]) -> str:
-        return netns_name(pod["metadata"]["uid"])
+    def exec(self, pod: dict[str, Any], *cmd: str,
+             timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        """``kubectl exec`` in a pod's container (through kubelet and containerd)."""
+        return subprocess.run(
+            [str(BIN / "kubectl"), f"--kubeconfig={self.kube.kubeconfig}", "exec", "-n",
+             pod["metadata"]["namespace"], pod["metadata"]["name"], "--", *cmd],
+            capture_output=True, text=True, timeout=timeout)
 
     def ping(self, pod: dict[str, Any], ip: str, count: int = 1) -> bool:
-        res = subprocess.run(["ip", "netns", "exec", self.pod_netns(pod), "ping", "-c",
-                              str(count), "-W", "2", "-i", "0.2", ip], capture_output=True)
-        return res.returncode == 0
+        return self.exec(pod, "ping", "-c", str(count), "-W", "2", "-i", "0.2",
+                         ip).returncode == 0
+
+    def fetch(self, pod: dict[str, Any], url: str) -> str | None:
+        """The body of an HTTP GET from inside a pod (busybox wget), None on failure."""
+        # no -T: Debian's static busybox wget crashes with it; the exec has a timeout
+        res = self.exec(pod, "wget", "-q", "-O", "-", url)
+        return res.stdout if res.returncode == 0 else None
+
+    def node_fetch(self, name: str, url: str) -> str | None:
+        """An HTTP GET from a node's own network (busybox wget), None on failure."""
+        res = subprocess.run(["nsenter", f"--net=/run/netns/{self.node_by_name[name].netns}",
+                              "busybox", "wget", "-q", "-O", "-", url],
+                             capture_output=True, text=True, timeout=30)
+        return res.stdout if res.returncode == 0 else None
 
     def deployment(self, name: str, replicas: int, spread: bool = True) -> None:
-        spec: dict[str, Any] = {"containers": [{"name": "app", "image": "registry.local/app"}],
-                                "terminationGracePeriodSeconds": 0}
+        spec = pod_spec()
         if spread:
             spec["topologySpreadConstraints"] = [{
                 "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
@@ -289,6 +311,21 @@ class ClusterBox:
     def operator_log(self) -> str:
         path = self.workdir / "operator.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+
+def pod_spec(host_port: int = 0) -> dict[str, Any]:
+    """A busybox pod serving its own name over HTTP on port 8080 (node images only,
+    nothing pulled)."""
+    port: dict[str, Any] = {"containerPort": 8080}
+    if host_port:
+        port["hostPort"] = host_port
+    return {
+        "containers": [{
+            "name": "app", "image": BUSYBOX_IMAGE, "imagePullPolicy": "Never",
+            "command": ["sh", "-c", "hostname > /www/index.html; exec httpd -f -p 8080 -h /www"],
+            "ports": [port]}],
+        "terminationGracePeriodSeconds": 0, "automountServiceAccountToken": False,
+        "enableServiceLinks": False}
 
 
 def _stop(proc: subprocess.Popen[bytes] | None, sig: int) -> None:

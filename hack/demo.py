@@ -2,9 +2,11 @@
 """eniway on the embedded cloud emulator: the whole system on one machine (needs root).
 
 A real control plane, eniway-cloudsim with its VPC network, three nodes of different
-instance types (each a network namespace with its eniway-agent and a kubelet
-stand-in), and the operator. Then a Deployment gets real VPC addresses, talks across
-nodes and ENIs, scales past one ENI's capacity and back, and everything is cleaned up.
+instance types (each a network namespace made a real node: containerd, kubelet
+v1.20.2 and its eniway-agent), and the operator. Then a Deployment's pods (busybox
+containers) get real VPC addresses from eniway, ping and fetch over HTTP across nodes
+and ENIs (``kubectl exec``), a hostPort answers through portmap, the Deployment scales
+past one ENI's capacity and back, and everything is cleaned up.
 
     make demo            # or: python3 hack/demo.py [--keep]
 """
@@ -12,6 +14,7 @@ nodes and ENIs, scales past one ENI's capacity and back, and everything is clean
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -20,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from clusterbox import ClusterBox, NodeSpec, wait_for
+from clusterbox import ClusterBox, NodeSpec, pod_spec, wait_for
 
 NODES = [
     NodeSpec("node-a", "ecs.g6.large"),  # 2 ENIs x 6 IPs: 5 pod IPs on one secondary ENI
@@ -28,6 +31,7 @@ NODES = [
     NodeSpec("node-c", "ecs.g6.xlarge"),  # 3 ENIs x 10 IPs
 ]
 APP = "web"
+HOST_PORT = 30080
 BIG = 30  # node-a holds 5 pods at most; node-b and node-c then need a second ENI
 
 T0 = time.monotonic()
@@ -100,8 +104,31 @@ def check_traffic(box: ClusterBox, pods: list[dict[str, object]]) -> None:
         say(f"ping {src['spec']['nodeName']}/{sip} ({podip_eni.get(sip, '?')}) -> "  # type: ignore[index]
             f"{dst['spec']['nodeName']}/{dip} ({podip_eni.get(dip, '?')}): "  # type: ignore[index]
             f"{'ok' if good else 'LOST'}")
-    if ok != len(pairs):
+        body = box.fetch(src, f"http://{dip}:8080/")
+        served = body is not None and body.strip() == dst["metadata"]["name"]  # type: ignore[index]
+        ok += served
+        say(f"http {src['spec']['nodeName']}/{sip} -> {dip}:8080: "  # type: ignore[index]
+            f"{'served by ' + body.strip() if served and body else 'FAILED'}")
+    if ok != 2 * len(pairs):
         raise SystemExit("pod-to-pod traffic failed")
+
+
+def check_host_port(box: ClusterBox) -> None:
+    """A pod with a hostPort on node-b, fetched at the node's primary address from the
+    node's own network: portmap's DNAT (chained after eniway) answers."""
+    node = box.node_by_name["node-b"]
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": "hostport", "labels": {"app": "hostport"}},
+           "spec": {**pod_spec(host_port=HOST_PORT),
+                    "nodeSelector": {"kubernetes.io/hostname": node.name}}}
+    box.kube.kubectl("apply", "-f", "-", input=json.dumps(pod))
+    wait_for(lambda: box.running_pods("app=hostport"), 120, "hostport pod running")
+    body = box.node_fetch(node.name, f"http://{node.primary_ip}:{HOST_PORT}/")
+    say(f"http {node.name} (host network) -> {node.primary_ip}:{HOST_PORT} (hostPort): "
+        f"{'served by ' + body.strip() if body else 'FAILED'}")
+    if not body or body.strip() != "hostport":
+        raise SystemExit("hostPort did not answer")
+    box.kube.kubectl("delete", "pod", "hostport", "--grace-period=0", "--force")
 
 
 def main() -> int:
@@ -133,6 +160,9 @@ def main() -> int:
 
         title("Pod-to-pod traffic across nodes and ENIs (real packets, VPC source check on)")
         check_traffic(box, pods)
+
+        title(f"hostPort {HOST_PORT} through portmap (chained after eniway)")
+        check_host_port(box)
 
         title(f"Scale to {BIG}: more pods than one ENI holds on node-b and node-c")
         before = {n.name: eni_count(box, n.name) for n in NODES}

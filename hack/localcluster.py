@@ -153,6 +153,7 @@ class LocalCluster:
              "-keyout", pki / "apiserver.key", "-out", pki / "apiserver.csr")
         _run("openssl", "x509", "-req", "-in", pki / "apiserver.csr", "-CA", ca, "-CAkey", ca_key,
              "-CAcreateserial", "-days", "3", "-extfile", ext, "-out", pki / "apiserver.crt")
+        self.client_cert("kube-apiserver-kubelet-client", "system:masters", "kubelet-client")
         _run("openssl", "genrsa", "-out", pki / "sa.key", "2048")
         _run("openssl", "rsa", "-in", pki / "sa.key", "-pubout", "-out", pki / "sa.pub")
         self.tokens = {
@@ -201,6 +202,10 @@ class LocalCluster:
             "--allow-privileged=true",
             "--enable-priority-and-fairness=false",
             "--cert-dir", str(pki),
+            # exec/logs reach a kubelet at its InternalIP (a node's may not resolve by name)
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
+            f"--kubelet-client-certificate={pki / 'kubelet-client.crt'}",
+            f"--kubelet-client-key={pki / 'kubelet-client.key'}",
             "--v=1",
         ])
         self._write_kubeconfig(self.kubeconfig, self.admin_token, "admin")
@@ -230,6 +235,41 @@ class LocalCluster:
         # The default ServiceAccount appearing proves the controller-manager is working.
         self._wait(lambda: self._get("/api/v1/namespaces/default/serviceaccounts/default")
                    is not None, "controller-manager", 60)
+
+    def client_cert(self, cn: str, org: str, name: str) -> tuple[Path, Path]:
+        """A client certificate (CN=user, O=group) signed by the cluster CA."""
+        pki = self.workdir / "pki"
+        crt, key, csr = pki / f"{name}.crt", pki / f"{name}.key", pki / f"{name}.csr"
+        _run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/O={org}/CN={cn}",
+             "-keyout", key, "-out", csr)
+        ext = pki / f"{name}.cnf"
+        ext.write_text("extendedKeyUsage=clientAuth\n")
+        _run("openssl", "x509", "-req", "-in", csr, "-CA", pki / "ca.crt", "-CAkey",
+             pki / "ca.key", "-CAcreateserial", "-days", "3", "-extfile", ext, "-out", crt)
+        return crt, key
+
+    def node_kubeconfig(self, node: str) -> Path:
+        """A kubelet's kubeconfig: CN=system:node:NODE, O=system:nodes, as a cluster's
+        node bootstrap issues; the group is bound to the ``system:node`` ClusterRole."""
+        crt, key = self.client_cert(f"system:node:{node}", "system:nodes", f"node-{node}")
+        self.request("POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": "eniway-local-nodes"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": "system:node"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
+                          "name": "system:nodes"}]})  # 409 once it exists: fine
+        path = self.workdir / f"node-{node}.kubeconfig"
+        path.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "local", "cluster": {
+                "server": self.server, "certificate-authority": str(self.ca_file)}}],
+            "users": [{"name": node, "user": {"client-certificate": str(crt),
+                                              "client-key": str(key)}}],
+            "contexts": [{"name": "local", "context": {"cluster": "local", "user": node}}],
+            "current-context": "local"}, indent=2))
+        path.chmod(0o600)
+        return path
 
     # -- API helpers (stdlib only, so the fixture does not depend on the code under test) --
 

@@ -40,6 +40,16 @@ def test_bench_watch_runs(root: None) -> None:
                      r"changes there", out), out
 
 
+@pytest.mark.netns
+@pytest.mark.cluster
+def test_bench_nodes_runs(root: None) -> None:
+    out = run("bench_nodes.py", "--nodes", "1", "--pods", "3", timeout=900)
+    assert re.search(r"ratio eniway/ptp\+host-local  p50 \d+\.\d+x  p99 \d+\.\d+x", out), out
+    assert re.search(r"node start to Ready: median \d+\.\d s", out), out
+    for daemon in ("kubelet", "containerd", "eniway-agent"):
+        assert re.search(rf"RSS {daemon} +median \d+ MiB", out), out
+
+
 @pytest.mark.cluster
 def test_bench_operator_runs() -> None:
     out = run("bench_operator.py", "--nodes", "3", "--pods", "12", timeout=900)

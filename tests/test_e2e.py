@@ -1,17 +1,21 @@
-"""End to end: the real control plane and scheduler, eniway-cloudsim with its VPC network,
-three nodes (network namespaces) each with eniway-agent and a kubelet stand-in running the
-CNI binary as a runtime does, and the operator. Real packets between pods."""
+"""End to end on real nodes: the real control plane and scheduler, eniway-cloudsim with its
+VPC network, three instances (network namespaces) each made a real node (containerd calling
+the installed conflist, kubelet v1.20.2, eniway-agent), and the operator. Pods are busybox
+containers; traffic is sent from inside them with ``kubectl exec``. One set of nodes serves
+the whole module."""
 
 from __future__ import annotations
 
 import collections
+import json
 import signal
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from clusterbox import ClusterBox, NodeSpec, wait_for
+from clusterbox import ClusterBox, NodeSpec, pod_spec, wait_for
 from cni_plugin import contract
 
 pytestmark = [pytest.mark.cluster, pytest.mark.netns]
@@ -73,6 +77,64 @@ def _assert_consistent(box: ClusterBox, pods: list[dict[str, Any]]) -> None:
         assert spec["ip"] in cloud[spec["eniId"]], f"{spec['ip']} not on {spec['eniId']}"
 
 
+def _sandboxes(box: ClusterBox, node: str) -> set[str]:
+    """Pod sandbox (pause container) ids containerd holds on a node."""
+    real = box.node_by_name[node].real
+    assert real is not None
+    return real.sandboxes()
+
+
+def _host_net(box: ClusterBox, node: str, *args: str) -> str:
+    """``ip ARGS`` in a node's network namespace."""
+    return subprocess.run(["ip", "-n", box.node_by_name[node].netns, *args],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def _traces(box: ClusterBox, node: str, ip: str) -> list[str]:
+    """Every trace of a pod IP in its node's network: rules, routes (all tables)."""
+    found = [line for line in _host_net(box, node, "rule").splitlines() if f" {ip} " in line
+             or line.endswith(f" {ip}")]
+    found += [line for line in _host_net(box, node, "route", "show", "table", "all")
+              .splitlines() if line.split()[:1] == [ip]]
+    return found
+
+
+def _pod_veths(box: ClusterBox, node: str) -> set[str]:
+    """The node side of pods' veths (the node's ENIs are veths too: left out)."""
+    out = _host_net(box, node, "-o", "link", "show", "type", "veth")
+    names = {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
+    return {n for n in names if n.startswith(contract.VETH_PREFIX)
+            and len(n) == len(contract.VETH_PREFIX) + 11}
+
+
+def _talk(box: ClusterBox, src: dict[str, Any], dst: dict[str, Any]) -> None:
+    ip = dst["status"]["podIP"]
+    assert box.ping(src, ip, count=2), f"{src['metadata']['name']} -> {ip}"
+    assert (box.fetch(src, f"http://{ip}:8080/") or "").strip() == dst["metadata"]["name"]
+
+
+def _gone(box: ClusterBox, app: str) -> None:
+    box.kube.kubectl("delete", "deployment", app, "--wait=false", check=False)
+    box.kube.kubectl("delete", "pods", "-l", f"app={app}", "--grace-period=0", "--force",
+                     check=False)
+    wait_for(lambda: not box.pods(f"app={app}"), 120, f"{app} pods gone")
+    wait_for(lambda: not [pi for pi in box.podips()
+                          if pi["metadata"]["name"].startswith(f"{app}-")], 90,
+             f"{app} PodIPs gone")
+
+
+def test_node_capacity_is_enis_max_pods(box: ClusterBox) -> None:
+    """kubelet's maxPods, the operator's annotation and the ENIPool's limit agree."""
+    pools = box.pools()
+    for spec in NODES:
+        node = box.get("node", spec.name)
+        annotated = wait_for(lambda n=spec.name: box.get("node", n)["metadata"].get(
+            "annotations", {}).get(contract.ANNOTATION_MAX_PODS), 60, "max-pods annotation")
+        limit = pools[spec.name]["status"]["limits"]["maxPods"]
+        assert node["status"]["capacity"]["pods"] == annotated == str(limit), spec.name
+        assert node["status"]["allocatable"]["pods"] == str(limit)
+
+
 def test_pods_get_node_enis_addresses_and_talk(box: ClusterBox) -> None:
     box.deployment("talk", 6)
     pods = _running(box, "talk", 6)
@@ -81,22 +143,81 @@ def test_pods_get_node_enis_addresses_and_talk(box: ClusterBox) -> None:
     for p in pods:
         by_node[p["spec"]["nodeName"]].append(p)
     assert len(by_node) >= 2, "the scheduler should spread the pods"
+    # ADD came through containerd: each PodIP names the pod's sandbox in the node's containerd
+    podips = {pi["metadata"]["name"]: pi["spec"] for pi in box.podips()}
+    for p in pods:
+        node = p["spec"]["nodeName"]
+        assert podips[p["metadata"]["name"]]["containerId"] in _sandboxes(box, node)
     nodes = sorted(by_node)
     for a, b in zip(nodes, nodes[1:] + nodes[:1], strict=True):
-        src, dst = by_node[a][0], by_node[b][-1]
-        assert box.ping(src, dst["status"]["podIP"], count=2), f"{a} -> {b}"
+        _talk(box, by_node[a][0], by_node[b][-1])
     for node in nodes:  # every pod reaches its own node's primary address
         assert box.ping(by_node[node][0], box.node_by_name[node].primary_ip)
+    _gone(box, "talk")
 
-    box.kube.kubectl("delete", "deployment", "talk")
-    wait_for(lambda: not box.pods("app=talk"), 120, "pods gone")
-    wait_for(lambda: not [pi for pi in box.podips()
-                          if pi["metadata"]["name"].startswith("talk-")], 60, "PodIPs gone")
+
+def test_pod_delete_frees_the_ip_and_leaves_nothing(box: ClusterBox) -> None:
+    """containerd's DEL (with the netns, then again with an empty CNI_NETNS once the
+    sandbox is removed) frees the IP; no veth, rule or route is left on the node."""
+    node = "e2e-c"
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "del-0",
+                                                          "labels": {"app": "del"}},
+           "spec": {**pod_spec(), "nodeSelector": {"kubernetes.io/hostname": node}}}
+    veths = _pod_veths(box, node)
+    allocated = box.pools()[node]["status"]["counts"]["allocated"]
+    box.kube.kubectl("apply", "-f", "-", input=json.dumps(pod))
+    victim = _running(box, "del", 1)[0]
+    ip = victim["status"]["podIP"]
+    sandbox = next(pi for pi in box.podips() if pi["spec"]["ip"] == ip)["spec"]["containerId"]
+    assert sandbox in _sandboxes(box, node)
+    assert len(_pod_veths(box, node)) == len(veths) + 1
+    assert len(_traces(box, node, ip)) == 3, "rules to and from the pod, and its route"
+    box.kube.kubectl("delete", "pod", "del-0")  # graceful, as users do
+    wait_for(lambda: sandbox not in _sandboxes(box, node), 120, "sandbox removed")
+    wait_for(lambda: not [pi for pi in box.podips() if pi["spec"]["ip"] == ip], 60,
+             "PodIP released")
+    wait_for(lambda: box.pools()[node]["status"]["counts"]["allocated"] == allocated, 60,
+             f"{node} allocation count back to {allocated}")
+    assert not _traces(box, node, ip)
+    assert _pod_veths(box, node) == veths
+
+
+def test_kubelet_and_containerd_restart_keep_pods(box: ClusterBox) -> None:
+    victim = "e2e-b"
+    box.deployment("keep", 6)
+    pods = _running(box, "keep", 6)
+    mine = [p for p in pods if p["spec"]["nodeName"] == victim]
+    other = next(p for p in pods if p["spec"]["nodeName"] != victim)
+    assert mine, "the scheduler should put pods on every node"
+    before = {p["metadata"]["name"]: p["status"]["podIP"] for p in pods}
+    sandboxes = _sandboxes(box, victim)
+    veths = _pod_veths(box, victim)
+    real = box.node_by_name[victim].real
+    assert real is not None
+    real.restart(signal.SIGKILL)
+    real.wait_ready()
+    # still running, same IPs, same sandboxes (nothing recreated), traffic both ways
+    after = {p["metadata"]["name"]: p["status"]["podIP"] for p in _running(box, "keep", 6)}
+    assert after == before
+    assert _sandboxes(box, victim) == sandboxes
+    for p in mine:
+        _talk(box, other, p)
+        _talk(box, p, other)
+    assert _pod_veths(box, victim) == veths
+    _assert_consistent(box, _running(box, "keep", 6))
+    _gone(box, "keep")
+    wait_for(lambda: not _pod_veths(box, victim), 60, f"{victim} veths gone")
+    for name, ip in before.items():
+        assert not _traces(box, next(p for p in pods if p["metadata"]["name"] == name)
+                           ["spec"]["nodeName"], ip)
+
+
+
 
 
 def test_scale_past_one_eni_and_back(box: ClusterBox) -> None:
-    box.deployment("scale", 20)
-    pods = _running(box, "scale", 20, 300)
+    box.deployment("scale", 30)
+    pods = _running(box, "scale", 30, 300)
     _assert_consistent(box, pods)
     enis = box.enis()
     for node in NODES:  # limits never exceeded
@@ -106,12 +227,14 @@ def test_scale_past_one_eni_and_back(box: ClusterBox) -> None:
         assert len(mine) <= limits["enis"]
         for e in mine:
             assert len(e.get("status", {}).get("ips", [])) <= limits["ipsPerENI"] - 1
+    per_node = collections.Counter(p["spec"]["nodeName"] for p in pods)
+    assert any(sum(1 for e in enis if e["spec"]["nodeName"] == n and not e["spec"].get(
+        "primary")) > 1 for n in per_node), "30 pods should need a second ENI on some node"
     box.scale("scale", 2)
     _running(box, "scale", 2)
     wait_for(lambda: all(p.get("status", {}).get("counts", {}).get("free", 99) <= 5
                          for p in box.pools().values()), 180, "pools trimmed to max_pool_size")
-    box.kube.kubectl("delete", "deployment", "scale")
-    wait_for(lambda: not box.pods("app=scale"), 120, "pods gone")
+    _gone(box, "scale")
 
 
 def test_operator_and_agent_killed_and_restarted_lose_nothing(box: ClusterBox) -> None:
@@ -124,10 +247,7 @@ def test_operator_and_agent_killed_and_restarted_lose_nothing(box: ClusterBox) -
     box.start_operator()
     pods = _running(box, "crash", 12, 300)
     _assert_consistent(box, pods)
-    box.kube.kubectl("delete", "deployment", "crash")
-    wait_for(lambda: not box.pods("app=crash"), 120, "pods gone")
-    wait_for(lambda: not [pi for pi in box.podips()
-                          if pi["metadata"]["name"].startswith("crash-")], 90, "PodIPs gone")
+    _gone(box, "crash")
 
 
 def test_node_deletion_takes_its_enis(box: ClusterBox) -> None:
@@ -139,8 +259,8 @@ def test_node_deletion_takes_its_enis(box: ClusterBox) -> None:
         return [e for e in provider.describe_enis(instance_id=node.instance_id)
                 if e.type != "Primary"]
     assert secondary(), "the node should hold ENIs before deletion"
-    assert node.kubelet is not None
-    node.kubelet.stop(teardown=True)
+    assert node.real is not None
+    node.real.stop()
     box.kube.kubectl("delete", "node", node.name)
     wait_for(lambda: not secondary(), 180, "the node's ENIs detached")
     wait_for(lambda: not provider.describe_enis(tags={contract.TAG_NODE: node.name}),
