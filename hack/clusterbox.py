@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -80,6 +81,8 @@ class ClusterBox:
     cloud: SimHandle | None = None
     operator: subprocess.Popen[bytes] | None = None
     node_by_name: dict[str, Node] = field(default_factory=dict)
+    _supervisor: threading.Thread | None = None
+    _stopping: threading.Event = field(default_factory=threading.Event)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -123,6 +126,7 @@ class ClusterBox:
 
     def stop(self) -> None:
         """Stop everything in reverse order; pods' networks are torn down by their DEL."""
+        self._stopping.set()
         for node in self.node_by_name.values():
             if node.real is not None:
                 with contextlib.suppress(Exception):
@@ -191,10 +195,22 @@ class ClusterBox:
             "--metrics-port", str(self.operator_metrics), "--gc-interval", "10",
             "--gc-grace", "20",
         ])
+        if self._supervisor is None:
+            self._supervisor = threading.Thread(target=self._supervise, daemon=True)
+            self._supervisor.start()
+
+    def _supervise(self) -> None:
+        """Restart an operator that exits on its own (it does when it loses its Lease, e.g.
+        on a loaded machine), as its Deployment would; a stop_operator() is left alone."""
+        while not self._stopping.wait(1.0):
+            proc = self.operator
+            if proc is not None and proc.poll() is not None and proc is self.operator:
+                self.log(f"operator exited ({proc.returncode}); restarting it")
+                self.start_operator()
 
     def stop_operator(self, sig: int = signal.SIGTERM) -> None:
-        _stop(self.operator, sig)
-        self.operator = None
+        proc, self.operator = self.operator, None
+        _stop(proc, sig)
 
     def _start_node(self, spec: NodeSpec, vswitch: str, sg: str) -> None:
         assert self.cloud is not None
