@@ -41,7 +41,7 @@ def test_crds_established_with_short_names(cluster: LocalCluster) -> None:
 
 
 def test_eni_columns(cluster: LocalCluster) -> None:
-    _apply(cluster, _eni())
+    _apply(cluster, _eni(primary=False))
     status = {"status": {"phase": "InUse", "ipCount": 5, "freeCount": 3, "ips": [
         {"ip": "10.0.1.11", "state": "free"}]}}
     code, body = cluster.request(
@@ -49,9 +49,10 @@ def test_eni_columns(cluster: LocalCluster) -> None:
         content_type="application/merge-patch+json")
     assert code == 200, body
     out = cluster.kubectl("get", "enis").stdout.splitlines()
-    assert out[0].split() == ["NAME", "NODE", "PHASE", "IPS", "FREE", "VSWITCH", "AGE"]
+    assert out[0].split() == ["NAME", "NODE", "PRIMARY", "PHASE", "IPS", "FREE", "VSWITCH",
+                              "AGE"]
     row = next(r for r in out if r.startswith(ENI_NAME)).split()
-    assert row[1:6] == ["node-a", "InUse", "5", "3", "vsw-zone1a"]
+    assert row[1:7] == ["node-a", "false", "InUse", "5", "3", "vsw-zone1a"]
     wide = cluster.kubectl("get", "eni", ENI_NAME, "-o", "wide").stdout
     assert "00:16:3e:01:02:03" in wide and "10.0.1.10" in wide
 
@@ -76,14 +77,18 @@ def test_enipool_columns(cluster: LocalCluster) -> None:
                     "instanceType": "ecs.g6.large", "zoneId": "cn-hangzhou-i"}}
     _apply(cluster, obj)
     status = {"status": {"limits": {"enis": 2, "ipsPerENI": 6, "maxPods": 5},
-                         "counts": {"enis": 2, "total": 5, "free": 2, "allocated": 3}}}
+                         "counts": {"enis": 1, "total": 5, "free": 2, "allocated": 3},
+                         "conditions": [{"type": "LimitReached", "status": "True"},
+                                        {"type": "Ready", "status": "True"}]}}
     code, body = cluster.request("PATCH", "/apis/network.eniway.io/v1/enipools/node-a/status",
                                  status, content_type="application/merge-patch+json")
     assert code == 200, body
     out = cluster.kubectl("get", "enipools").stdout.splitlines()
-    assert out[0].split() == ["NAME", "TYPE", "ENIS", "IPS", "FREE", "MAXPODS", "AGE"]
+    # SECONDARY-ENIS: what `kubectl get enis` lists for the node less its PRIMARY one.
+    assert out[0].split() == ["NAME", "READY", "TYPE", "SECONDARY-ENIS", "IPS", "FREE",
+                              "MAXPODS", "AGE"]
     row = next(r for r in out if r.startswith("node-a")).split()
-    assert row[1:6] == ["ecs.g6.large", "2", "5", "2", "5"]
+    assert row[1:7] == ["True", "ecs.g6.large", "1", "5", "2", "5"]
 
 
 @pytest.mark.parametrize(("name", "spec", "message"), [

@@ -332,12 +332,22 @@ class Kube:
 
     # -- events -------------------------------------------------------------------------
     def node_event(self, node: str, reason: str, message: str, warning: bool = True,
-                   uid: str = "") -> None:
-        """An Event on the Node (namespace default, as the kubelet does); repeats of the
-        same reason and message bump the count instead of piling up."""
-        self._write("post an Event")
-        key = hashlib.sha1(f"{node}/{reason}/{message}".encode()).hexdigest()[:12]
-        name = f"{node}.eniway.{key}"
+                   uid: str = "", pool_uid: str = "") -> None:
+        """An Event on the Node and, given its uid, the same on the node's ENIPool (where
+        ``kubectl describe enipool`` shows it)."""
+        self.event({"kind": "Node", "name": node, "uid": uid or node, "apiVersion": "v1"},
+                   reason, message, warning)
+        if pool_uid:
+            self.event({"kind": contract.KIND_ENIPOOL, "name": node, "uid": pool_uid,
+                        "apiVersion": contract.API_VERSION}, reason, message, warning)
+
+    def event(self, involved: JSON, reason: str, message: str, warning: bool = True) -> None:
+        """An Event (namespace default, as the kubelet does for Nodes) on a cluster-scoped
+        object; repeats of the same reason and message bump the count instead of piling up."""
+        obj = involved["name"]
+        kind = str(involved["kind"]).lower()
+        key = hashlib.sha1(f"{kind}/{obj}/{reason}/{message}".encode()).hexdigest()[:12]
+        name = f"{obj}.eniway.{key}"
         ts = now_iso()
         with self._events_lock:
             _, count = self._events.get(name, ("", 0))
@@ -355,8 +365,7 @@ class Kube:
                         raise
             body = {
                 "metadata": {"name": name, "namespace": ns},
-                "involvedObject": {"kind": "Node", "name": node, "uid": uid or node,
-                                   "apiVersion": "v1"},
+                "involvedObject": dict(involved),
                 "reason": reason, "message": message[:1000],
                 "type": "Warning" if warning else "Normal",
                 "source": {"component": COMPONENT},
@@ -370,4 +379,4 @@ class Kube:
                     raise
                 self.core.patch_namespaced_event(name, ns, {"count": count, "lastTimestamp": ts})
         except Exception as e:  # an Event is best effort: never fail a reconcile for it
-            log.warning("event %s on node %s not recorded: %s", reason, node, e)
+            log.warning("event %s on %s %s not recorded: %s", reason, kind, obj, e)

@@ -2,6 +2,7 @@
 
     eniway-operator --kubeconfig K --cluster-id C --cloud-endpoint 127.0.0.1:P --region R
     eniway-operator uninstall --help     remove eniway's ENIs and objects (before helm uninstall)
+    eniway-operator max-pods TYPE...     pods a node of each instance type can hold (--max-pods)
 
 Flags default from the environment the Helm chart sets (ENIWAY_CLUSTER_ID,
 ENIWAY_CONFIGMAP, ENIWAY_CLOUD_*, ALIBABA_CLOUD_ACCESS_KEY_*, POD_NAMESPACE).
@@ -190,6 +191,7 @@ def make_provider(args: argparse.Namespace,
 
 COMMANDS = {
     "uninstall": "eniway_operator.uninstall",
+    "max-pods": "eniway_operator.maxpods",
 }
 
 

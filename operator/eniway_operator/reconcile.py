@@ -116,6 +116,7 @@ class NodeMemory:
     throttled: bool = False
     last_pool_status: JSON = field(default_factory=dict)
     last_reconciled_at: float = 0.0
+    pool_uid: str = ""  # Events go to the ENIPool too
 
 
 class RoundErrors:
@@ -221,6 +222,7 @@ class Reconciler:
         if pool is None:
             pool = self.kube.create_pool(name, {"nodeName": name, "instanceId": instance_id},
                                          node)
+        mem.pool_uid = pool["metadata"].get("uid", "")
         errors = RoundErrors()
 
         # Instance and limits
@@ -339,7 +341,7 @@ class Reconciler:
         for cond in (COND_HOTSWAP, COND_LIMIT, COND_VSW):
             c = conditions.get(cond)
             if c and c.status and not _condition_true(pool, cond):
-                self.kube.node_event(name, c.reason, c.message, uid=node["metadata"]["uid"])
+                self._event(name, node, c.reason, c.message, warning=cond != COND_LIMIT)
 
         if errors.any:
             return self._backoff(mem, errors)
@@ -394,6 +396,13 @@ class Reconciler:
                 self._sg_cache[ids] = (now, cached)
         return cached
 
+    def _event(self, name: str, node: JSON, reason: str, message: str,
+               warning: bool = True) -> None:
+        """On the Node and on its ENIPool (``kubectl describe enipool`` shows it)."""
+        mem = self.memory.get(name)
+        self.kube.node_event(name, reason, message, warning, uid=node["metadata"].get("uid", ""),
+                             pool_uid=mem.pool_uid if mem else "")
+
     def _configmap_source(self) -> str:
         return f"configmap {self.settings.config_namespace}/{self.settings.config_name}"
 
@@ -403,7 +412,7 @@ class Reconciler:
             if c.get("type") == COND_CONFIG and c.get("status") == "True" and \
                     c.get("message") == message:
                 return
-        self.kube.node_event(name, "ConfigInvalid", message, uid=node["metadata"]["uid"])
+        self._event(name, node, "ConfigInvalid", message)
 
     def _one_vswitch(self, vswitch_id: str) -> VSwitch | None:
         """A vSwitch's CIDR and gateway for an ENI record (they never change: cached)."""
@@ -687,7 +696,8 @@ class Reconciler:
         for c in ERROR_CONDITIONS:
             conds[c] = Condition(False, "OK", "")
         conds.update(errors.conditions)
-        problems = [c for c, v in conds.items() if v.status and c != COND_WARM]
+        # A full node is not an unhealthy one: LimitReached stands on its own.
+        problems = [c for c, v in conds.items() if v.status and c not in (COND_WARM, COND_LIMIT)]
         conds[COND_READY] = Condition(
             not problems and cfg is not None, "Reconciled" if not problems else "Degraded",
             ", ".join(sorted(problems)))
@@ -815,7 +825,6 @@ class Reconciler:
                        what: str, e: CloudError, action: Action | None = None,
                        block_for: float = 300.0) -> None:
         mem.dirty = True
-        uid = node["metadata"].get("uid", "")
         if isinstance(e, VSwitchExhausted):
             vsw = action.vswitch_id if isinstance(action, CreateENI) else (
                 mem.view[action.eni_id].vswitch_id
@@ -825,7 +834,7 @@ class Reconciler:
             with self._vsw_lock:
                 self._vsw_cache.clear()  # free counts changed: describe again
             errors.add(COND_VSW, "VSwitchExhausted", f"{vsw}: {e}")
-            self.kube.node_event(name, "VSwitchExhausted", f"{vsw} has no free IP: {e}", uid=uid)
+            self._event(name, node, "VSwitchExhausted", f"{vsw} has no free IP: {e}")
             errors.any = True
             return
         if isinstance(e, Throttled):
@@ -839,7 +848,7 @@ class Reconciler:
         else:
             errors.add(COND_CLOUD, e.code or type(e).__name__, f"{what}: {e}")
         log.warning("node %s: %s failed: %s", name, what, e)
-        self.kube.node_event(name, f"{what}Failed", str(e), uid=uid)
+        self._event(name, node, f"{what}Failed", str(e))
 
     def _backoff(self, mem: NodeMemory, errors: RoundErrors) -> float:
         mem.failures += 1
