@@ -32,6 +32,9 @@ def _make_deps(clone: Path, **env: str) -> subprocess.CompletedProcess[str]:
                           env={**os.environ, **env})
 
 
+# A cold `pip install` of every dependency into a new venv takes minutes on a small machine
+# (about 8.5 on 2 shared cores): more than the suite's default per-test timeout.
+@pytest.mark.timeout(2400)
 @pytest.mark.skipif(not Path(SYSTEM_PYTHON).exists(), reason="no Debian python3")
 def test_make_deps_with_debians_python3(tmp_path: Path) -> None:
     externally = subprocess.run(
