@@ -38,7 +38,7 @@ from eniway_operator.cloud.limits import parse_override
 from eniway_operator.cloud.ratelimit import parse_rates
 from eniway_operator.gc import GarbageCollector
 from eniway_operator.leader import LeaseElector
-from eniway_operator.metrics import LEADER, Health, MeteredProvider, serve
+from eniway_operator.metrics import LEADER, Health, MeteredProvider, count_attempt, serve
 from eniway_operator.objects import ObjectCache
 from eniway_operator.reconcile import Reconciler, Settings
 from eniway_operator.scheduler import Scheduler
@@ -176,7 +176,7 @@ def credentials(args: argparse.Namespace) -> Credentials:
 def make_provider(args: argparse.Namespace,
                   fence: Callable[[str], None] | None = None) -> AliyunProvider:
     """``fence`` is asked right before every attempt of every call (leadership)."""
-    kw: dict[str, object] = {"fence": fence}
+    kw: dict[str, object] = {"fence": fence, "on_attempt": count_attempt}
     endpoint = args.cloud_endpoint
     if endpoint:
         protocol = "https" if endpoint.startswith("https://") else "http" if (

@@ -39,6 +39,9 @@ POOL_PENDING = Gauge("eniway_pool_pending_pods", "Pods on a node waiting for an 
                      registry=REGISTRY)
 CLOUD_CALLS = PCounter("eniway_cloud_calls", "Cloud API calls by API and result",
                        ["api", "result"], registry=REGISTRY)
+CLOUD_ATTEMPTS = PCounter("eniway_cloud_attempts",
+                          "Cloud API requests sent, each retry counted, by API and result",
+                          ["api", "result"], registry=REGISTRY)
 CLOUD_LATENCY = Histogram("eniway_cloud_call_seconds", "Cloud API call latency", ["api"],
                           registry=REGISTRY,
                           buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
@@ -53,6 +56,12 @@ GC_DELETED = PCounter("eniway_gc_deleted", "Objects removed by garbage collectio
                       registry=REGISTRY)
 
 T = TypeVar("T")
+
+
+def count_attempt(api: str, result: str) -> None:
+    """AliyunProvider's ``on_attempt``: throttling shows at its first answer, not after
+    the retries, and as many times as the cloud refused."""
+    CLOUD_ATTEMPTS.labels(api, result).inc()
 
 
 def set_pool(node: str, counts: Mapping[str, int]) -> None:

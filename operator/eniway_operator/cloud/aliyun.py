@@ -100,6 +100,7 @@ class AliyunProvider(CloudProvider):
         sleep: Callable[[float], None] = time.sleep,
         fence: Callable[[str], None] | None = None,
         max_sleep: float = 1.0,
+        on_attempt: Callable[[str, str], None] | None = None,
     ) -> None:
         self.region_id = region_id
         self.endpoint = endpoint or f"ecs.{region_id}.aliyuncs.com"
@@ -114,6 +115,7 @@ class AliyunProvider(CloudProvider):
         self._sleep = sleep
         self.fence = fence  # raises to refuse a call (e.g. leadership lost)
         self.max_sleep = max_sleep
+        self.on_attempt = on_attempt  # (api, "ok" or the error type) for every request sent
         self.limits_cache = LimitsCache(self._fetch_limits, limits_override, limits_ttl)
         self._stats_lock = threading.Lock()
         self.calls: Counter[str] = Counter()
@@ -144,6 +146,18 @@ class AliyunProvider(CloudProvider):
                 self.fence(api)
 
     def _once(self, api: str, fn: Callable[[Any, RuntimeOptions], T], request: Any) -> T:
+        """One request; every attempt is reported to ``on_attempt``, as the cloud counts."""
+        try:
+            result = self._send(api, fn, request)
+        except CloudError as e:
+            if self.on_attempt is not None:
+                self.on_attempt(api, type(e).__name__)
+            raise
+        if self.on_attempt is not None:
+            self.on_attempt(api, "ok")
+        return result
+
+    def _send(self, api: str, fn: Callable[[Any, RuntimeOptions], T], request: Any) -> T:
         with self._stats_lock:
             self.calls[api] += 1
         try:
