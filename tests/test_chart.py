@@ -431,3 +431,27 @@ def test_sts_token_key_of_the_credentials_secret_is_mounted() -> None:
     pod = objs[("Deployment", "eniway-operator")]["spec"]["template"]["spec"]
     vol = next(v for v in pod["volumes"] if v["name"] == "cloud-credentials")["secret"]
     assert {"key": "token", "path": "security-token"} in vol["items"]
+
+
+def test_prometheus_scrape_annotations_and_optional_podmonitor() -> None:
+    objs = _by_kind(render())
+    for kind, name, port in (("Deployment", "eniway-operator", "9442"),
+                             ("DaemonSet", "eniway-agent", "9901")):
+        ann = objs[(kind, name)]["spec"]["template"]["metadata"]["annotations"]
+        assert (ann["prometheus.io/scrape"], ann["prometheus.io/port"],
+                ann["prometheus.io/path"]) == ("true", port, "/metrics")
+        pod = objs[(kind, name)]["spec"]["template"]["spec"]
+        ports = {p["name"]: str(p["containerPort"]) for c in pod["containers"]
+                 for p in c.get("ports", [])}
+        assert ports["metrics"] == port  # what the PodMonitor names
+    assert not [d for d in render() if d["kind"] == "PodMonitor"]
+    off = _by_kind(render(values={"prometheus": {"scrapeAnnotations": False}}))
+    assert "annotations" not in off[("DaemonSet", "eniway-agent")]["spec"]["template"]["metadata"]
+    mons = _by_kind(render(values={"prometheus": {"podMonitor": {
+        "enabled": True, "labels": {"release": "kube-prometheus"}}}}))
+    for component in ("operator", "agent"):
+        mon = mons[("PodMonitor", f"eniway-{component}")]
+        assert mon["metadata"]["labels"]["release"] == "kube-prometheus"
+        assert mon["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == component
+        assert mon["spec"]["podMetricsEndpoints"] == [
+            {"port": "metrics", "path": "/metrics", "interval": "30s"}]

@@ -43,3 +43,21 @@ def test_each_throttled_attempt_counted_as_the_cloud_counts(cloudsim: Any) -> No
     assert seen[("DescribeVSwitches", "Throttled")] == 3 + sent
     after = metrics.CLOUD_ATTEMPTS.labels("DescribeVSwitches", "Throttled")._value.get()
     assert after - before == 3 + sent
+
+
+def test_series_exported_before_their_first_event() -> None:
+    """A fresh operator process: the throttling and GC series alerts read are there at 0."""
+    import subprocess
+    import sys
+
+    code = ("from prometheus_client import generate_latest\n"
+            "from eniway_operator import metrics\n"
+            "print(generate_latest(metrics.REGISTRY).decode())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    for series in ('eniway_cloud_attempts_total{api="AssignPrivateIpAddresses",'
+                   'result="Throttled"} 0.0',
+                   'eniway_cloud_calls_total{api="CreateNetworkInterface",result="ok"} 0.0',
+                   'eniway_gc_deleted_total{kind="eni"} 0.0',
+                   'eniway_reconcile_seconds_count{result="error"} 0.0'):
+        assert series in out, series

@@ -29,6 +29,7 @@ from eniway_operator.cloud.base import (
     SecurityGroup,
     VSwitch,
 )
+from eniway_operator.cloud.ratelimit import DEFAULT_RATES
 
 REGISTRY = CollectorRegistry()
 POOL_IPS = Gauge("eniway_pool_ips", "Pod IPs of a node's pool by state", ["node", "state"],
@@ -54,6 +55,24 @@ KUBE_REQUESTS = PCounter("eniway_kube_requests", "API server requests of the ope
                          ["verb", "resource"], registry=REGISTRY)
 GC_DELETED = PCounter("eniway_gc_deleted", "Objects removed by garbage collection", ["kind"],
                       registry=REGISTRY)
+
+
+
+def _export_from_start() -> None:
+    """The series alerts and dashboards read exist (at 0) from the first scrape, not
+    only after their first event: rate() and absent() need them."""
+    for api in DEFAULT_RATES:
+        CLOUD_LATENCY.labels(api)
+        for result in ("ok", "Throttled", "ServerError", "QuotaExceeded"):
+            CLOUD_CALLS.labels(api, result)
+            CLOUD_ATTEMPTS.labels(api, result)
+    for result in ("ok", "error"):
+        RECONCILE.labels(result)
+    for kind in ("eni", "eni_resource"):
+        GC_DELETED.labels(kind)
+
+
+_export_from_start()
 
 T = TypeVar("T")
 
