@@ -203,3 +203,45 @@ def test_uninstall_frees_the_cloud_and_unblocks_crd_deletion(world: World) -> No
                              for c in CRDS), 30, "CRDs gone")
     with pytest.raises(ApiException):
         w.objects(contract.PLURAL_ENI)
+
+
+def test_hook_rbac_grants_what_the_command_calls_and_no_more(cluster: LocalCluster) -> None:
+    """The pre-delete hook's ServiceAccount, as the chart renders it, on the real API server:
+    every call the command makes is allowed, nothing else asked here is."""
+    from chart_rbac import render
+
+    ns = "eniway-hookrbac"
+    docs = [d for d in render(namespace=ns, show_only=("templates/uninstall-hook.yaml",))
+            if d["kind"] != "Job"]
+    cluster.kubectl("create", "namespace", ns, check=False)
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
+    who = f"--as=system:serviceaccount:{ns}:eniway-uninstall"
+
+    def can(*args: str) -> bool:
+        out = cluster.kubectl("auth", "can-i", *args, who, check=False)
+        return out.stdout.strip() == "yes"
+
+    try:
+        allowed = [("list", "podips.network.eniway.io", "-A"), ("get", "pods", "-n", "x"),
+                   ("list", "enis.network.eniway.io"), ("get", "enis.network.eniway.io"),
+                   ("patch", "enis.network.eniway.io"), ("delete", "enis.network.eniway.io"),
+                   ("list", "enipools.network.eniway.io"),
+                   ("delete", "enipools.network.eniway.io"),
+                   ("get", "deployments.apps/eniway-operator", "--subresource=scale", "-n", ns),
+                   ("patch", "deployments.apps/eniway-operator", "--subresource=scale", "-n",
+                    ns),
+                   ("create", "leases.coordination.k8s.io", "-n", ns),
+                   ("get", "leases.coordination.k8s.io/eniway-operator", "-n", ns),
+                   ("update", "leases.coordination.k8s.io/eniway-operator", "-n", ns)]
+        denied = [("get", "secrets", "-n", ns), ("create", "enis.network.eniway.io"),
+                  ("patch", "enipools.network.eniway.io"), ("delete", "pods", "-n", "x"),
+                  ("patch", "deployments.apps/other", "--subresource=scale", "-n", ns),
+                  ("update", "deployments.apps/eniway-operator", "-n", ns),
+                  ("update", "leases.coordination.k8s.io/other", "-n", ns),
+                  ("delete", "customresourcedefinitions.apiextensions.k8s.io")]
+        assert [a for a in allowed if not can(*a)] == []
+        assert [d for d in denied if can(*d)] == []
+    finally:
+        cluster.kubectl("delete", "-f", "-", "--ignore-not-found",
+                        input=yaml.safe_dump_all(docs), check=False)
+        cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
