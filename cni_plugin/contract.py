@@ -174,13 +174,14 @@ def pod_identity_error(namespace: object, name: object, uid: object) -> str:
     """K8S_POD_* from CNI_ARGS: they name the allocation record and the PodIP."""
     if not (isinstance(namespace, str) and isinstance(name, str) and isinstance(uid, str)):
         return "K8S_POD_NAMESPACE, K8S_POD_NAME and K8S_POD_UID must be strings"
-    if bool(namespace) != bool(name):
-        return "K8S_POD_NAMESPACE and K8S_POD_NAME come together"
-    if name:
+    if namespace:  # a Kubernetes pod: both are Kubernetes names
         err = (_dns_error("K8S_POD_NAMESPACE", namespace, 63, False)
-               or _dns_error("K8S_POD_NAME", name, 253, True))
+               or _dns_error("K8S_POD_NAME", name or "-", 253, True))
         if err:
             return err
+    elif name and (len(name) > 253 or not _printable(name) or "/" in name):
+        # Runtimes outside Kubernetes (podman) pass a container name alone.
+        return f"K8S_POD_NAME {name!r} is not a name (printable, no '/', at most 253)"
     if uid and (len(uid) > 128 or not set(uid) <= _ALNUM | frozenset("-")):
         return f"K8S_POD_UID {uid!r} is not a pod UID"
     return ""
