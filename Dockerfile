@@ -32,6 +32,10 @@ LABEL org.opencontainers.image.title="eniway" \
       org.opencontainers.image.licenses="Apache-2.0"
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
+# iptables: the agent connmarks hostPort connections so pods' replies leave the right ENI.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends iptables \
+ && rm -rf /var/lib/apt/lists/*
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links=/wheels eniway==0.1.0 \
  && groupadd --gid 10001 eniway \

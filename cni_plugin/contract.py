@@ -60,6 +60,11 @@ CNI_NETWORK_NAME = "eniway"
 POD_GATEWAY = "169.254.1.1"
 RULE_PRIORITY_TO_POD = 512
 RULE_PRIORITY_FROM_POD = 2048
+# Connections that reach the node through its primary ENI (a hostPort's DNAT) are marked
+# so their replies from pods leave through the primary ENI again (main table), not
+# through the pod's ENI, whose source check would drop the un-NATed node address.
+RULE_PRIORITY_NODE_REPLY = 1024
+CONNMARK_NODE = 0x80
 ENI_TABLE_BASE = 1000
 VETH_PREFIX = "eni"
 

@@ -156,6 +156,27 @@ def test_pods_get_node_enis_addresses_and_talk(box: ClusterBox) -> None:
     _gone(box, "talk")
 
 
+def test_host_port_answers_clients_on_other_nodes(box: ClusterBox) -> None:
+    """portmap's DNAT on the node's primary address: the pod's replies must leave through
+    the primary ENI (connmark), or the VPC's source check drops them on the pod's ENI."""
+    server_node, client_node = "e2e-b", "e2e-c"
+    for name, node, port in (("hp-server", server_node, 30081), ("hp-client", client_node, 0)):
+        box.kube.kubectl("apply", "-f", "-", input=json.dumps({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": {"app": "hp"}},
+            "spec": {**pod_spec(host_port=port),
+                     "nodeSelector": {"kubernetes.io/hostname": node}}}))
+    pods = {p["metadata"]["name"]: p for p in _running(box, "hp", 2)}
+    primary = box.node_by_name[server_node].primary_ip
+    assert pods["hp-server"]["status"]["podIP"] != primary
+    body = box.fetch(pods["hp-client"], f"http://{primary}:30081/")
+    assert body is not None and body.strip() == "hp-server", body
+    body = box.node_fetch(client_node, f"http://{primary}:30081/")  # another node's network
+    assert body is not None and body.strip() == "hp-server", body
+    box.kube.kubectl("delete", "pods", "-l", "app=hp", "--grace-period=0", "--force")
+    wait_for(lambda: not box.pods("app=hp"), 120, "hp pods gone")
+
+
 def test_pod_delete_frees_the_ip_and_leaves_nothing(box: ClusterBox) -> None:
     """containerd's DEL (with the netns, then again with an empty CNI_NETNS once the
     sandbox is removed) frees the IP; no veth, rule or route is left on the node."""

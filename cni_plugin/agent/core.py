@@ -117,6 +117,12 @@ class NodeAgent:
                 self.pool.mark_allocated(rec.ip)
         log.info("loaded %d allocations from %s", len(records), self.store.dir)
         self.datapath.enable_forwarding()
+        try:
+            primary = self.datapath.route_node_replies()
+            log.info("replies to connections via %s (hostPort) leave through it", primary)
+        except DatapathError as e:
+            # Pods are still served; only hostPort clients on other machines go unanswered.
+            log.warning("hostPort replies to other machines will be dropped: %s", e)
         self._publish()
 
     @property

@@ -19,6 +19,7 @@ import contextlib
 import errno
 import os
 import socket
+import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -128,6 +129,50 @@ class Datapath:
 
     def enable_forwarding(self) -> None:
         netns.write_sysctl(self.host_path, "net/ipv4/ip_forward", "1")
+
+    def route_node_replies(self) -> str:
+        """Send pods' replies on connections that came in through the primary ENI (the
+        interface of the main table's default route) back out of it: connmark those
+        connections, restore the mark on packets from pod veths, and look marked packets
+        up in main ahead of the per-ENI rules. Returns the primary interface's name."""
+        ipr = self.host()
+        try:
+            default = [r for r in ipr.get_routes(family=socket.AF_INET, table=254)
+                       if not r.get("dst_len") and r.get_attr("RTA_OIF")]
+            if not default:
+                raise DatapathError("find the primary interface",
+                                    OSError("no default route in the main table"))
+            primary = ipr.get_links(default[0].get_attr("RTA_OIF"))[0].get_attr("IFLA_IFNAME")
+        except (NetlinkError, OSError) as e:
+            raise DatapathError("find the primary interface", e) from e
+        mark = f"{contract.CONNMARK_NODE:#x}/{contract.CONNMARK_NODE:#x}"
+        rules = [
+            ["-i", primary, "-m", "addrtype", "--dst-type", "LOCAL", "--limit-iface-in",
+             "-m", "comment", "--comment", "eniway: connection to the node via its primary ENI",
+             "-j", "CONNMARK", "--set-xmark", mark],
+            ["-i", f"{contract.VETH_PREFIX}+", "-m", "comment", "--comment",
+             "eniway: a pod's packet takes its connection's mark",
+             "-j", "CONNMARK", "--restore-mark", "--nfmask", f"{contract.CONNMARK_NODE:#x}",
+             "--ctmask", f"{contract.CONNMARK_NODE:#x}"],
+        ]
+        with netns.entered(self.host_path):  # iptables forked from here works in that netns
+            for rule in rules:
+                base = ["iptables", "-w", "5", "-t", "mangle"]
+                if subprocess.run([*base, "-C", "PREROUTING", *rule],
+                                  capture_output=True).returncode == 0:
+                    continue
+                res = subprocess.run([*base, "-A", "PREROUTING", *rule],
+                                     capture_output=True, text=True)
+                if res.returncode != 0:
+                    raise DatapathError("add the connmark rule for node replies",
+                                        OSError(res.stderr.strip()))
+        try:
+            ipr.rule("add", fwmark=contract.CONNMARK_NODE, fwmask=contract.CONNMARK_NODE,
+                     table=254, priority=contract.RULE_PRIORITY_NODE_REPLY)
+        except NetlinkError as e:
+            if e.code != errno.EEXIST:
+                raise DatapathError("add the rule for node replies", e) from e
+        return str(primary)
 
     def find_link_by_mac(self, mac: str) -> tuple[str, int] | None:
         mac = mac.lower()
