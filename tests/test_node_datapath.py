@@ -130,7 +130,9 @@ def test_pods_on_each_eni_reach_each_other_the_node_and_the_gateway(
 
     pods.delete_all()
     wait_for(lambda: env.pod_artifacts() == [], 10, "every rule, route and link gone")
-    assert env.net.node("rule show").stdout.count("lookup") == 3  # local, main, default
+    rules = env.net.node("rule show").stdout
+    # local, main, default, and the node's own rule for hostPort replies: no pod rule left
+    assert rules.count("lookup") == 4 and "1024:\tfrom all fwmark 0x80/0x80 lookup main" in rules
     wait_for(lambda: not env.op.podips(), 15, "PodIPs deleted")
     wait_for(lambda: env.op.agent_status().get("allocated") == [], 15, "allocated emptied")
 
