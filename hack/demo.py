@@ -115,7 +115,8 @@ def check_traffic(box: ClusterBox, pods: list[dict[str, object]]) -> None:
 
 def check_host_port(box: ClusterBox) -> None:
     """A pod with a hostPort on node-b, fetched at the node's primary address from the
-    node's own network: portmap's DNAT (chained after eniway) answers."""
+    node's own network and from another node's: portmap's DNAT (chained after eniway)
+    answers, and the replies leave through the primary ENI."""
     node = box.node_by_name["node-b"]
     pod = {"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": "hostport", "labels": {"app": "hostport"}},
@@ -123,11 +124,12 @@ def check_host_port(box: ClusterBox) -> None:
                     "nodeSelector": {"kubernetes.io/hostname": node.name}}}
     box.kube.kubectl("apply", "-f", "-", input=json.dumps(pod))
     wait_for(lambda: box.running_pods("app=hostport"), 120, "hostport pod running")
-    body = box.node_fetch(node.name, f"http://{node.primary_ip}:{HOST_PORT}/")
-    say(f"http {node.name} (host network) -> {node.primary_ip}:{HOST_PORT} (hostPort): "
-        f"{'served by ' + body.strip() if body else 'FAILED'}")
-    if not body or body.strip() != "hostport":
-        raise SystemExit("hostPort did not answer")
+    for client in (node.name, "node-c"):  # the node itself, and another node's network
+        body = box.node_fetch(client, f"http://{node.primary_ip}:{HOST_PORT}/")
+        say(f"http {client} (host network) -> {node.primary_ip}:{HOST_PORT} (hostPort): "
+            f"{'served by ' + body.strip() if body else 'FAILED'}")
+        if not body or body.strip() != "hostport":
+            raise SystemExit("hostPort did not answer")
     box.kube.kubectl("delete", "pod", "hostport", "--grace-period=0", "--force")
 
 

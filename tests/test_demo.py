@@ -55,8 +55,9 @@ def test_demo_runs_end_to_end_and_cleans_up(root: None) -> None:
     fetched = re.findall(r"^\[.*\] http node-\w/\S+ -> \S+:8080: (.*)$", out, re.M)
     assert len(fetched) == len(pings) and all(f.startswith("served by web-") for f in fetched), \
         fetched
-    assert re.search(r"http node-b \(host network\) -> \S+:30080 \(hostPort\): served by "
-                     r"hostport$", out, re.M), out[-4000:]
+    for client in ("node-b", "node-c"):  # the node itself and another node
+        assert re.search(rf"http {client} \(host network\) -> \S+:30080 \(hostPort\): "
+                         r"served by hostport$", out, re.M), out[-4000:]
     # the last listing: every ENI attached, no released one still hanging on
     last = out.rsplit("$ kubectl get enis,enipools", 1)[1]
     phases = re.findall(r"^eni\.network\.eniway\.io/\S+\s+node-\w\s+(?:true|false)\s+(\w+)",
