@@ -160,6 +160,7 @@ def test_host_port_answers_clients_on_other_nodes(box: ClusterBox) -> None:
     """portmap's DNAT on the node's primary address: the pod's replies must leave through
     the primary ENI (connmark), or the VPC's source check drops them on the pod's ENI."""
     server_node, client_node = "e2e-b", "e2e-c"
+    veths = {n: _pod_veths(box, n) for n in (server_node, client_node)}
     for name, node, port in (("hp-server", server_node, 30081), ("hp-client", client_node, 0)):
         box.kube.kubectl("apply", "-f", "-", input=json.dumps({
             "apiVersion": "v1", "kind": "Pod",
@@ -175,6 +176,9 @@ def test_host_port_answers_clients_on_other_nodes(box: ClusterBox) -> None:
     assert body is not None and body.strip() == "hp-server", body
     box.kube.kubectl("delete", "pods", "-l", "app=hp", "--grace-period=0", "--force")
     wait_for(lambda: not box.pods("app=hp"), 120, "hp pods gone")
+    # the sandboxes go after the pod objects: wait for their DELs before the next test
+    wait_for(lambda: all(_pod_veths(box, n) == v for n, v in veths.items()), 120,
+             "hp pods' veths gone")
 
 
 def test_pod_delete_frees_the_ip_and_leaves_nothing(box: ClusterBox) -> None:
