@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from clusterbox import ClusterBox, NodeSpec, wait_for
+from clusterbox import ClusterBox, NodeSpec, pod_spec, wait_for
 from cni_plugin import contract
 
 pytestmark = [pytest.mark.cluster, pytest.mark.netns]
@@ -177,8 +177,7 @@ def _quota(box: ClusterBox, on: bool) -> None:
 def _pod(box: ClusterBox, name: str, namespace: str = QUOTA_NS) -> None:
     pod = {"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": name, "namespace": namespace, "labels": {"hs": "1"}},
-           "spec": {"nodeName": NODE, "terminationGracePeriodSeconds": 0,
-                    "containers": [{"name": "app", "image": "registry.local/app"}]}}
+           "spec": {**pod_spec(), "nodeName": NODE}}  # a real container on the real node
     box.kube.kubectl("apply", "-f", "-", input=json.dumps(pod))
 
 
