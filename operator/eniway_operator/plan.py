@@ -72,6 +72,7 @@ class NodeState:
     blocked_vswitches: Mapping[str, float] = field(default_factory=dict)  # id -> until
     warmed_up: bool = False
     last_idle_reclaim: float = 0.0
+    reserved_slots: int = 0  # secondary-ENI slots kept for exclusive-ENI pods (exclusive_plan)
 
 
 @dataclass(frozen=True)
@@ -136,9 +137,10 @@ def secondary_capacity(limits: InstanceLimits) -> int:
     return max(limits.ips_per_eni - 1, 0)
 
 
-def max_secondary_enis(limits: InstanceLimits, cfg: PoolConfig) -> int:
-    """ENIs eniway may attach besides the primary one."""
-    n = max(limits.max_enis - 1, 0)
+def max_secondary_enis(limits: InstanceLimits, cfg: PoolConfig, reserved: int = 0) -> int:
+    """ENIs the shared pool may attach besides the primary one, leaving ``reserved``
+    device slots to exclusive-ENI pods."""
+    n = max(limits.max_enis - 1 - reserved, 0)
     return min(n, cfg.max_eni) if cfg.max_eni else n
 
 
@@ -191,7 +193,7 @@ def plan_node(state: NodeState) -> Plan:
     cfg, limits, now = state.config, state.limits, state.now
     plan = Plan()
     cap = secondary_capacity(limits)
-    max_sec = max_secondary_enis(limits, cfg)
+    max_sec = max_secondary_enis(limits, cfg, state.reserved_slots)
     can_attach = limits.hot_swap or not state.instance_running
     blocked = _blocked(state)
 
