@@ -29,6 +29,13 @@ def test_bench_cni_runs(root: None) -> None:
     out = run("bench_cni.py", "--iterations", "3")
     assert re.search(r"ADD ratio \(median\)\s+\d+\.\d+x", out), out
     assert re.search(r"DEL ratio \(median\)\s+\d+\.\d+x", out), out
+    # a DEL's link is gone no sooner than the DEL answered
+    for plugin in ("eniway", "ptp\\+host-local"):
+        answered = re.search(rf"{plugin} DEL +median +(\d+\.\d+) ms", out)
+        gone = re.search(rf"{plugin} DEL, link gone +median +(\d+\.\d+) ms", out)
+        assert answered and gone, out
+        assert float(gone.group(1)) >= float(answered.group(1)), out
+    assert re.search(r"DEL-gone ratio \(median\)\s+\d+\.\d+x", out), out
     assert "distinct IPs 50/50" in out, out
 
 
