@@ -41,6 +41,30 @@ def root() -> None:
 
 
 @pytest.fixture
+def netsim(root: None) -> Iterator[tuple[object, str]]:
+    """An in-process eniway-cloudsim in network mode (needs root): (SimHandle, tag). Its
+    namespaces, and those a test names with the tag as prefix, are removed afterwards."""
+    import secrets
+    import subprocess
+
+    from eniway_cloudsim.netmode import NetMode
+    from eniway_cloudsim.testing import start_in_process
+    from eniway_operator.testing import with_provider
+
+    tag = "cst" + secrets.token_hex(3)
+    handle = with_provider(start_in_process(network=NetMode(prefix=tag + "-")))
+    try:
+        yield handle, tag
+    finally:
+        handle.close(teardown_network=True)
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                                timeout=30).stdout.split()
+        for ns in listed:
+            if ns.startswith(tag):
+                subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+
+
+@pytest.fixture
 def cloudsim() -> Iterator[object]:
     """A fresh eniway-cloudsim in this process on a free loopback port (in-memory state,
     attach/detach delays 0.05 s, no network mode). A SimHandle: .endpoint (host:port),

@@ -7,7 +7,6 @@ import json
 import os
 import secrets
 import subprocess
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -44,19 +43,6 @@ def link_by_mac(ns: str, mac: str) -> str | None:
 
 def wait_for(pred: Any, what: str, timeout: float = 10.0) -> Any:
     return testing.wait_for(pred, timeout, what, 0.05)
-
-
-@pytest.fixture
-def netsim(root: None) -> Iterator[tuple[SimHandle, str]]:
-    tag = "cst" + secrets.token_hex(3)
-    handle = testing.with_provider(start_in_process(network=NetMode(prefix=tag + "-")))
-    try:
-        yield handle, tag
-    finally:
-        handle.close(teardown_network=True)
-        for ns in sh("ip", "netns", "list").stdout.split():
-            if ns.startswith(tag):
-                sh("ip", "netns", "del", ns, check=False)
 
 
 def test_vpc_network_with_real_packets(netsim: tuple[SimHandle, str]) -> None:
