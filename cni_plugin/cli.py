@@ -66,17 +66,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="eniway", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("install-cni", help="install the CNI binary and conflist on a host")
-    p.add_argument("--bin-dir", type=Path, default=Path(contract.DEFAULT_CNI_BIN_DIR))
-    p.add_argument("--conf-dir", type=Path, default=Path(contract.DEFAULT_CNI_CONF_DIR))
+    p.add_argument("--bin-dir", type=Path, default=Path(contract.DEFAULT_CNI_BIN_DIR),
+                   help="where the CNI binary goes (default %(default)s)")
+    p.add_argument("--conf-dir", type=Path, default=Path(contract.DEFAULT_CNI_CONF_DIR),
+                   help="where the conflist goes (default %(default)s)")
     p.add_argument("--lib-dir", type=Path, default=Path(contract.DEFAULT_LIB_DIR),
                    help="where the shim's modules go (default %(default)s)")
     p.add_argument("--python", default=sys.executable,
                    help="interpreter the binary runs with, as seen from the host "
                         "(default: this one, %(default)s)")
     p.add_argument("--mtu", type=int, default=None, help="pod MTU (default: the ENI's)")
-    p.add_argument("--socket", default=contract.DEFAULT_SOCKET, help="agent socket")
+    p.add_argument("--socket", default=contract.DEFAULT_SOCKET,
+                   help="agent socket (default %(default)s)")
     p.add_argument("--state-dir", default=contract.DEFAULT_STATE_DIR,
-                   help="the agent's --state-dir (DEL reads it when the agent is down)")
+                   help="the agent's --state-dir (DEL reads it when the agent is down; "
+                        "default %(default)s)")
     p.add_argument("--chain", default=None,
                    help="JSON list of plugins chained after eniway (default: portmap)")
     args = parser.parse_args(argv)

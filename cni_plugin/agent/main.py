@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", default=contract.DEFAULT_STATE_DIR,
                    help="allocation store (default %(default)s)")
     p.add_argument("--netns", default=None, metavar="NAME",
-                   help="manage a node whose host network is this named netns")
+                   help="manage a node whose host network is this named netns (default: none, "
+                        "this process's own network)")
     p.add_argument("--mtu", type=int, default=None,
                    help="pod MTU (default: the ENI's spec.mtu, else 1500)")
     p.add_argument("--cooldown", type=float, default=30.0,
@@ -59,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store-fsync", action="store_true",
                    help="fsync every allocation record (only matters for power loss, which "
                         "also ends every pod; docs/node.md)")
-    p.add_argument("--workers", type=int, default=16, help="CNI request worker threads")
+    p.add_argument("--workers", type=int, default=16,
+                   help="CNI request worker threads (default %(default)s)")
     p.add_argument("--log-level", default=os.environ.get("ENIWAY_LOG_LEVEL", "INFO"),
                    help="DEBUG, INFO, WARNING or ERROR (default $ENIWAY_LOG_LEVEL, else INFO)")
     return p

@@ -146,10 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "empty; repeatable (default: none)")
     p.add_argument("--fault", action="append", default=[], metavar="API=RATE[:CODE[:STATUS]]",
                    type=_fault,
-                   help="inject errors on a share of calls ('*' for all); repeatable")
+                   help="inject errors on a share of calls ('*' for all); repeatable "
+                        "(default: none)")
     p.add_argument("--latency-ms", type=float, default=0.0,
-                   help="added latency on every ECS call")
-    p.add_argument("--seed", type=int, default=None, help="seed for fault injection")
+                   help="added latency on every ECS call (default %(default)s)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed for fault injection (default: a random one)")
     p.add_argument("--network", action="store_true",
                    help="build the VPC network with namespaces, veths, routes and nftables "
                         "(needs root)")
@@ -159,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="in network mode, delete the namespaces on exit")
     p.add_argument("--print-endpoint", action="store_true",
                    help="print the bound endpoint as JSON on stdout once listening")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     return p
 
 
