@@ -125,6 +125,10 @@ class CloudSimAdmin:
     def set_quota(self, eni_quota: int) -> dict[str, Any]:
         return self.set_settings(eni_quota=eni_quota)
 
+    def set_eip_settings(self, **eip: Any) -> dict[str, Any]:
+        """quota (EIPs per region), associate_delay, unassociate_delay."""
+        return self._call("PUT", "/admin/settings", {"eip": eip})
+
     def set_faults(self, faults: Mapping[str, Mapping[str, Any]], seed: int | None = None
                    ) -> dict[str, Any]:
         """Replace all faults. Per API (or "*"): error_rate, count, code, status, message,

@@ -274,6 +274,9 @@ class Engine:
         self.tokens: dict[str, dict[str, Any]] = {}
         self.used: dict[str, set[str]] = {}  # vSwitch -> IPs in use
         self.seq = 0
+        # Checks other parts of the region (EIPs) make before IPs are unassigned from an
+        # ENI (the IPs) or the ENI is deleted (None); they raise EcsError to refuse.
+        self.ip_guards: list[Callable[[Eni, Sequence[str] | None], None]] = []
         if store is not None:
             self._load()
 
@@ -775,6 +778,8 @@ class Engine:
             if eni.status != ENI_AVAILABLE:
                 raise EcsError(400, "InvalidOperation.InvalidEniState",
                                f"The ENI is {eni.status}; only Available ENIs can be deleted.")
+            for guard in self.ip_guards:
+                guard(eni, None)
             self._delete(eni)
 
     def _check_ip_op(self, eni: Eni) -> Instance | None:
@@ -842,6 +847,8 @@ class Engine:
                 if ip not in eni.private_ips:
                     raise EcsError(403, "InvalidIp.IpUnassigned",
                                    f"{ip} is not assigned to {eni.eni_id}.")
+            for guard in self.ip_guards:
+                guard(eni, ips)
             gone = set(ips)
             eni.private_ips = [ip for ip in eni.private_ips if ip not in gone]
             self.used[eni.vswitch_id].difference_update(gone)

@@ -4,6 +4,7 @@ service and (with root) its VPC network, for running eniway without a cloud acco
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .admin import ADMIN_TOKEN_ENV
+from .eips import EipSettings
 from .engine import Settings
 from .faults import Fault, Rate
 from .server import CloudSim
@@ -42,6 +44,17 @@ def _listen(spec: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(
             f"{spec!r}: want HOST:PORT with a port from 0 to 65535")
     return host or "127.0.0.1", int(port)
+
+
+def _cidr(spec: str) -> str:
+    """An IPv4 network with room for at least one EIP."""
+    try:
+        net = ipaddress.IPv4Network(spec, strict=True)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{spec!r}: not an IPv4 network ({e})") from None
+    if net.num_addresses < 4:
+        raise argparse.ArgumentTypeError(f"{spec!r}: too small for EIPs (/30 at least)")
+    return str(net)
 
 
 def _throttle(spec: str) -> tuple[str, Rate]:
@@ -131,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds an ENI stays Attaching (default %(default)s)")
     p.add_argument("--detach-delay", type=float, default=0.5,
                    help="seconds an ENI stays Detaching (default %(default)s)")
+    p.add_argument("--eip-quota", type=int, default=20,
+                   help="EIPs per region (default %(default)s)")
+    p.add_argument("--eip-pool", default="198.51.100.0/24", type=_cidr,
+                   help="CIDR the EIPs are taken from (default %(default)s)")
+    p.add_argument("--eip-delay", type=float, default=0.5,
+                   help="seconds an EIP stays Associating / Unassociating "
+                        "(default %(default)s)")
     p.add_argument("--access-key", action="append", default=[], metavar="ID:SECRET",
                    type=_access_key,
                    help="accepted AccessKey pair, repeatable (default eniway:eniway-secret)")
@@ -178,7 +198,10 @@ def make_sim(args: argparse.Namespace, token: str | None = None) -> CloudSim:
         settings=Settings(region_id=args.region, eni_quota=args.eni_quota,
                           attach_delay=args.attach_delay, detach_delay=args.detach_delay),
         network=network, keys=keys, auth=not args.no_auth, seed=args.seed,
-        throttle=dict(args.throttle))
+        throttle=dict(args.throttle),
+        eip_settings=EipSettings(quota=args.eip_quota, pool=args.eip_pool,
+                                 associate_delay=args.eip_delay,
+                                 unassociate_delay=args.eip_delay))
     faults = dict(args.fault)
     if args.latency_ms:
         faults.setdefault("*", {})["latency_ms"] = args.latency_ms

@@ -1,5 +1,6 @@
-"""The HTTP front: ECS RPC calls on ``/``, admin JSON under ``/admin/``, instance metadata
-under ``/instances/<id>/<token>/latest/`` (see metadata.py).
+"""The HTTP front: ECS RPC calls and VPC RPC calls (EIPs; told apart by their API
+version) on ``/``, admin JSON under ``/admin/``, instance metadata under
+``/instances/<id>/<token>/latest/`` (see metadata.py).
 
 The admin API changes the region at will (instances, access keys, faults), so every
 ``/admin/`` request but ``GET /admin/healthz`` (for probes) must carry
@@ -21,8 +22,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from . import metadata
+from . import metadata, vpc_api
 from .ecs_api import ACTIONS
+from .eips import EipBook, EipSettings
 from .engine import EcsError, Engine, Settings
 from .faults import Gate, Rate
 from .signing import Verifier
@@ -41,11 +43,13 @@ class CloudSim:
                  settings: Settings | None = None, network: Any = None,
                  keys: Mapping[str, str] | None = None, auth: bool = True,
                  seed: int | None = None, throttle: Mapping[str, Rate] | None = None,
-                 tick_interval: float = 0.02, admin_token: str | None = None) -> None:
+                 tick_interval: float = 0.02, admin_token: str | None = None,
+                 eip_settings: EipSettings | None = None) -> None:
         """``admin_token`` None makes a random one (read it from ``.admin_token``)."""
         self.store = Store(state)
         self.engine = Engine(settings or Settings(), self.store, network)
         self.engine.save_settings()
+        self.eips = EipBook(self.engine, eip_settings, network)
         self.verifier = Verifier(keys if keys is not None else {"eniway": "eniway-secret"},
                                  enabled=auth)
         self.gate = Gate(seed, throttle)
@@ -75,11 +79,13 @@ class CloudSim:
         while not self._stop.wait(self.tick_interval):
             try:
                 self.engine.tick()
+                self.eips.tick()
             except Exception:  # keep ticking: one bad transition must not stop the region
                 log.exception("tick failed")
 
     def start(self) -> CloudSim:
         self.engine.rebuild_network()
+        self.eips.rebuild_network()
         for name, target in (("http", lambda: self.httpd.serve_forever(poll_interval=0.05)),
                              ("ticker", self._ticker)):
             t = threading.Thread(target=target, daemon=True, name=f"cloudsim-{name}")
@@ -89,6 +95,7 @@ class CloudSim:
 
     def serve_forever(self) -> None:
         self.engine.rebuild_network()
+        self.eips.rebuild_network()
         t = threading.Thread(target=self._ticker, daemon=True, name="cloudsim-ticker")
         t.start()
         self._threads.append(t)
@@ -118,9 +125,17 @@ class CloudSim:
 
     # --- ECS ---------------------------------------------------------------------------
 
-    def call(self, action: str, params: Mapping[str, str], caller: str = "") -> dict[str, Any]:
-        """One ECS action; ``caller`` (the signing AccessKey id) is counted apart."""
-        handler = ACTIONS.get(action)
+    def call(self, action: str, params: Mapping[str, str], caller: str = "",
+             version: str = API_VERSION) -> dict[str, Any]:
+        """One ECS (or, by ``version``, VPC) action; ``caller`` (the signing AccessKey id)
+        is counted apart."""
+        handler: Any
+        if version == vpc_api.API_VERSION:
+            vpc_handler = vpc_api.ACTIONS.get(action)
+            handler = None if vpc_handler is None else (
+                lambda _e, p: vpc_handler(self.eips, p))
+        else:
+            handler = ACTIONS.get(action)
         if handler is None:
             raise EcsError(400, "InvalidAction.NotFound",
                            f"Specified api {action} is not found.")
@@ -149,7 +164,7 @@ class CloudSim:
         if route == ("GET", "healthz"):
             return {"ok": True}
         if route == ("GET", "state"):
-            return e.snapshot()
+            return dict(e.snapshot(), eips=self.eips.snapshot())
         if route == ("POST", "vpcs"):
             return asdict(e.create_vpc(body.get("cidr", "172.16.0.0/12"), body.get("vpc_id", "")))
         if route == ("POST", "vswitches"):
@@ -177,8 +192,12 @@ class CloudSim:
                 for k in ("eni_quota", "attach_delay", "detach_delay"):
                     if k in body:
                         setattr(e.settings, k, type(getattr(e.settings, k))(body[k]))
+                for k, v in body.get("eip", {}).items():
+                    if k in ("quota", "associate_delay", "unassociate_delay"):
+                        setattr(self.eips.settings, k,
+                                type(getattr(self.eips.settings, k))(v))
                 e.save_settings()
-                return asdict(e.settings)
+                return dict(asdict(e.settings), eip=asdict(self.eips.settings))
         if route == ("GET", "faults"):
             return self.gate.describe()
         if route in (("PUT", "faults"), ("POST", "faults")):
@@ -328,18 +347,21 @@ def _handler(sim: CloudSim) -> type[BaseHTTPRequestHandler]:
             params = dict(parse_qsl(query, keep_blank_values=True))
             headers = {k.lower(): v for k, v in self.headers.items()}
             action = headers.get("x-acs-action") or params.get("Action", "")
+            host_id = "ecs.aliyuncs.com"
             try:
                 caller = sim.verifier.verify(self.command, urlsplit(self.path).path, params,
                                              headers, raw)
                 if raw and "form" in headers.get("content-type", ""):
                     params.update(parse_qsl(raw.decode(), keep_blank_values=True))
                 version = headers.get("x-acs-version") or params.get("Version", API_VERSION)
-                if version != API_VERSION:
+                if version not in (API_VERSION, vpc_api.API_VERSION):
                     raise EcsError(400, "InvalidVersion", f"Specified version {version} "
                                    "is not valid.")
-                result = sim.call(action, params, caller)
+                if version == vpc_api.API_VERSION:
+                    host_id = "vpc.aliyuncs.com"
+                result = sim.call(action, params, caller, version)
             except EcsError as e:
-                self._json(e.status, {"RequestId": request_id, "HostId": "ecs.aliyuncs.com",
+                self._json(e.status, {"RequestId": request_id, "HostId": host_id,
                                       "Code": e.code, "Message": e.message,
                                       "Recommend": "https://api.aliyun.com/troubleshoot?q="
                                       + e.code}, request_id)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .admin import ADMIN_TOKEN_ENV, CloudSimAdmin
+from .eips import EipSettings
 from .engine import Settings
 from .server import CloudSim
 
@@ -54,6 +55,16 @@ class SimHandle:
                              endpoint=self.endpoint, protocol="http", region_id=self.region,
                              read_timeout=30000, connect_timeout=5000))
 
+    def vpc_client(self, access_key_id: str = ACCESS_KEY_ID,
+                   access_key_secret: str = ACCESS_KEY_SECRET) -> Any:
+        """The official VPC SDK client (EIPs), on the same endpoint."""
+        from alibabacloud_tea_openapi.utils_models import Config
+        from alibabacloud_vpc20160428.client import Client
+
+        return Client(Config(access_key_id=access_key_id, access_key_secret=access_key_secret,
+                             endpoint=self.endpoint, protocol="http", region_id=self.region,
+                             read_timeout=30000, connect_timeout=5000))
+
     def close(self, teardown_network: bool = True) -> None:
         if self.sim is not None:
             self.sim.stop(teardown_network=teardown_network)
@@ -69,7 +80,8 @@ class SimHandle:
 def start_in_process(state: str = ":memory:", region: str = "cn-hangzhou",
                      attach_delay: float = 0.05, detach_delay: float = 0.05,
                      eni_quota: int = 100, network: Any = None, seed: int | None = None,
-                     port: int = 0) -> SimHandle:
+                     port: int = 0, eip_quota: int = 20, eip_delay: float = 0.05
+                     ) -> SimHandle:
     """``network=True`` builds the VPC network (root) under a random namespace prefix;
     pass a NetMode to choose it. Close the handle to stop (and remove the namespaces)."""
     if network is True:
@@ -79,7 +91,9 @@ def start_in_process(state: str = ":memory:", region: str = "cn-hangzhou",
     sim = CloudSim(port=port, state=state,
                    settings=Settings(region_id=region, eni_quota=eni_quota,
                                      attach_delay=attach_delay, detach_delay=detach_delay),
-                   network=network, keys={ACCESS_KEY_ID: ACCESS_KEY_SECRET}, seed=seed)
+                   network=network, keys={ACCESS_KEY_ID: ACCESS_KEY_SECRET}, seed=seed,
+                   eip_settings=EipSettings(quota=eip_quota, associate_delay=eip_delay,
+                                            unassociate_delay=eip_delay))
     sim.start()
     return SimHandle(sim.endpoint, region, sim=sim, admin_token=sim.admin_token)
 
