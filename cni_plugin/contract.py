@@ -37,6 +37,8 @@ LABEL_NODE = f"{GROUP}/node"
 LABEL_ENI = f"{GROUP}/eni"
 ANNOTATION_POOL_OVERRIDE = f"{GROUP}/pool-config"  # on a Node: JSON per-node override
 ANNOTATION_MAX_PODS = f"{GROUP}/max-pods"  # on a Node: the figure eniway computed
+ANNOTATION_EXCLUSIVE_ENI = f"{GROUP}/exclusive-eni"  # on a Pod: "true" asks for its own ENI
+RESOURCE_EXCLUSIVE_ENI = f"{GROUP}/eni"  # extended resource: a node's exclusive-ENI slots
 FINALIZER = f"{GROUP}/cleanup"
 
 # Tags eniway puts on every cloud object it creates (GC keys on them)
