@@ -9,6 +9,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from cni_plugin import contract
+
+# Label values whose series exist (at 0) from the first scrape: rate(), increase() and
+# alerts need a series before its first event.
+POOL_STATES = ("total", "free", "cooling", "allocated", "releasing")
+CNI_COMMANDS = (contract.WIRE_ADD, contract.WIRE_DEL, contract.WIRE_CHECK)
+CNI_ERROR_CODES = (contract.ERR_TRY_AGAIN, contract.ERR_NO_FREE_IP, contract.ERR_DATAPATH,
+                   contract.ERR_INTERNAL)
+GC_REASONS = ("pod-gone", "pod-replaced", "netns-gone", "cni-gc")
+ORPHAN_KINDS = ("link", "rule")
+KUBE_OPS = ("watch", "podip-bind", "podip-unbind", "status", "list-pods")
+WATCHED = ("enis", "enipools")
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -39,6 +52,25 @@ class Metrics:
             "eniway_kube_watch_objects_total",
             "Objects the API server sent (list or watch event), by resource and whether "
             "they are about this node", ["resource", "via", "scope"], registry=r)
+        self._export_from_start()
+
+    def _export_from_start(self) -> None:
+        for state in POOL_STATES:
+            self.pool_ips.labels(state)
+        for cmd in CNI_COMMANDS:
+            self.duration.labels(cmd)
+            for code in CNI_ERROR_CODES:
+                self.errors.labels(cmd, str(code))
+        for reason in GC_REASONS:
+            self.gc_reclaimed.labels(reason)
+        for kind in ORPHAN_KINDS:
+            self.gc_orphans.labels(kind)
+        for op in KUBE_OPS:
+            self.kube_errors.labels(op)
+        for resource in WATCHED:
+            for via in ("list", "watch"):
+                for scope in ("own", "other"):
+                    self.watch_objects.labels(resource, via, scope)
 
     def set_pool(self, counts: dict[str, int]) -> None:
         for state, n in counts.items():

@@ -70,6 +70,8 @@ def _export_from_start() -> None:
         RECONCILE.labels(result)
     for kind in ("eni", "eni_resource"):
         GC_DELETED.labels(kind)
+    for verb, resource in (("patch", "enipools/status"), ("create", "events")):
+        KUBE_REQUESTS.labels(verb, resource)
 
 
 _export_from_start()
