@@ -26,6 +26,7 @@ from eniway_operator.cloud.base import (
     InstanceInfo,
     InstanceLimits,
     NetworkInterface,
+    PublicIp,
     SecurityGroup,
     VSwitch,
 )
@@ -174,6 +175,30 @@ class MeteredProvider(CloudProvider):
 
     def unassign_ips(self, eni_id: str, ips: Sequence[str]) -> None:
         self._call("UnassignPrivateIpAddresses", lambda: self.inner.unassign_ips(eni_id, ips))
+
+    def allocate_public_ip(self, bandwidth: int, tags: Mapping[str, str],
+                           client_token: str = "") -> PublicIp:
+        return self._call("AllocateEipAddress", lambda: self.inner.allocate_public_ip(
+            bandwidth, tags, client_token))
+
+    def associate_public_ip(self, allocation_id: str, eni_id: str, private_ip: str,
+                            client_token: str = "") -> None:
+        self._call("AssociateEipAddress", lambda: self.inner.associate_public_ip(
+            allocation_id, eni_id, private_ip, client_token))
+
+    def unassociate_public_ip(self, allocation_id: str, eni_id: str = "",
+                              private_ip: str = "") -> None:
+        self._call("UnassociateEipAddress", lambda: self.inner.unassociate_public_ip(
+            allocation_id, eni_id, private_ip))
+
+    def release_public_ip(self, allocation_id: str) -> None:
+        self._call("ReleaseEipAddress", lambda: self.inner.release_public_ip(allocation_id))
+
+    def describe_public_ips(self, allocation_ids: Sequence[str] = (),
+                            tags: Mapping[str, str] | None = None, eni_id: str = ""
+                            ) -> list[PublicIp]:
+        return self._call("DescribeEipAddresses", lambda: self.inner.describe_public_ips(
+            allocation_ids, tags, eni_id))
 
 
 class Health:

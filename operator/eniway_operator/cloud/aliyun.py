@@ -26,6 +26,7 @@ from alibabacloud_tea_openapi.utils_models import Config
 from darabonba.runtime import RuntimeOptions
 from Tea.exceptions import TeaException, UnretryableException
 
+from .aliyun_eip import AliyunEips, vpc_endpoint_for
 from .backoff import RetryPolicy
 from .base import (
     MAX_IPS_AT_CREATE,
@@ -38,6 +39,7 @@ from .base import (
     InvalidState,
     NetworkInterface,
     NotFound,
+    PublicIp,
     SecurityGroup,
     ServerError,
     Throttled,
@@ -101,7 +103,9 @@ class AliyunProvider(CloudProvider):
         fence: Callable[[str], None] | None = None,
         max_sleep: float = 1.0,
         on_attempt: Callable[[str, str], None] | None = None,
+        vpc_endpoint: str = "",
     ) -> None:
+        """``vpc_endpoint``: the VPC API (EIPs); see aliyun_eip.vpc_endpoint_for."""
         self.region_id = region_id
         self.endpoint = endpoint or f"ecs.{region_id}.aliyuncs.com"
         self.credentials = credentials if credentials is not None else resolve()
@@ -117,6 +121,8 @@ class AliyunProvider(CloudProvider):
         self.max_sleep = max_sleep
         self.on_attempt = on_attempt  # (api, "ok" or the error type) for every request sent
         self.limits_cache = LimitsCache(self._fetch_limits, limits_override, limits_ttl)
+        self.eips = AliyunEips(region_id, vpc_endpoint_for(region_id, endpoint, vpc_endpoint),
+                               protocol, self.credentials, self._call)
         self._stats_lock = threading.Lock()
         self.calls: Counter[str] = Counter()
         self.retries: Counter[str] = Counter()
@@ -437,3 +443,25 @@ class AliyunProvider(CloudProvider):
             delete_on_release=delete_on_release, description=description)
         self._call("ModifyNetworkInterfaceAttribute",
                    self._client.modify_network_interface_attribute_with_options, req)
+
+    # --- public IPs (VPC API, aliyun_eip.py) --------------------------------------------
+
+    def allocate_public_ip(self, bandwidth: int, tags: Mapping[str, str],
+                           client_token: str = "") -> PublicIp:
+        return self.eips.allocate(bandwidth, tags, client_token)
+
+    def associate_public_ip(self, allocation_id: str, eni_id: str, private_ip: str,
+                            client_token: str = "") -> None:
+        self.eips.associate(allocation_id, eni_id, private_ip, client_token)
+
+    def unassociate_public_ip(self, allocation_id: str, eni_id: str = "",
+                              private_ip: str = "") -> None:
+        self.eips.unassociate(allocation_id, eni_id, private_ip)
+
+    def release_public_ip(self, allocation_id: str) -> None:
+        self.eips.release(allocation_id)
+
+    def describe_public_ips(self, allocation_ids: Sequence[str] = (),
+                            tags: Mapping[str, str] | None = None, eni_id: str = ""
+                            ) -> list[PublicIp]:
+        return self.eips.describe(allocation_ids, tags, eni_id)

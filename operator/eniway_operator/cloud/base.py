@@ -85,6 +85,20 @@ class NetworkInterface:
     delete_on_release: bool = False
 
 
+@dataclass(frozen=True)
+class PublicIp:
+    """An elastic (public) IP. ``eni_id`` and ``private_ip`` name what it maps to while
+    associated (NAT mode: one private IP of the ENI)."""
+
+    allocation_id: str
+    ip: str
+    status: str  # Available, Associating, InUse, Unassociating
+    bandwidth: int = 0
+    eni_id: str = ""
+    private_ip: str = ""
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
 # --- errors -------------------------------------------------------------------------
 
 
@@ -205,4 +219,32 @@ class CloudProvider(ABC):
         description: str | None = None,
     ) -> None:
         """Change an ENI's security groups, DeleteOnRelease flag or description."""
+        raise NotImplementedError
+
+    # --- public IPs (optional: a provider without them raises NotImplementedError) ---
+
+    def allocate_public_ip(self, bandwidth: int, tags: Mapping[str, str],
+                           client_token: str = "") -> PublicIp:
+        """A new public IP, Available, tagged with ``tags``."""
+        raise NotImplementedError
+
+    def associate_public_ip(self, allocation_id: str, eni_id: str, private_ip: str,
+                            client_token: str = "") -> None:
+        """Starts mapping the public IP to ``private_ip`` of ``eni_id`` (NAT mode); it is
+        InUse later (poll describe_public_ips)."""
+        raise NotImplementedError
+
+    def unassociate_public_ip(self, allocation_id: str, eni_id: str = "",
+                              private_ip: str = "") -> None:
+        """Starts unmapping; the public IP is Available later."""
+        raise NotImplementedError
+
+    def release_public_ip(self, allocation_id: str) -> None:
+        """Gives an Available public IP back to the cloud; one already gone is fine."""
+        raise NotImplementedError
+
+    def describe_public_ips(self, allocation_ids: Sequence[str] = (),
+                            tags: Mapping[str, str] | None = None, eni_id: str = ""
+                            ) -> list[PublicIp]:
+        """All matching public IPs (the implementation pages through)."""
         raise NotImplementedError

@@ -40,6 +40,10 @@ STATE_CODES = frozenset({
     "IncorrectInstanceStatus", "IncorrectStatus", "InvalidOperation.InvalidEniState",
     "InvalidOperation.InvalidEcsState", "Operation.Conflict", "IncorrectEniStatus",
     "InvalidOperation.Conflict", "LastTokenProcessing",
+    # VPC (EIPs): the EIP is in transit or not where the call expects it; the ENI carrying
+    # an EIP cannot lose that IP yet.
+    "IncorrectEipStatus", "InvalidBindingStatus", "InvalidAssociation.Duplicated",
+    "InvalidOperation.EipAssociated", "OperationConflict",
 })
 AUTH_CODES = frozenset({
     "SignatureDoesNotMatch", "InvalidAccessKeyId.NotFound", "InvalidAccessKeyId.Inactive",
