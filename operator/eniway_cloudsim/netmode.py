@@ -26,7 +26,8 @@ import json
 import logging
 import os
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from .engine import Eni, Instance, Vpc, VSwitch
 
@@ -60,6 +61,7 @@ class NetMode:
         if os.geteuid() != 0:
             raise PermissionError("network mode needs root")
         self.prefix = prefix
+        self._internet: Any = None  # internet.Internet, made on the first EIP
 
     # --- names -------------------------------------------------------------------------
 
@@ -209,6 +211,23 @@ class NetMode:
         self._ip_batch(vns, lines)
         self._set_owned(vns, vlink, eni.all_ips)
 
+    # --- EIPs (internet.py) -------------------------------------------------------------
+
+    @property
+    def internet(self) -> Any:
+        if self._internet is None:
+            from .internet import Internet
+
+            self._internet = Internet(self.prefix)
+        return self._internet
+
+    def set_eips(self, vpc_id: str, mapping: Mapping[str, str]) -> None:
+        """The VPC's edge translates exactly ``mapping`` (EIP -> private IP)."""
+        vns = self.vpc_ns(vpc_id)
+        if not self._ns_exists(vns) or (not mapping and not self._ns_exists(self.internet.ns)):
+            return
+        self.internet.set_eips(vns, vpc_id, mapping)
+
     # --- teardown ------------------------------------------------------------------------
 
     def teardown(self, vpcs: Sequence[Vpc], instances: Sequence[Instance]) -> None:
@@ -220,3 +239,4 @@ class NetMode:
             ns = self.vpc_ns(vpc.vpc_id)
             if self._ns_exists(ns):
                 _run(["ip", "netns", "del", ns], check=False)
+        self.internet.teardown()
