@@ -38,6 +38,7 @@ LABEL_ENI = f"{GROUP}/eni"
 ANNOTATION_POOL_OVERRIDE = f"{GROUP}/pool-config"  # on a Node: JSON per-node override
 ANNOTATION_MAX_PODS = f"{GROUP}/max-pods"  # on a Node: the figure eniway computed
 ANNOTATION_EXCLUSIVE_ENI = f"{GROUP}/exclusive-eni"  # on a Pod: "true" asks for its own ENI
+ANNOTATION_PUBLIC_IP = f"{GROUP}/public-ip"  # on a Pod: "true" or JSON asks for an EIP
 RESOURCE_EXCLUSIVE_ENI = f"{GROUP}/eni"  # extended resource: a node's exclusive-ENI slots
 FINALIZER = f"{GROUP}/cleanup"
 
