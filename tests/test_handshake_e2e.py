@@ -20,6 +20,7 @@ import os
 import signal
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,6 +28,8 @@ import pytest
 
 from clusterbox import ClusterBox, NodeSpec, pod_spec, wait_for
 from cni_plugin import contract
+from eniway_operator.plan import RELEASE_BATCH_WAIT
+from eniway_operator.testing import parse_metrics
 
 pytestmark = [pytest.mark.cluster, pytest.mark.netns]
 
@@ -174,6 +177,30 @@ def _quota(box: ClusterBox, on: bool) -> None:
              .get("status", {}).get("hard"), 60, "quota in force")
 
 
+def _podip_events(box: ClusterBox, pod: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = box.get(
+        "events", "-n", QUOTA_NS, "--field-selector",
+        f"involvedObject.kind=Pod,involvedObject.name={pod},reason=PodIPWriteFailed")["items"]
+    return items
+
+
+def _operator_rounds(box: ClusterBox) -> float:
+    """Node rounds the operator finished (eniway_reconcile_seconds_count, both results)."""
+    try:
+        with urllib.request.urlopen(
+                f"http://127.0.0.1:{box.operator_metrics}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return 0.0
+    return sum(v for k, v in parse_metrics(text).items()
+               if k.startswith("eniway_reconcile_seconds_count"))
+
+
+def _lease_failures(box: ClusterBox) -> int:
+    log = box.operator_log()
+    return log.count("lease renewal error") + log.count("lost the leader lease")
+
+
 def _pod(box: ClusterBox, name: str, namespace: str = QUOTA_NS) -> None:
     pod = {"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": name, "namespace": namespace, "labels": {"hs": "1"}},
@@ -254,6 +281,10 @@ def test_refused_podip_writes_while_the_list_goes_mark_unmark_mark(box: ClusterB
             assert set(got) & marked, (got, marked)  # one holds an IP acknowledged before
             assert not [pi for pi in box.podips() if pi["metadata"]["namespace"] == QUOTA_NS]
             assert "PodIP bind" in box.agent_log(NODE), box.agent_log(NODE)[-2000:]
+            # ... and a Warning Event on each pod says why (kubectl describe pod).
+            for _, name in pods[2:]:
+                ev = wait_for(lambda n=name: _podip_events(box, n), 60, f"Event on {name}")
+                assert ev[0]["type"] == "Warning" and "quota" in ev[0]["message"], ev
 
             # mark again, then let the operator act
             _bounds(box, 0, 0)
@@ -292,9 +323,19 @@ def test_agent_killed_between_acknowledgement_and_unassign(box: ClusterBox) -> N
             _hold_unassigns(box, False)
             # Nothing may go while no live agent answered this request: what is listed stays
             # in the cloud for longer than the batch wait (an old acknowledgement would act).
+            # Checked all along, until a round of the operator after the batch wait.
             listed = _listed(box)
-            time.sleep(8)
-            assert listed <= _cloud_ips(box), "released without an acknowledgement"
+            waited = time.monotonic() + RELEASE_BATCH_WAIT
+
+            def still_listed() -> bool:
+                assert listed <= _cloud_ips(box), "released without an acknowledgement"
+                return True
+
+            wait_for(lambda: still_listed() and time.monotonic() > waited, 60,
+                     "the batch wait")
+            rounds = _operator_rounds(box)
+            wait_for(lambda: still_listed() and _operator_rounds(box) not in (0, rounds), 150,
+                     "an operator round after the batch wait")
             mon.check("agent dead")
 
             _bounds(box, 2, 5)  # room for the pods that wait
@@ -328,7 +369,10 @@ def test_api_server_writes_failing_for_a_while(box: ClusterBox) -> None:
             os.killpg(etcd.pid, signal.SIGSTOP)
             try:
                 _hold_unassigns(box, False)
-                time.sleep(12)
+                # Until the operator has seen its own writes fail (its Lease renewal).
+                failures = _lease_failures(box)
+                wait_for(lambda: _lease_failures(box) > failures, 120,
+                         "the operator's writes failing")
             finally:
                 os.killpg(etcd.pid, signal.SIGCONT)
             # A replica that could not renew its Lease stops (its Deployment restarts it):

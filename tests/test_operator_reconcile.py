@@ -4,6 +4,7 @@ rounds are driven by the test, so the moments between planning and acting can be
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 import uuid
@@ -16,6 +17,7 @@ from kubernetes.client.rest import ApiException
 
 from cni_plugin import contract
 from eniway_operator import kube as kube_mod
+from eniway_operator import main as operator_main
 from eniway_operator.metrics import MeteredProvider
 from eniway_operator.plan import RELEASE_BATCH_WAIT
 from eniway_operator.reconcile import Demand, Reconciler, Settings
@@ -232,3 +234,32 @@ def test_quota_exceeded_private_ip_address_block_lists_the_vswitch(world: World)
     assert conds["VSwitchExhausted"]["status"] == "True"
     assert first in conds["VSwitchExhausted"]["message"]
     assert conds.get("QuotaExceeded", {}).get("status") != "True"
+
+
+def test_acknowledgement_expires_when_the_heartbeat_stops(world: World) -> None:
+    """``--agent-timeout`` (short here): an acknowledgement whose heartbeat stopped moving
+    for longer than the window unassigns nothing; a fresh heartbeat does."""
+    args = operator_main.parse_args(["--cluster-id", world.rec.settings.cluster_id,
+                                     "--namespace", world.ns, "--agent-timeout", "2"])
+    settings = dataclasses.replace(operator_main.settings_from(args), config_ttl=0)
+    assert settings.agent_timeout == 2.0
+    world.rec = Reconciler(world.kube, world.cloud, settings)
+    node = world.node()
+    world.rounds(node, Demand(pending=8), lambda: _counts(world, node).get("free", 0) >= 8)
+    world.rec.reconcile(node, Demand())
+    marked = world.release(node)
+    assert len(marked) >= 3
+    world.ack(node, marked)  # one heartbeat, then the agent falls silent
+    world.rec.reconcile(node, Demand())  # seen now; the batch wait is not over yet
+    assert world.cloud.calls[UNASSIGN] == 0
+    # Past the batch wait and the window: rounds keep finding the ack too old.
+    deadline = time.monotonic() + RELEASE_BATCH_WAIT + settings.agent_timeout + 1
+    while time.monotonic() < deadline:
+        world.rec.reconcile(node, Demand())
+        assert world.cloud.calls[UNASSIGN] == 0, "acted on an expired acknowledgement"
+        assert set(marked) <= world.cloud_ips(node)
+    # The agent beats again (a new heartbeat value): the same acknowledgement counts.
+    world.ack(node, marked)
+    world.rec.reconcile(node, Demand())
+    assert world.cloud.calls[UNASSIGN] >= 1
+    assert not set(marked) & world.cloud_ips(node)

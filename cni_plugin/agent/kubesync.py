@@ -20,6 +20,7 @@ from typing import Any
 
 from cni_plugin import contract
 from cni_plugin.agent.core import NodeAgent, PodSnapshot
+from cni_plugin.agent.events import event_body, post_event
 from cni_plugin.agent.kube import ApiError, Kube
 from cni_plugin.agent.store import Allocation
 
@@ -54,6 +55,7 @@ class KubeSync:
         self._enis: dict[str, dict[str, Any]] = {}
         self._eni_lock = threading.Lock()
         self._writes: queue.Queue[tuple[str, Allocation]] = queue.Queue()
+        self._failing: set[tuple[str, str, str]] = set()  # writes an Event was raised for
         self._status_dirty = threading.Event()
         agent.on_bound = lambda rec: self._writes.put(("bind", rec))
         agent.on_unbound = lambda rec: self._writes.put(("unbind", rec))
@@ -166,14 +168,31 @@ class KubeSync:
                 op, rec = self._writes.get(timeout=0.5)
             except queue.Empty:
                 continue
+            key = (op, rec.ip, rec.containerId)
             try:
                 (self._bind if op == "bind" else self._unbind)(rec)
+                self._failing.discard(key)
             except Exception as e:
                 self.agent.metrics.kube_errors.labels(f"podip-{op}").inc()
                 log.warning("PodIP %s %s/%s: %s; retrying", op, rec.podNamespace,
                             rec.podName, e)
+                if key not in self._failing:  # one Event per failing write, not per retry
+                    self._failing.add(key)
+                    self._podip_event(op, rec, e)
                 self.stop.wait(1.0)
                 self._writes.put((op, rec))
+
+    def _podip_event(self, op: str, rec: Allocation, error: Exception) -> None:
+        """A Warning Event on the pod: ``kubectl describe pod`` tells why its PodIP is
+        missing (a ResourceQuota, a webhook, RBAC), not only the agent's log."""
+        if not rec.podName:
+            return
+        involved = {"apiVersion": "v1", "kind": "Pod", "namespace": rec.podNamespace,
+                    "name": rec.podName, "uid": rec.podUID}
+        post_event(self.kube, event_body(
+            involved, "PodIPWriteFailed",
+            f"eniway-agent could not {'write' if op == 'bind' else 'delete'} the PodIP of "
+            f"{rec.ip} (retrying; the pod's network works meanwhile): {error}", self.node))
 
     def _status_loop(self) -> None:
         """``status.agent`` on every change (at most one write per STATUS_MIN_GAP, bursts

@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an untracked Available ENI is deleted after this long (two passes)")
     p.add_argument("--debounce", type=float, default=0.3,
                    help="pod events are gathered this long before a round (batching)")
+    p.add_argument("--agent-timeout", type=float, default=90.0,
+                   help="an agent's release acknowledgements count only while its heartbeat "
+                        "changed within this many seconds (the agent beats every 30)")
     p.add_argument("--identity", default=f"{socket.gethostname()}-{os.getpid()}",
                    help="this replica's name in the leader Lease")
     p.add_argument("--lease-name", "--peering", dest="lease_name", default="eniway-operator",
@@ -151,12 +154,19 @@ def parse_args(argv: Sequence[str] | None = None,
     args = p.parse_args(argv)
     if not args.cluster_id:
         p.error("--cluster-id (or $ENIWAY_CLUSTER_ID) is required: it scopes every cloud tag")
-    for flag in ("limits_ttl", "read_timeout", "connect_timeout"):
+    for flag in ("limits_ttl", "read_timeout", "connect_timeout", "agent_timeout"):
         if getattr(args, flag) <= 0:
             p.error(f"--{flag.replace('_', '-')} must be > 0")
     args.rates = _json_flag(p, "--rate-limits", args.rate_limits, parse_rates)
     args.limits = _json_flag(p, "--limits-override", args.limits_override, parse_override)
     return args
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """The reconciler's settings the command line sets."""
+    return Settings(cluster_id=args.cluster_id, config_namespace=args.namespace,
+                    config_name=args.configmap, resync=args.resync,
+                    agent_timeout=args.agent_timeout)
 
 
 def credentials(args: argparse.Namespace) -> Credentials:
@@ -252,8 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     kube.fence = fence  # no write, and no cloud call, once the lease is lost
     provider.fence = fence  # made before the election, so a bad setting fails at once
     cloud = MeteredProvider(provider)
-    settings = Settings(cluster_id=args.cluster_id, config_namespace=args.namespace,
-                        config_name=args.configmap, resync=args.resync)
+    settings = settings_from(args)
     reconciler = Reconciler(kube, cloud, settings)
 
     import kopf
