@@ -117,6 +117,7 @@ WIRE_DEL = "DEL"
 WIRE_CHECK = "CHECK"
 WIRE_GC = "GC"
 WIRE_STATUS = "STATUS"
+WIRE_DEBUG = "DEBUG"  # eniway-agent debug: the node's pool, ENIs, releases, last errors
 
 # Release handshake fields: the operator lists IPs in ENIPool spec.release.ips under a
 # token it renews whenever it adds one; the agent's status.agent.acknowledged counts only

@@ -325,6 +325,10 @@ def test_rendered_commands_are_accepted_by_the_real_programs(
     a = agent_main.parse_args(_expand(agent["args"], {**_env(agent), "NODE_NAME": "n1"}))
     assert (a.node_name, a.socket, a.state_dir) == ("n1", "/run/eniway/eniway.sock",
                                                     "/var/lib/eniway")
+    # kubectl exec ... eniway-agent debug finds the socket the agent serves
+    monkeypatch.setenv("ENIWAY_AGENT_SOCKET", str(_env(agent)["ENIWAY_AGENT_SOCKET"]))
+    from cni_plugin.agent import debugcli
+    assert debugcli.build_parser().parse_args([]).socket == a.socket
     assert a.metrics_addr == "0.0.0.0:9901" and a.mtu == values.get("agent", {}).get("mtu")
     cooldown = values.get("pool", {}).get("ip_cooldown", "30s")
     assert a.cooldown == pool_config.parse_duration(cooldown, "ip_cooldown")

@@ -40,6 +40,9 @@ NOT_HERE = {
     "kubectl delete crd": "the CRDs are shared by the whole test session",
     "rm -rf": "host paths of a real node",
     "eniway-operator uninstall": "needs a cloud; tests/test_uninstall.py runs it on the emulator",
+    "kubectl -n kube-system exec": "no kubelet runs the agent pods here; "
+                                   "tests/test_node_debug.py runs eniway-agent debug against "
+                                   "a real agent",
 }
 
 

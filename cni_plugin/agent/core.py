@@ -24,6 +24,7 @@ from typing import Any
 
 from cni_plugin import contract
 from cni_plugin.agent.datapath import Datapath, DatapathError, EniLink
+from cni_plugin.agent.errors import RecentErrors
 from cni_plugin.agent.metrics import Metrics
 from cni_plugin.agent.pool import Pool
 from cni_plugin.agent.store import Allocation, AllocationStore
@@ -93,6 +94,7 @@ class NodeAgent:
         self.enis_synced = False
         self.pool_synced = False
         self.release_token = ""  # the request spec.release.ips belongs to (echoed back)
+        self.errors = RecentErrors()  # the last errors, for eniway-agent debug
         self._stale_since: dict[str, float] = {}  # ip -> when GC first found it stale
         self._reaper: queue.Queue[tuple[Allocation, int | None]] = queue.Queue()
         threading.Thread(target=self._reap_forever, name="reaper", daemon=True).start()
@@ -165,6 +167,7 @@ class NodeAgent:
                 link = self.datapath.ensure_eni(spec["macAddress"], mtu, gateway)
             except DatapathError as e:
                 log.error("ENI %s: %s", name, e)
+                self.errors.add("eni", f"{name}: {e}")
                 continue
             if link is None:
                 log.info("ENI %s (%s) has no link on this node yet", name, spec["macAddress"])
@@ -211,7 +214,7 @@ class NodeAgent:
                 "allocated": sorted(self.records, key=_ipkey),
                 "heartbeat": _now_iso(),
                 "ready": self.ready,
-                "version": _version(),
+                "version": version(),
             }
 
     # -- CNI requests --------------------------------------------------------------------
@@ -224,7 +227,7 @@ class NodeAgent:
             handler = {
                 contract.WIRE_ADD: self.add, contract.WIRE_DEL: self.delete,
                 contract.WIRE_CHECK: self.check, contract.WIRE_GC: self.cni_gc,
-                contract.WIRE_STATUS: self.status,
+                contract.WIRE_STATUS: self.status, contract.WIRE_DEBUG: self.debug,
             }.get(cmd)
             if handler is None:
                 raise CniError(contract.ERR_INVALID_CONFIG, f"unknown command {cmd!r}")
@@ -236,11 +239,14 @@ class NodeAgent:
             return {"ok": True, "result": result}
         except CniError as e:
             self.metrics.errors.labels(cmd, str(e.code)).inc()
+            self.errors.add("cni", f"{cmd} {req.get('podNamespace') or ''!s}/"
+                                   f"{req.get('podName') or ''!s}: code {e.code}: {e.msg}")
             log.warning("%s %r/%r: code %d: %s %s", cmd, str(req.get("containerId", ""))[:12],
                         str(req.get("ifname", ""))[:16], e.code, e.msg, e.details)
             return {"ok": False, "code": e.code, "msg": e.msg, "details": e.details}
         except Exception as e:
             self.metrics.errors.labels(cmd, str(contract.ERR_INTERNAL)).inc()
+            self.errors.add("cni", f"{cmd}: internal error: {type(e).__name__}: {e}")
             log.exception("%s failed", cmd)
             return {"ok": False, "code": contract.ERR_INTERNAL,
                     "msg": f"eniway-agent internal error: {e}", "details": type(e).__name__}
@@ -507,6 +513,11 @@ class NodeAgent:
                            "not synced from the API server yet", str(body))
         return body
 
+    def debug(self, req: dict[str, Any]) -> dict[str, Any]:
+        """``eniway-agent debug``: the node's state (answered before the agent is ready too)."""
+        from cni_plugin.agent.debug import snapshot  # only when asked: not on the CNI path
+        return snapshot(self)
+
     # -- GC and repair -------------------------------------------------------------------
 
     def _reclaim(self, rec: Allocation, reason: str) -> bool:
@@ -612,7 +623,8 @@ def _first_host(cidr: str | None) -> str | None:
         return None
 
 
-def _version() -> str:
+def version() -> str:
+    """This agent's package version (status.agent.version, eniway-agent debug)."""
     try:
         from importlib.metadata import version
         return version("eniway")

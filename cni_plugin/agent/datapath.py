@@ -385,6 +385,27 @@ class Datapath:
                 names[name] = int(link["index"])
         return names
 
+    def describe_table(self, table: int) -> dict[str, list[str]]:
+        """An ENI's route table and the rules that lead into it, as ``ip`` prints them
+        (for ``eniway-agent debug``; read only)."""
+        host = self.host()
+        names = {int(link["index"]): str(link.get("ifname")) for link in host.get_links()}
+        routes = []
+        for r in host.get_routes(family=socket.AF_INET, table=table):
+            dst = f"{r.get('dst')}/{r['dst_len']}" if r.get("dst") else "default"
+            via = f" via {r.get('gateway')}" if r.get("gateway") else ""
+            dev = names.get(int(r.get("oif") or 0), "?")
+            routes.append(f"{dst}{via} dev {dev}")
+        rules = []
+        for rule in host.get_rules(family=socket.AF_INET):
+            if rule.get("table") != table:
+                continue
+            src, dst = rule.get("src"), rule.get("dst")
+            sel = " ".join(x for x in (f"from {src}/{rule['src_len']}" if src else "",
+                                       f"to {dst}/{rule['dst_len']}" if dst else "") if x)
+            rules.append(f"{rule.get('priority')}: {sel or 'from all'} lookup {table}")
+        return {"routes": routes, "rules": rules}
+
     def delete_link_index(self, index: int) -> None:
         with _ignore(errno.ENODEV):
             self.host().link("del", index=index)

@@ -90,6 +90,7 @@ class KubeSync:
                             on_event(str(ev.get("type")), obj)
             except Exception as e:
                 self.agent.metrics.kube_errors.labels("watch").inc()
+                self.agent.errors.add("kube", f"watch {path}: {e}")
                 log.warning("watch %s: %s; relisting in %.1fs", path, e, backoff)
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
@@ -174,6 +175,8 @@ class KubeSync:
                 self._failing.discard(key)
             except Exception as e:
                 self.agent.metrics.kube_errors.labels(f"podip-{op}").inc()
+                self.agent.errors.add("kube", f"PodIP {op} {rec.podNamespace}/{rec.podName} "
+                                              f"({rec.ip}): {e}")
                 log.warning("PodIP %s %s/%s: %s; retrying", op, rec.podNamespace,
                             rec.podName, e)
                 if key not in self._failing:  # one Event per failing write, not per retry
@@ -211,6 +214,7 @@ class KubeSync:
                 next_heartbeat = time.monotonic() + interval
             except Exception as e:
                 self.agent.metrics.kube_errors.labels("status").inc()
+                self.agent.errors.add("kube", f"status.agent: {e}")
                 log.warning("status.agent: %s", e)
                 self._status_dirty.set()
                 self.stop.wait(1.0)

@@ -1,5 +1,8 @@
 """eniway-agent: the per-node daemon behind the CNI shim.
 
+    eniway-agent --node-name NODE ...     the daemon
+    eniway-agent debug [-o json]          the running agent's pool, ENIs, releases, errors
+
 Runs one per node (DaemonSet, hostNetwork). ``--netns NAME`` makes a named network
 namespace play the node's host network while this process stays where it is (so
 several agents, one per emulated node, share one machine and reach the API server
@@ -76,6 +79,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["debug"]:  # eniway-agent debug: a client of the running agent
+        from cni_plugin.agent import debugcli
+        return debugcli.main(argv[1:])
     args = parse_args(argv)
     # Hand the GIL over sooner: a CNI request waiting behind an API write or a GC pass
     # gets the interpreter within 1 ms instead of 5.
