@@ -48,6 +48,11 @@ TAG_CREATOR_VALUE = "eniway"
 TAG_CLUSTER = "eniway.io/cluster"
 TAG_NODE = "eniway.io/node"
 TAG_INSTANCE = "eniway.io/instance"
+# An ENI a pod owns whole (exclusive mode) carries this tag, and its ENI resource
+# spec.mode says so: the shared pool neither uses nor records it, it only leaves its slot.
+TAG_MODE = "eniway.io/mode"
+TAG_MODE_EXCLUSIVE = "exclusive"
+MODE_EXCLUSIVE = "Exclusive"
 
 # Node-local paths
 DEFAULT_SOCKET = "/run/eniway/eniway.sock"

@@ -263,3 +263,39 @@ def test_acknowledgement_expires_when_the_heartbeat_stops(world: World) -> None:
     world.rec.reconcile(node, Demand())
     assert world.cloud.calls[UNASSIGN] >= 1
     assert not set(marked) & world.cloud_ips(node)
+
+
+def test_exclusive_eni_on_the_node_is_left_alone_and_keeps_its_slot(world: World) -> None:
+    """An ENI a pod owns whole (tagged exclusive, its resource says so) is neither used,
+    detached, recorded nor dropped by the shared pool, which plans around its slot."""
+    node = world.node()  # ecs.g6.xlarge: 3 ENIs, the primary and 2 secondary
+    inst_id = str(world.core.read_node(node).spec.provider_id).split(".")[-1]
+    vsw = world.topo.vswitch_ids(ZONE)[0]
+    tags = {**world.rec.tags_for(node, inst_id, {}),
+            contract.TAG_MODE: contract.TAG_MODE_EXCLUSIVE}
+    own = world.cloud.inner.create_eni(vsw, [world.topo.security_group_id], tags)
+    world.cloud.inner.attach_eni(own.eni_id, inst_id)
+    world.kube.create_eni(own.eni_id, node, {
+        "nodeName": node, "instanceId": inst_id, "vSwitchId": vsw,
+        "managed": True, "mode": contract.MODE_EXCLUSIVE, "macAddress": own.mac,
+        "primaryIP": own.primary_ip}, {"phase": contract.PHASE_ATTACHING})
+    world.config({"min_pool_size": 12, "max_pool_size": 20})  # more than one ENI holds
+
+    def settled() -> bool:
+        conds = {c["type"]: c for c in (world.pool(node).get("status") or {}).get(
+            "conditions") or []}
+        return (_counts(world, node).get("enis") == 1
+                and conds.get("LimitReached", {}).get("status") == "True")
+
+    world.rounds(node, Demand(), settled)
+    for _ in range(3):  # and stays so
+        world.rec.reconcile(node, Demand())
+    enis = world.cloud.inner.describe_enis(instance_id=inst_id)
+    mine = [e for e in enis if e.eni_id == own.eni_id]
+    assert mine and mine[0].status == "InUse" and not mine[0].private_ips
+    assert len([e for e in enis if e.type == "Secondary"]) == 2  # the instance's limit
+    assert _counts(world, node).get("total") == 9
+    kept = world.kube.get_eni(own.eni_id)
+    assert kept is not None and kept["spec"]["mode"] == contract.MODE_EXCLUSIVE
+    assert own.eni_id not in world.rec._shared_resources(node)
+

@@ -156,6 +156,7 @@ class NodeAgent:
             spec, status = obj.get("spec", {}), obj.get("status") or {}
             name = obj["metadata"]["name"]
             if (spec.get("nodeName") != self.cfg.node_name or spec.get("primary")
+                    or spec.get("mode") == contract.MODE_EXCLUSIVE  # a pod's own, not the pool's
                     or status.get("phase") != contract.PHASE_INUSE or not spec.get("macAddress")):
                 continue
             gateway = spec.get("gatewayIP") or _first_host(spec.get("vSwitchCidr"))

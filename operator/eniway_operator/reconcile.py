@@ -35,6 +35,7 @@ from eniway_operator.cloud.base import (
     VSwitch,
     VSwitchExhausted,
 )
+from eniway_operator.exclusive_plan import reserved_slots
 from eniway_operator.kube import JSON, Kube, iso, now_iso, parse_time
 from eniway_operator.plan import (
     ATTACHING,
@@ -117,6 +118,7 @@ class NodeMemory:
     last_pool_status: JSON = field(default_factory=dict)
     last_reconciled_at: float = 0.0
     pool_uid: str = ""  # Events go to the ENIPool too
+    exclusive_slots: int = 0  # exclusive-mode ENIs on the instance (as of the last describe)
 
 
 class RoundErrors:
@@ -171,6 +173,16 @@ class Reconciler:
         """Ours: tagged by eniway for this cluster. Nothing else is ever modified."""
         return (eni.tags.get(contract.TAG_CREATOR) == contract.TAG_CREATOR_VALUE
                 and eni.tags.get(contract.TAG_CLUSTER) == self.settings.cluster_id)
+
+    def exclusive(self, eni: NetworkInterface) -> bool:
+        """Ours, and owned whole by a pod (exclusive mode): not the shared pool's."""
+        return self.managed(eni) and eni.tags.get(contract.TAG_MODE) == contract.TAG_MODE_EXCLUSIVE
+
+    def _shared_resources(self, name: str) -> dict[str, JSON]:
+        """The node's ENI resources the shared pool owns (exclusive ones move between nodes
+        with their pods and are recorded by their own reconcile)."""
+        return {r["metadata"]["name"]: r for r in self.kube.enis_of(name)
+                if not exclusive_resource(r)}
 
     def global_config(self) -> Mapping[str, Any]:
         at, value = self._cm
@@ -255,7 +267,7 @@ class Reconciler:
         cfg = merged.config
 
         # Cloud view and the ENI resources
-        resources = {r["metadata"]["name"]: r for r in self.kube.enis_of(name)}
+        resources = self._shared_resources(name)
         try:
             if mem.dirty or now - mem.view_at >= self.settings.resync:
                 self._refresh_view(name, mem, instance_id, resources)
@@ -297,7 +309,8 @@ class Reconciler:
             acknowledged=self._acknowledged(name, pool),
             pending=demand.pending, vswitches=vswitches,
             default_vswitch=info.vswitch_id, blocked_vswitches=dict(mem.blocked),
-            warmed_up=warmed, last_idle_reclaim=mem.last_idle_reclaim)
+            warmed_up=warmed, last_idle_reclaim=mem.last_idle_reclaim,
+            reserved_slots=reserved_slots(0, mem.exclusive_slots))
         plan = plan_node(state)
         mem.marked_at = {ip: mem.marked_at.get(ip, now) for ip in plan.release}
         if plan.idle_reclaimed:
@@ -317,7 +330,7 @@ class Reconciler:
 
         # Record (re-read only what this round changed)
         if plan.actions:
-            resources = {r["metadata"]["name"]: r for r in self.kube.enis_of(name)}
+            resources = self._shared_resources(name)
         if plan.actions or plan.release != state.release:
             pool = self.kube.pool(name) or pool
         states = self._ip_states(mem, resources, allocated, set(self._release(pool)), now)
@@ -436,6 +449,9 @@ class Reconciler:
     def _refresh_view(self, name: str, mem: NodeMemory, instance_id: str,
                       resources: Mapping[str, JSON]) -> None:
         view = {e.eni_id: e for e in self.cloud.describe_enis(instance_id=instance_id)}
+        mem.exclusive_slots = len([e for e in view.values() if self.exclusive(e)
+                                   and e.status in (ATTACHING, INUSE, DETACHING)])
+        view = {k: e for k, e in view.items() if not self.exclusive(e)}
         for e in self._tagged_available():
             if e.eni_id not in view and e.tags.get(contract.TAG_NODE) == name and (
                     e.tags.get(contract.TAG_INSTANCE) or "") in ("", instance_id):
@@ -471,7 +487,8 @@ class Reconciler:
                     contract.TAG_CREATOR: contract.TAG_CREATOR_VALUE,
                     contract.TAG_CLUSTER: self.settings.cluster_id})
                 self._tagged = (now, cached)
-            return [e for e in cached if e.status == AVAILABLE and self.managed(e)]
+            return [e for e in cached
+                    if e.status == AVAILABLE and self.managed(e) and not self.exclusive(e)]
 
     def _forget_tagged(self) -> None:
         with self._tagged_lock:
@@ -482,7 +499,7 @@ class Reconciler:
         found = self._describe_moving(set(mem.polling))
         for eni_id in list(mem.polling):
             e = found.get(eni_id)
-            ours = e is not None and (e.instance_id == instance_id or (
+            ours = e is not None and not self.exclusive(e) and (e.instance_id == instance_id or (
                 e.status == AVAILABLE and self.managed(e)
                 and e.tags.get(contract.TAG_NODE) == name))
             if e is not None and ours:
@@ -898,7 +915,7 @@ class Reconciler:
     def _teardown(self, name: str) -> float | None:
         """The Node is gone: free every ENI eniway holds for it, then forget the node."""
         pool = self.kube.get_pool(name)
-        resources = self.kube.list_enis(name)
+        resources = [r for r in self.kube.list_enis(name) if not exclusive_resource(r)]
         pending = False
         for r in resources:
             try:
@@ -916,8 +933,8 @@ class Reconciler:
         except CloudError:
             leftovers, pending = [], True
         for left in leftovers:
-            if not self.managed(left):
-                continue
+            if not self.managed(left) or self.exclusive(left):
+                continue  # an exclusive ENI follows its pod, not the node
             try:
                 if left.status == AVAILABLE:
                     self.cloud.delete_eni(left.eni_id)
@@ -939,6 +956,11 @@ class Reconciler:
         metrics.forget_pool(name)
         log.info("node %s is gone; its ENIs and pool are released", name)
         return None
+
+
+def exclusive_resource(r: JSON) -> bool:
+    """An ENI resource of an exclusive-mode ENI."""
+    return (r.get("spec") or {}).get("mode") == contract.MODE_EXCLUSIVE
 
 
 def instance_of(node: JSON) -> str:
