@@ -34,6 +34,7 @@ OPERATOR_CLUSTER = {
     f"enis.{GROUP}/status": {"patch"},
     f"enipools.{GROUP}/status": {"patch"},
     f"podips.{GROUP}": {"get", "list", "watch"},  # kopf index: who holds which IP
+    f"podips.{GROUP}/status": {"patch"},  # a pod's public IP and its condition
     "customresourcedefinitions.apiextensions.k8s.io": {"get", "list", "watch"},  # kopf scan
 }
 OPERATOR_OWN_NAMESPACE = {

@@ -65,7 +65,7 @@ def test_podip_columns_all_namespaces(cluster: LocalCluster) -> None:
                     "podUID": str(uuid.uuid4()), "allocatedAt": "2026-01-01T00:00:00Z"}}
     _apply(cluster, obj)
     out = cluster.kubectl("get", "podips", "-A").stdout.splitlines()
-    assert out[0].split() == ["NAMESPACE", "NAME", "IP", "ENI", "NODE", "AGE"]
+    assert out[0].split() == ["NAMESPACE", "NAME", "IP", "ENI", "NODE", "PUBLIC-IP", "AGE"]
     row = next(r for r in out if " web-1 " in r).split()
     assert row[:5] == ["default", "web-1", "10.0.1.11", ENI_NAME, "node-a"]
 

@@ -34,6 +34,8 @@ class Runtime:
     api: ApiClient
     gc: GarbageCollector
     gc_interval: float = 60.0
+    public_ips: Any = None  # eip_controller.PublicIps, None when public IPs are off
+    public_ip_interval: float = 5.0
     debounce: float = 0.3
     indices: dict[str, Any] = field(default_factory=dict)
     digests: dict[str, str] = field(default_factory=dict)
@@ -171,6 +173,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     rt = _rt()
     rt.tasks.append(asyncio.create_task(rt.scheduler.run(), name="scheduler"))
     rt.tasks.append(asyncio.create_task(_gc_loop(rt), name="gc"))
+    if rt.public_ips is not None:
+        rt.tasks.append(asyncio.create_task(_public_ip_loop(rt), name="public-ips"))
 
 
 @kopf.on.cleanup()
@@ -197,6 +201,18 @@ async def _gc_loop(rt: Runtime) -> None:
             rt.scheduler.poke(node)
         if report["deleted"]:
             log.info("gc: %s", report)
+
+
+async def _public_ip_loop(rt: Runtime) -> None:
+    """Public-IP rounds, one at a time, on the reconcile pool; the first one at once (the
+    release handshake holds every IP until it has seen the cloud)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            await loop.run_in_executor(rt.scheduler.pool, rt.public_ips.round)
+        except Exception:
+            log.exception("public-IP round failed")
+        await asyncio.sleep(rt.public_ip_interval)
 
 
 def _capture(kwargs: dict[str, Any]) -> None:

@@ -342,8 +342,9 @@ class Kube:
                         "apiVersion": contract.API_VERSION}, reason, message, warning)
 
     def event(self, involved: JSON, reason: str, message: str, warning: bool = True) -> None:
-        """An Event (namespace default, as the kubelet does for Nodes) on a cluster-scoped
-        object; repeats of the same reason and message bump the count instead of piling up."""
+        """An Event on ``involved``: in its namespace, or in default for a cluster-scoped
+        object (as the kubelet does for Nodes); repeats of the same reason and message bump
+        the count instead of piling up."""
         obj = involved["name"]
         kind = str(involved["kind"]).lower()
         key = hashlib.sha1(f"{kind}/{obj}/{reason}/{message}".encode()).hexdigest()[:12]
@@ -353,7 +354,7 @@ class Kube:
             _, count = self._events.get(name, ("", 0))
             count += 1
             self._events[name] = (ts, count)
-        ns = "default"
+        ns = str(involved.get("namespace") or "default")
         try:
             if count > 1:
                 try:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cni_plugin import contract
 from eniway_operator import kube as kube_mod
 from eniway_operator.cloud.aliyun import AliyunProvider
 from eniway_operator.cloud.credentials import (
@@ -36,6 +37,7 @@ from eniway_operator.cloud.credentials import (
 )
 from eniway_operator.cloud.limits import parse_override
 from eniway_operator.cloud.ratelimit import parse_rates
+from eniway_operator.eip_controller import PublicIps
 from eniway_operator.gc import GarbageCollector
 from eniway_operator.leader import LeaseElector
 from eniway_operator.metrics import LEADER, Health, MeteredProvider, count_attempt, serve
@@ -130,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between garbage-collection passes")
     p.add_argument("--gc-grace", type=float, default=300.0,
                    help="an untracked Available ENI is deleted after this long (two passes)")
+    p.add_argument("--public-ip-interval", type=float, default=5.0,
+                   help=f"seconds between public-IP rounds (pods annotated "
+                        f"{contract.ANNOTATION_PUBLIC_IP}); 0 turns public IPs off")
     p.add_argument("--debounce", type=float, default=0.3,
                    help="pod events are gathered this long before a round (batching)")
     p.add_argument("--agent-timeout", type=float, default=90.0,
@@ -264,6 +269,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     cloud = MeteredProvider(provider)
     settings = settings_from(args)
     reconciler = Reconciler(kube, cloud, settings)
+    public_ips = None
+    if args.public_ip_interval > 0:
+        public_ips = PublicIps(kube, cloud, args.cluster_id)
+        reconciler.public_ips_held = public_ips.held_ips
 
     import kopf
 
@@ -278,7 +287,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                           on_not_leader=not_leader)
     handlers.RUNTIME = Runtime(scheduler=scheduler, reconciler=reconciler, api=api,
                                gc=GarbageCollector(kube, cloud, args.cluster_id, args.gc_grace),
-                               gc_interval=args.gc_interval, debounce=args.debounce)
+                               gc_interval=args.gc_interval, debounce=args.debounce,
+                               public_ips=public_ips,
+                               public_ip_interval=args.public_ip_interval)
     health.ready = True
     try:
         kopf.run(clusterwide=True, standalone=True, stop_flag=stop)

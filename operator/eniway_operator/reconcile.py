@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -158,6 +158,9 @@ class Reconciler:
         self._cm: tuple[float, Mapping[str, Any] | Exception] = (0.0, {})
         self._beats: dict[str, tuple[str, float]] = {}  # node -> (heartbeat, first seen)
         self._beats_lock = threading.Lock()
+        # The private IPs that carry a public IP (eip_controller.PublicIps.held_ips), kept
+        # from release; None from it: not known yet, nothing is released.
+        self.public_ips_held: Callable[[], set[str] | None] | None = None
 
     # -- helpers -------------------------------------------------------------------------
     def lock(self, node: str) -> threading.Lock:
@@ -809,6 +812,11 @@ class Reconciler:
         if not candidates:
             return [], pool
         held = set(agent.get("allocated") or []) | set(demand.pods) | self.kube.held_ips(name)
+        if self.public_ips_held is not None:  # an IP with an EIP goes only once it is off
+            with_eip = self.public_ips_held()
+            if with_eip is None:  # not yet known: nothing goes
+                return [], pool
+            held |= with_eip
         return [ip for ip in candidates if ip not in held], pool
 
     def _all_released(self, name: str, ips: Sequence[str], demand: Demand) -> bool:
