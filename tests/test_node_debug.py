@@ -18,6 +18,7 @@ from node_harness import NodeEnv, make_node_env, teardown_node_env, wait_for
 
 from cni_plugin import contract
 from cni_plugin.shim import call_agent
+from eniway_operator.skew import operator_version
 from localcluster import LocalCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.netns]
@@ -71,7 +72,10 @@ def test_debug_shows_the_nodes_pool_enis_releases_and_errors(env: NodeEnv) -> No
                  "release request seen")
 
     assert s["node"] == env.agent.node and s["ready"] is True
-    assert s["version"] and s["version"] != "unknown"
+    assert s["version"] == operator_version() != "unknown"  # one package, one version
+    # ... which the agent also reports where the operator checks the skew policy
+    wait_for(lambda: env.op.agent_status().get("version") == s["version"], 30,
+             "status.agent.version")
     # allocations: the live pod, with its ENI and veth
     assert [(a["ip"], a["pod"]) for a in s["allocations"]] == [(ips["keep"], "default/keep")]
     keep = s["allocations"][0]

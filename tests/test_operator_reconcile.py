@@ -21,6 +21,7 @@ from eniway_operator import main as operator_main
 from eniway_operator.metrics import MeteredProvider
 from eniway_operator.plan import RELEASE_BATCH_WAIT
 from eniway_operator.reconcile import Demand, Reconciler, Settings
+from eniway_operator.skew import skew_problem
 from eniway_operator.testing import make_node
 
 pytestmark = pytest.mark.cluster
@@ -299,3 +300,48 @@ def test_exclusive_eni_on_the_node_is_left_alone_and_keeps_its_slot(world: World
     assert kept is not None and kept["spec"]["mode"] == contract.MODE_EXCLUSIVE
     assert own.eni_id not in world.rec._shared_resources(node)
 
+@pytest.mark.parametrize(("agent", "ok"), [
+    ("", True), ("0.1.0", True), ("0.1.7", True), ("0.0.9", True), ("v0.1", True),
+    ("0.2.0", False), ("1.1.0", False), ("nightly", False)])
+def test_skew_policy(agent: str, ok: bool) -> None:
+    problem = skew_problem("0.1.0", agent)
+    assert (problem == "") == ok, problem
+    assert skew_problem("1.5.0", "1.3.2").startswith("agent 1.3.2 is 2 minor versions behind")
+    assert skew_problem("unknown", "9.9.9") == ""  # a source checkout: no policy to apply
+
+
+def _condition(pool: dict[str, Any], ctype: str) -> dict[str, Any]:
+    return next((c for c in (pool.get("status") or {}).get("conditions") or []
+                 if c["type"] == ctype), {})
+
+
+def test_agent_version_beyond_the_skew_policy_is_a_condition_and_an_event(
+        world: World) -> None:
+    node = world.node()
+    world.rounds(node, Demand(pending=2), lambda: _counts(world, node).get("free", 0) >= 2)
+    world.rec.version = "0.4.2"  # the operator this test plays
+
+    def agent_reports(version: str) -> None:
+        world.custom.patch_cluster_custom_object_status(
+            contract.GROUP, contract.VERSION, contract.PLURAL_ENIPOOL, node,
+            {"status": {"agent": {"version": version, "heartbeat": kube_mod.now_iso()}}})
+        world.rec.reconcile(node, Demand())
+
+    agent_reports("0.3.9")  # one minor behind: within policy
+    cond = _condition(world.pool(node), "VersionSkew")
+    assert cond["status"] == "False" and cond["reason"] == "Supported", cond
+    assert _condition(world.pool(node), "Ready")["status"] == "True"
+
+    agent_reports("0.5.0")  # newer than the operator: beyond
+    pool = world.pool(node)
+    cond = _condition(pool, "VersionSkew")
+    assert cond["status"] == "True" and "upgrade the operator first" in cond["message"], cond
+    assert _condition(pool, "Ready")["status"] == "False"
+    uid = pool["metadata"]["uid"]
+    events = world.core.list_namespaced_event(
+        "default", field_selector=f"involvedObject.uid={uid},reason=VersionSkew").items
+    assert events and "agent 0.5.0 is newer than operator 0.4.2" in events[0].message
+
+    agent_reports("0.4.0")  # the agent upgraded too
+    assert _condition(world.pool(node), "VersionSkew")["status"] == "False"
+    assert _condition(world.pool(node), "Ready")["status"] == "True"

@@ -32,6 +32,7 @@ COND_THROTTLED = "Throttled"
 COND_CLOUD = "CloudError"
 COND_CONFIG = "ConfigInvalid"
 COND_WARM = "WarmedUp"
+COND_SKEW = "VersionSkew"
 COND_READY = "Ready"
 
 # Acknowledged IPs of an ENI wait this long for more to fill a batch before unassigning.

@@ -46,6 +46,7 @@ from eniway_operator.plan import (
     COND_LIMIT,
     COND_QUOTA,
     COND_READY,
+    COND_SKEW,
     COND_THROTTLED,
     COND_VSW,
     COND_WARM,
@@ -63,6 +64,7 @@ from eniway_operator.plan import (
     UnassignIPs,
     plan_node,
 )
+from eniway_operator.skew import operator_version, skew_problem
 from eniway_operator.validate import check_cloud_ids
 
 log = logging.getLogger(__name__)
@@ -141,6 +143,7 @@ class Reconciler:
         self.cloud = cloud
         self.settings = settings
         self.clock = clock
+        self.version = operator_version()  # compared with each agent's (skew policy)
         self.memory: dict[str, NodeMemory] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
@@ -348,13 +351,17 @@ class Reconciler:
                 f"{', '.join(blocked)} ran out of IPs; other vSwitches are used meanwhile")
         conditions[COND_WARM] = Condition(plan.warmed_up, "WarmUp",
                                           "warm-up done" if plan.warmed_up else "warming up")
+        agent_version = str(((pool.get("status") or {}).get("agent") or {}).get("version") or "")
+        skewed = skew_problem(self.version, agent_version)
+        conditions[COND_SKEW] = Condition(bool(skewed), "VersionSkew" if skewed else "Supported",
+                                          skewed)
         self._write_pool_status(name, pool, mem, limits, cfg, counts, errors, now,
                                 conditions)
         max_pods = str(limits.max_pods)
         if (node["metadata"].get("annotations") or {}).get(
                 contract.ANNOTATION_MAX_PODS) != max_pods:
             self.kube.annotate_node(name, {contract.ANNOTATION_MAX_PODS: max_pods})
-        for cond in (COND_HOTSWAP, COND_LIMIT, COND_VSW):
+        for cond in (COND_HOTSWAP, COND_LIMIT, COND_VSW, COND_SKEW):
             c = conditions.get(cond)
             if c and c.status and not _condition_true(pool, cond):
                 self._event(name, node, c.reason, c.message, warning=cond != COND_LIMIT)
