@@ -11,7 +11,8 @@
   container does (portmap chained), and an ``eniway-agent`` managing the node;
 - the operator, ``eniway-operator``, talking to the emulator through the official SDK.
 
-Every process is a child in its own process group that dies with its parent.
+Every process is a child in its own process group that dies with its parent. A box killed
+without its clean-up is removed by the next box's start (``boxreaper``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import boxreaper
 from eniway_cloudsim.testing import SimHandle, start_subprocess
 from eniway_operator import testing
 from localcluster import BIN, LocalCluster, _die_with_parent, free_port
@@ -96,6 +98,8 @@ class ClusterBox:
 
     def _start(self) -> None:
         t0 = time.monotonic()
+        boxreaper.reap(self.log)  # what boxes killed without their clean-up left
+        boxreaper.claim(self.cluster_id, self.workdir)
         self.log(f"cluster {self.cluster_id}, working directory {self.workdir}")
         self.log("starting the control plane (etcd, kube-apiserver, controller-manager, "
                  "scheduler)")
@@ -141,6 +145,7 @@ class ClusterBox:
         if self.cluster is not None:
             self.cluster.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
+        boxreaper.release(self.cluster_id)
 
     def __enter__(self) -> ClusterBox:
         return self.start()

@@ -8,7 +8,11 @@ containers) get real VPC addresses from eniway, ping and fetch over HTTP across 
 and ENIs (``kubectl exec``), a hostPort answers through portmap, the Deployment scales
 past one ENI's capacity and back, and everything is cleaned up.
 
-    make demo            # or: python3 hack/demo.py [--keep]
+    make demo            # or: python3 hack/demo.py [--keep | --up]
+
+Ctrl-C and SIGTERM stop it cleanly at any point. A run killed without its clean-up
+(SIGKILL) leaves namespaces and processes behind: the next run removes them first
+(hack/boxreaper.py, only those of runs whose process is gone).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -133,10 +138,27 @@ def check_host_port(box: ClusterBox) -> None:
     box.kube.kubectl("delete", "pod", "hostport", "--grace-period=0", "--force")
 
 
+def keep_until_stopped(box: ClusterBox) -> None:
+    """Hold the system up until Ctrl-C or SIGTERM (then the clean-up runs)."""
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    print(f"\nkubeconfig: {box.kube.kubeconfig}  (Ctrl-C or SIGTERM to stop)", flush=True)
+    while not stop.wait(1.0):  # a timed wait: the handlers run in between
+        pass
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+    say("stop requested")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--keep", action="store_true", help="keep the system up until Ctrl-C")
+    parser.add_argument("--keep", action="store_true",
+                        help="after the walkthrough, keep the system up until Ctrl-C or SIGTERM")
+    parser.add_argument("--up", action="store_true",
+                        help="start the system, skip the walkthrough, keep it up until Ctrl-C "
+                             "or SIGTERM")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("the demo builds network namespaces: run it as root", file=sys.stderr)
@@ -153,6 +175,9 @@ def main() -> int:
         wait_for(lambda: pools_warm(box), 180, "warm pools")
         say("pools are warm")
         show(box, "get", "enis,enipools")
+        if args.up:
+            keep_until_stopped(box)
+            return 0
 
         title(f"Deployment {APP}: 6 pods spread over 3 nodes")
         box.deployment(APP, 6)
@@ -189,14 +214,14 @@ def main() -> int:
             f"({', '.join(f'{k} {v}' for k, v in sorted(calls.get('calls', {}).items()))})")
 
         if args.keep:
-            print(f"\nkubeconfig: {box.kube.kubeconfig}  (Ctrl-C to stop)", flush=True)
-            signal.sigwait({signal.SIGINT})
+            keep_until_stopped(box)
         title("Cleaning up")
         box.kube.kubectl("delete", "deployment", APP)
         wait_for(lambda: not box.pods(f"app={APP}"), 120, "pods gone")
         say("demo finished")
         return 0
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM: let the clean-up end
         box.stop()
         say("everything stopped and removed")
 
