@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Operator benchmark: cloud calls per 100 pods of churn, time to warm N nodes against
 the time ECS's default rate limits alone would need, and the API server requests the
-operator makes per reconcile round in both phases.
+operator makes per reconcile round in both phases, and the operator's own CPU time and
+peak RSS apart from the harness's.
 
 Real parts: a local control plane (hack/localcluster.py), eniway-cloudsim throttled at ECS's
 default per-API rates (the figures Terway uses, docs/configuration.md), the operator as a child
 process talking to it through the official SDK, and the agent double for the nodes.
 
     python3 hack/bench_operator.py [--nodes 200] [--pods 100] [--attach-delay 1.0]
+                                   [--attach-spread 3.0]
 
 Prints figures; passes or fails nothing.
 """
@@ -17,9 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import resource
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
 
@@ -28,7 +34,7 @@ sys.path.insert(0, str(REPO / "hack"))
 sys.path.insert(0, str(REPO / "operator"))
 
 import yaml  # noqa: E402
-from kubernetes import client  # noqa: E402
+from kubernetes import client, watch  # noqa: E402
 
 from cni_plugin import contract  # noqa: E402
 from eniway_cloudsim.testing import start_in_process  # noqa: E402
@@ -78,6 +84,74 @@ def round_requests(op: OperatorProcess) -> dict[str, float]:
     return {"rounds": rounds, "requests": sum(reqs.values()), "reads": reads}
 
 
+def proc_usage(pid: int) -> tuple[float, float]:
+    """A process's CPU seconds (user + system) and peak RSS in MB, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    hwm = 0.0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            hwm = int(line.split()[1]) / 1024
+    return cpu, hwm
+
+
+def harness_cpu() -> float:
+    """CPU seconds of this process: the emulator, the agent double and the harness."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+class WarmWatch:
+    """When each ENIPool of the given nodes first shows ``free`` >= want, from a watch
+    (one event per status change, not a list of every pool per poll)."""
+
+    def __init__(self, api: client.ApiClient, names: set[str], want: int) -> None:
+        self.custom = client.CustomObjectsApi(api)
+        self.names, self.want = names, want
+        self.warm: dict[str, float] = {}
+        self.done = threading.Event()
+        self._stop = threading.Event()
+        got = cast(dict[str, Any], self.custom.list_cluster_custom_object(
+            contract.GROUP, contract.VERSION, contract.PLURAL_ENIPOOL))
+        self._rv = got["metadata"]["resourceVersion"]
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            w = watch.Watch()
+            try:
+                for ev in w.stream(self.custom.list_cluster_custom_object, contract.GROUP,
+                                   contract.VERSION, contract.PLURAL_ENIPOOL,
+                                   resource_version=self._rv, timeout_seconds=60):
+                    obj = ev["object"]
+                    self._rv = obj["metadata"]["resourceVersion"]
+                    name = obj["metadata"]["name"]
+                    counts = (obj.get("status") or {}).get("counts") or {}
+                    if name in self.names and name not in self.warm and \
+                            counts.get("free", 0) >= self.want:
+                        self.warm[name] = time.monotonic()
+                        if len(self.warm) == len(self.names):
+                            self.done.set()
+                    if self._stop.is_set():
+                        break
+            except client.ApiException as e:
+                if e.status != 410:
+                    raise
+                got = cast(dict[str, Any], self.custom.list_cluster_custom_object(
+                    contract.GROUP, contract.VERSION, contract.PLURAL_ENIPOOL))
+                self._rv = got["metadata"]["resourceVersion"]
+            finally:
+                w.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
 def per_round(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     rounds = max(1.0, after["rounds"] - before["rounds"])
     return {"rounds": after["rounds"] - before["rounds"],
@@ -94,7 +168,9 @@ def main() -> int:
     ap.add_argument("--warm", type=int, default=5, help="min_pool_size while warming")
     ap.add_argument("--instance-type", default="ecs.g6.xlarge")
     ap.add_argument("--attach-delay", type=float, default=1.0,
-                    help="seconds the emulator takes to attach an ENI")
+                    help="seconds the emulator takes at least to attach an ENI")
+    ap.add_argument("--attach-spread", type=float, default=3.0,
+                    help="each attach takes up to this many times --attach-delay")
     ap.add_argument("--workers", type=int, default=16)
     args = ap.parse_args()
 
@@ -106,6 +182,7 @@ def main() -> int:
     agent: AgentDouble | None = None
     results: dict[str, Any] = {}
     try:
+        sim.admin.set_settings(delay_spread=args.attach_spread)
         for api_name, rate in DEFAULT_RATES.items():
             sim.admin.set_throttle(api_name, rate.per_second, burst=rate.burst)
         topo = sim.admin.bootstrap({ZONE: ["10.0.0.0/16", "10.1.0.0/16"]})
@@ -188,32 +265,28 @@ def main() -> int:
         # --- warm N nodes --------------------------------------------------------------
         config(min_pool_size=args.warm, max_pool_size=max(5, args.warm))
         agent.stop()
-        names = []
         instances = []
         for i in range(args.nodes):
             instances.append(sim.admin.create_instance(
                 args.instance_type, topo.vswitch_ids(ZONE)[i % 2], [topo.security_group_id]))
         time.sleep(6)  # the operator has read the new config (its cache lasts 5 s)
+        names = [f"warm-{i:04d}" for i in range(args.nodes)]
+        warm_watch = WarmWatch(api, set(names), args.warm)
         sim.admin.reset_call_counts()
         kube_warm = round_requests(op)
+        assert op.proc is not None
+        op_cpu0, _ = proc_usage(op.proc.pid)
+        h_cpu0, load0 = harness_cpu(), load()
         t0 = time.monotonic()
-        for i, inst in enumerate(instances):
-            name = f"warm-{i:04d}"
-            make_node(api, name, inst["provider_id"], args.instance_type, ZONE)
-            names.append(name)
+        with ThreadPoolExecutor(8) as ex:  # the nodes appear together, as in a scale-out
+            list(ex.map(lambda a: make_node(api, a[0], a[1]["provider_id"], args.instance_type,
+                                            ZONE), zip(names, instances, strict=True)))
         t_nodes = time.monotonic() - t0
-
-        def warm_count() -> int:
-            got = cast(dict[str, Any], client.CustomObjectsApi(api).list_cluster_custom_object(
-                contract.GROUP, contract.VERSION, contract.PLURAL_ENIPOOL))
-            items = cast(list[dict[str, Any]], got["items"])
-            return len([p for p in items if p["metadata"]["name"].startswith("warm-")
-                        and ((p.get("status") or {}).get("counts") or {}).get("free", 0)
-                        >= args.warm])
-
-        wait_for(lambda: warm_count() == args.nodes, 1800, f"{args.nodes} nodes warm",
-                 interval=0.5)
-        t_warm = time.monotonic() - t0
+        wait_for(warm_watch.done.is_set, 3600, f"{args.nodes} nodes warm", interval=0.5)
+        warm_watch.stop()
+        t_warm = max(warm_watch.warm.values()) - t0
+        op_cpu, op_rss = proc_usage(op.proc.pid)
+        h_cpu, wall = harness_cpu() - h_cpu0, time.monotonic() - t0
         calls = counts()
         kube_warm_per_round = per_round(kube_warm, round_requests(op))
         # a new ENI takes up to 49 IPs in its creating call: one create per ENI needed
@@ -221,18 +294,23 @@ def main() -> int:
         enis_per_node = math.ceil(args.warm / min(cap, MAX_IPS_AT_CREATE)) if args.warm else 0
         necessary = {"CreateNetworkInterface": args.nodes * enis_per_node,
                      "AttachNetworkInterface": args.nodes * enis_per_node,
-                     "DescribeInstances": args.nodes}
+                     "DescribeInstances": math.ceil(args.nodes / 100)}
         bound_needed = rate_bound(necessary)
         bound_made = rate_bound(calls)
         results["warm"] = {
             "nodes": args.nodes, "instance_type": args.instance_type, "min_pool_size": args.warm,
-            "attach_delay_s": args.attach_delay, "node_objects_created_s": round(t_nodes, 2),
+            "attach_delay_s": [args.attach_delay, args.attach_delay * args.attach_spread],
+            "node_objects_created_s": round(t_nodes, 2),
             "time_to_warm_s": round(t_warm, 2), "calls": calls,
             "rate_limit_bound_for_necessary_calls_s": round(bound_needed, 2),
             "rate_limit_bound_for_calls_made_s": round(bound_made, 2),
             "ratio_vs_necessary": round(t_warm / bound_needed, 2) if bound_needed else None,
             "ratio_vs_calls_made": round(t_warm / bound_made, 2) if bound_made else None,
             "apiserver": kube_warm_per_round,
+            "operator_cpu_s": round(op_cpu - op_cpu0, 1),
+            "operator_peak_rss_mb": round(op_rss, 1),
+            "harness_cpu_s": round(h_cpu, 1), "wall_s": round(wall, 1),
+            "load_before": load0, "load_after": load(),
         }
         print(json.dumps(results, indent=2))
         c = results["churn"]
@@ -246,6 +324,10 @@ def main() -> int:
               f"calls (ratio {w['ratio_vs_necessary']}), "
               f"{w['rate_limit_bound_for_calls_made_s']} s for the calls made "
               f"(ratio {w['ratio_vs_calls_made']})")
+        print(f"warm {args.nodes} nodes: operator CPU {w['operator_cpu_s']} s, peak RSS "
+              f"{w['operator_peak_rss_mb']} MB; harness (emulator, agent double, watch) CPU "
+              f"{w['harness_cpu_s']} s in {w['wall_s']} s; load {w['load_before']} -> "
+              f"{w['load_after']}")
         for phase in ("churn", "warm"):
             k = results[phase]["apiserver"]
             print(f"apiserver requests per round ({phase}): {k['requests_per_round']}, of "

@@ -213,10 +213,19 @@ def test_unassign_waits_briefly_to_fill_a_batch() -> None:
     plan = plan_node(state(enis=(PRIMARY, _eni_with(8)), release=rel, acknowledged=rel,
                            marked_at=old))
     assert plan.actions == [UnassignIPs("eni-a1", tuple(sorted(rel)))]
+    # a full batch waits too: pods leave in waves, and the ENI may yet go whole...
     ten = frozenset(ips("10.0.0", 10))
     plan = plan_node(state(limits=BIG, enis=(PRIMARY, _eni_with(12)), release=ten,
                            acknowledged=ten, marked_at={ip: 999.0 for ip in ten}))
-    assert [type(a) for a in plan.actions] == [UnassignIPs]  # a full batch goes at once
+    assert plan.actions == []
+    every = frozenset(ips("10.0.0", 12))
+    plan = plan_node(state(limits=BIG, enis=(PRIMARY, _eni_with(12)), release=every,
+                           acknowledged=every, marked_at={ip: 999.5 for ip in every}))
+    assert [type(a) for a in plan.actions] == [DetachENI]  # ...as here, two calls in all
+    # ...and once it waited, the batch goes
+    plan = plan_node(state(limits=BIG, enis=(PRIMARY, _eni_with(12)), release=ten,
+                           acknowledged=ten, marked_at={ip: 994.0 for ip in ten}))
+    assert [type(a) for a in plan.actions] == [UnassignIPs]
 
 
 def test_unassign_only_acknowledged() -> None:

@@ -119,7 +119,8 @@ class CloudSimAdmin:
 
     # behaviour
     def set_settings(self, **settings: Any) -> dict[str, Any]:
-        """eni_quota, attach_delay, detach_delay."""
+        """eni_quota, attach_delay, detach_delay, delay_spread (> 1: each attach or detach
+        takes a delay drawn uniformly between the delay and delay_spread times it)."""
         return self._call("PUT", "/admin/settings", settings)
 
     def set_quota(self, eni_quota: int) -> dict[str, Any]:

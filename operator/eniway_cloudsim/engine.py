@@ -12,6 +12,7 @@ import hashlib
 import ipaddress
 import json
 import logging
+import random
 import secrets
 import string
 import threading
@@ -202,6 +203,9 @@ class Settings:
     eni_quota: int = 100  # secondary ENIs per region (ECS's default quota)
     attach_delay: float = 0.5
     detach_delay: float = 0.5
+    # > 0: each attach (detach) takes a delay drawn uniformly between attach_delay
+    # (detach_delay) and delay_spread times it (a cloud's attach time varies)
+    delay_spread: float = 0.0
     owner_id: int = 1234567890123456
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -266,6 +270,7 @@ class Engine:
         self.types = types if types is not None else catalog()
         self.clock = clock
         self.lock = threading.RLock()
+        self._delays = random.Random(0)
         self.vpcs: dict[str, Vpc] = {}
         self.vswitches: dict[str, VSwitch] = {}
         self.sgs: dict[str, SecurityGroup] = {}
@@ -315,11 +320,18 @@ class Engine:
         if self.store is not None:
             self.store.delete(kind, oid)
 
+    def _delay(self, base: float) -> float:
+        spread = self.settings.delay_spread
+        if spread <= 1.0 or base <= 0:
+            return base
+        return self._delays.uniform(base, base * spread)
+
     def save_settings(self) -> None:
         s = self.settings
         self._save("settings", "settings", {"eni_quota": s.eni_quota,
                                             "attach_delay": s.attach_delay,
-                                            "detach_delay": s.detach_delay})
+                                            "detach_delay": s.detach_delay,
+                                            "delay_spread": s.delay_spread})
 
     def rebuild_network(self) -> None:
         """Make the kernel match the state (after a restart in network mode)."""
@@ -738,7 +750,7 @@ class Engine:
             eni.device_index = next(i for i in range(1, 1 + row.eni_quantity) if i not in taken)
             eni.instance_id = inst.instance_id
             eni.status = ENI_ATTACHING
-            eni.transition_at = self.clock() + self.settings.attach_delay
+            eni.transition_at = self.clock() + self._delay(self.settings.attach_delay)
             self._save("eni", eni.eni_id, eni)
             if self.settings.attach_delay <= 0:
                 self.tick()
@@ -762,7 +774,7 @@ class Engine:
                                f"The ENI is {eni.status}, not InUse or Detaching.")
             self._check_hot_swap(inst, "detach")
             eni.status = ENI_DETACHING
-            eni.transition_at = self.clock() + self.settings.detach_delay
+            eni.transition_at = self.clock() + self._delay(self.settings.detach_delay)
             self._save("eni", eni.eni_id, eni)
             if self.settings.detach_delay <= 0:
                 self.tick()

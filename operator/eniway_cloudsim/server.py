@@ -189,7 +189,7 @@ class CloudSim:
             return self._instance_view(parts[1])
         if route == ("PUT", "settings"):
             with e.lock:
-                for k in ("eni_quota", "attach_delay", "detach_delay"):
+                for k in ("eni_quota", "attach_delay", "detach_delay", "delay_spread"):
                     if k in body:
                         setattr(e.settings, k, type(getattr(e.settings, k))(body[k]))
                 for k, v in body.get("eip", {}).items():

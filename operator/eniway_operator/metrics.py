@@ -132,6 +132,10 @@ class MeteredProvider(CloudProvider):
     def describe_instance(self, instance_id: str) -> InstanceInfo:
         return self._call("DescribeInstances", lambda: self.inner.describe_instance(instance_id))
 
+    def describe_instances(self, instance_ids: Sequence[str]) -> list[InstanceInfo]:
+        return self._call("DescribeInstances",
+                          lambda: self.inner.describe_instances(instance_ids))
+
     def instance_limits(self, instance_type: str) -> InstanceLimits:
         return self._call("DescribeInstanceTypes",
                           lambda: self.inner.instance_limits(instance_type))

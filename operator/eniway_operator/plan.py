@@ -319,7 +319,6 @@ def plan_node(state: NodeState) -> Plan:
         by_eni.setdefault(ip_eni[ip], []).append(ip)
     n_sec = len([e for e in live if e.status in (ATTACHING, INUSE)])
     whole: set[str] = set()
-    may_go_whole: set[str] = set()  # every IP marked: wait for the rest of the acks
     if deficit <= 0 and can_attach:
         for e in sorted(inuse, key=lambda e: e.eni_id):
             if n_sec <= cfg.min_eni or not e.managed or not e.ips:
@@ -328,15 +327,15 @@ def plan_node(state: NodeState) -> Plan:
                 plan.actions.append(DetachENI(e.eni_id))
                 whole.add(e.eni_id)
                 n_sec -= 1
-            elif release_before.issuperset(e.ips):
-                may_go_whole.add(e.eni_id)
     for eni_id, ips in sorted(by_eni.items()):
         if eni_id in whole:
             continue
         oldest = min(state.marked_at.get(ip, 0.0) for ip in ips)
-        if ((len(ips) < cfg.ips_per_call or eni_id in may_go_whole)
-                and now - oldest < RELEASE_BATCH_WAIT):
-            continue  # a few more may come: one call for them all (or the ENI whole)
+        if now - oldest < RELEASE_BATCH_WAIT:
+            # More may come: one call for them all, or the ENI whole in two calls however
+            # many IPs it holds (pods leave in waves: an ENI unassigned ten at a time now
+            # is often one that empties a moment later).
+            continue
         for i in range(0, len(ips), cfg.ips_per_call):
             plan.actions.append(UnassignIPs(eni_id, tuple(ips[i:i + cfg.ips_per_call])))
     # Unassigned IPs stay listed until the executor has actually unassigned them.

@@ -37,6 +37,7 @@ from eniway_operator.cloud.base import (
 )
 from eniway_operator.exclusive_plan import reserved_slots
 from eniway_operator.kube import JSON, Kube, iso, now_iso, parse_time
+from eniway_operator.observe import Observer
 from eniway_operator.plan import (
     ATTACHING,
     AVAILABLE,
@@ -145,6 +146,7 @@ class Reconciler:
         self.clock = clock
         self.version = operator_version()  # compared with each agent's (skew policy)
         self.memory: dict[str, NodeMemory] = {}
+        self.observer = Observer(cloud)  # describes of many nodes batched into few calls
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._limits: dict[str, InstanceLimits] = {}
@@ -154,10 +156,6 @@ class Reconciler:
         self._sg_cache: dict[tuple[str, ...], tuple[float, tuple[SecurityGroup, ...]]] = {}
         self._tagged: tuple[float, list[NetworkInterface]] = (-1e9, [])
         self._tagged_lock = threading.Lock()
-        self._moving: set[str] = set()
-        self._moving_seen: dict[str, NetworkInterface | None] = {}
-        self._moving_at = -1e9
-        self._moving_lock = threading.Lock()
         self._cm: tuple[float, Mapping[str, Any] | Exception] = (0.0, {})
         self._beats: dict[str, tuple[str, float]] = {}  # node -> (heartbeat, first seen)
         self._beats_lock = threading.Lock()
@@ -243,9 +241,10 @@ class Reconciler:
         mem.pool_uid = pool["metadata"].get("uid", "")
         errors = RoundErrors()
 
-        # Instance and limits
+        # Instance and limits (described afresh with the node's ENIs: it lists them)
+        refresh = mem.dirty or now - mem.view_at >= self.settings.resync
         try:
-            info = self._instance(mem, instance_id, now)
+            info = self._instance(mem, instance_id, now, fresh=refresh)
             limits = self.limits(info.instance_type)
         except CloudError as e:
             self._cloud_failure(name, node, mem, errors, "DescribeInstance", e)
@@ -275,8 +274,8 @@ class Reconciler:
         # Cloud view and the ENI resources
         resources = self._shared_resources(name)
         try:
-            if mem.dirty or now - mem.view_at >= self.settings.resync:
-                self._refresh_view(name, mem, instance_id, resources)
+            if refresh:
+                self._refresh_view(name, mem, info, resources)
             elif mem.polling:
                 self._poll(name, mem, instance_id)
             self._cleanup_deleting(name, mem, resources)
@@ -382,10 +381,11 @@ class Reconciler:
         return max(0.5, min(self.settings.idle_requeue, resync_due))
 
     # -- reading -------------------------------------------------------------------------
-    def _instance(self, mem: NodeMemory, instance_id: str, now: float) -> InstanceInfo:
-        if (mem.info is None or mem.info.instance_id != instance_id
+    def _instance(self, mem: NodeMemory, instance_id: str, now: float,
+                  fresh: bool = False) -> InstanceInfo:
+        if (fresh or mem.info is None or mem.info.instance_id != instance_id
                 or now - mem.info_at >= self.settings.instance_ttl):
-            mem.info = self.cloud.describe_instance(instance_id)
+            mem.info = self.observer.instance(instance_id)
             mem.info_at = now
         return mem.info
 
@@ -456,9 +456,15 @@ class Reconciler:
                 self._vsw_static[vswitch_id] = found[0]
         return found[0] if found else None
 
-    def _refresh_view(self, name: str, mem: NodeMemory, instance_id: str,
+    def _refresh_view(self, name: str, mem: NodeMemory, info: InstanceInfo,
                       resources: Mapping[str, JSON]) -> None:
-        view = {e.eni_id: e for e in self.cloud.describe_enis(instance_id=instance_id)}
+        """The node's ENIs: those the instance lists (described just now), those recorded
+        or remembered, and this cluster's unattached ones tagged for the node, described by
+        id in calls shared with the other nodes. Exclusive-mode ENIs only take slots."""
+        instance_id = info.instance_id
+        found = self.observer.enis.get(sorted({*info.eni_ids, *resources, *mem.view}))
+        view = {i: e for i, e in found.items() if e.instance_id == instance_id or (
+            e.status == AVAILABLE and self.managed(e) and e.tags.get(contract.TAG_NODE) == name)}
         mem.exclusive_slots = len([e for e in view.values() if self.exclusive(e)
                                    and e.status in (ATTACHING, INUSE, DETACHING)])
         view = {k: e for k, e in view.items() if not self.exclusive(e)}
@@ -467,13 +473,7 @@ class Reconciler:
                     e.tags.get(contract.TAG_INSTANCE) or "") in ("", instance_id):
                 view[e.eni_id] = e
         for eni_id in set(resources) - set(view):
-            found = self._describe_one(eni_id)
-            ours_here = found is not None and (found.instance_id == instance_id or (
-                found.status == AVAILABLE and self.managed(found)
-                and found.tags.get(contract.TAG_NODE) == name))
-            if found is not None and ours_here:
-                view[eni_id] = found
-            elif not resources[eni_id]["metadata"].get("deletionTimestamp"):
+            if not resources[eni_id]["metadata"].get("deletionTimestamp"):
                 # The cloud ENI is gone (or left this instance): the record goes too.
                 log.info("node %s: ENI %s is gone from the cloud; dropping its record",
                          name, eni_id)
@@ -506,7 +506,7 @@ class Reconciler:
 
     def _poll(self, name: str, mem: NodeMemory, instance_id: str) -> None:
         """While ENIs attach or detach, describe only those, not the node."""
-        found = self._describe_moving(set(mem.polling))
+        found = self.observer.enis.get(sorted(mem.polling))
         for eni_id in list(mem.polling):
             e = found.get(eni_id)
             ours = e is not None and not self.exclusive(e) and (e.instance_id == instance_id or (
@@ -520,28 +520,8 @@ class Reconciler:
             if e is None or e.status not in (ATTACHING, DETACHING):
                 mem.polling.discard(eni_id)
 
-    def _describe_moving(self, ids: set[str]) -> dict[str, NetworkInterface]:
-        """One describe for the ENIs every node is waiting on (up to a page), shared for a
-        moment: many nodes warming at once cost a few calls, not one each."""
-        with self._moving_lock:
-            self._moving |= ids
-            now = time.monotonic()
-            if now - self._moving_at < self.settings.poll / 2 and ids <= set(self._moving_seen):
-                return {i: e for i in ids if (e := self._moving_seen[i]) is not None}
-            want = sorted(ids | set(sorted(self._moving - ids)[:100 - len(ids)]))
-            found = {e.eni_id: e for e in self.cloud.describe_enis(eni_ids=want)}
-            self._moving_seen = {i: found.get(i) for i in want}
-            self._moving_at = now
-            self._moving = {i for i in self._moving
-                            if i in found and found[i].status in (ATTACHING, DETACHING)}
-            return {i: found[i] for i in ids if i in found}
-
     def _describe_one(self, eni_id: str) -> NetworkInterface | None:
-        try:
-            found = self.cloud.describe_enis(eni_ids=[eni_id])
-        except NotFound:
-            return None
-        return found[0] if found else None
+        return self.observer.enis.get([eni_id]).get(eni_id)
 
     # -- ENI resources -------------------------------------------------------------------
     def _ensure_resources(self, name: str, mem: NodeMemory, instance_id: str,

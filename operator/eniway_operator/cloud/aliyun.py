@@ -221,16 +221,27 @@ class AliyunProvider(CloudProvider):
     # --- instances and limits ----------------------------------------------------------
 
     def describe_instance(self, instance_id: str) -> InstanceInfo:
-        req = ecs.DescribeInstancesRequest(region_id=self.region_id,
-                                           instance_ids=json.dumps([instance_id]))
-        resp = self._call("DescribeInstances", self._client.describe_instances_with_options,
-                          req)
-        assert resp is not None
-        items = resp.body.instances.instance if resp.body.instances else []
-        if not items:
+        found = self.describe_instances([instance_id])
+        if not found:
             raise NotFound("InvalidInstanceId.NotFound", f"instance {instance_id} not found",
                            api="DescribeInstances")
-        i = items[0]
+        return found[0]
+
+    def describe_instances(self, instance_ids: Sequence[str]) -> list[InstanceInfo]:
+        """Up to 100 instances a call (InstanceIds, PageSize 100)."""
+        out = []
+        for at in range(0, len(instance_ids), PAGE):
+            req = ecs.DescribeInstancesRequest(
+                region_id=self.region_id, instance_ids=json.dumps(list(
+                    instance_ids[at:at + PAGE])), page_size=PAGE)
+            resp = self._call("DescribeInstances",
+                              self._client.describe_instances_with_options, req)
+            assert resp is not None
+            out += [self._instance(i) for i in
+                    (resp.body.instances.instance if resp.body.instances else []) or []]
+        return out
+
+    def _instance(self, i: Any) -> InstanceInfo:
         primary_eni = primary_ip = ""
         nics = i.network_interfaces.network_interface if i.network_interfaces else []
         for n in nics or []:
@@ -243,7 +254,8 @@ class AliyunProvider(CloudProvider):
                             region_id=i.region_id or self.region_id, zone_id=i.zone_id,
                             vpc_id=vpc.vpc_id if vpc else "", status=i.status,
                             primary_eni_id=primary_eni, vswitch_id=vpc.v_switch_id if vpc else "",
-                            primary_ip=primary_ip or "")
+                            primary_ip=primary_ip or "",
+                            eni_ids=tuple(n.network_interface_id for n in nics or []))
 
     def _fetch_limits(self, instance_type: str) -> InstanceLimits | None:
         got = self.fetch_instance_types([instance_type])

@@ -6,6 +6,7 @@ Calls are synchronous (the SDKs are); the operator runs them in worker threads.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -44,6 +45,7 @@ class InstanceInfo:
     primary_eni_id: str = ""
     vswitch_id: str = ""
     primary_ip: str = ""
+    eni_ids: tuple[str, ...] = ()  # the ENIs attached (InUse), primary included
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,15 @@ class CloudProvider(ABC):
 
     @abstractmethod
     def describe_instance(self, instance_id: str) -> InstanceInfo: ...
+
+    def describe_instances(self, instance_ids: Sequence[str]) -> list[InstanceInfo]:
+        """Those of ``instance_ids`` that exist. A cloud that describes many instances in
+        one call overrides this; here it is one call each."""
+        out = []
+        for instance_id in instance_ids:
+            with contextlib.suppress(NotFound):
+                out.append(self.describe_instance(instance_id))
+        return out
 
     @abstractmethod
     def instance_limits(self, instance_type: str) -> InstanceLimits: ...
