@@ -31,7 +31,9 @@ CONDITION = "PublicIP"
 
 class PublicIps:
     def __init__(self, kube: Kube, cloud: CloudProvider, cluster_id: str,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, idle_resync: float = 60.0) -> None:
+        """``idle_resync``: while no pod asks and the cloud showed no EIP of the cluster,
+        it is described this rarely (leftovers are still collected)."""
         self.kube = kube
         self.cloud = cloud
         self.owned_tags = {contract.TAG_CREATOR: contract.TAG_CREATOR_VALUE,
@@ -43,6 +45,8 @@ class PublicIps:
         self._named: set[str] = set()  # EIPs pods named: disassociated when they go
         self._recorded: dict[str, tuple[str, str, str]] = {}  # key -> what status says
         self._spec_errors: dict[str, str] = {}
+        self.idle_resync = idle_resync
+        self._idle_since: float | None = None  # last describe that found nothing to do
 
     def held_ips(self) -> set[str] | None:
         with self._lock:
@@ -102,6 +106,10 @@ class PublicIps:
 
     def round(self) -> None:
         wants, refs, podips = self._wants()
+        now = self.clock()
+        if not wants and self._idle_since is not None and \
+                now - self._idle_since < self.idle_resync:
+            return
         try:
             eips = self._eips()
         except (NotImplementedError, Unauthorized) as e:
@@ -112,7 +120,7 @@ class PublicIps:
                 if self._held is None:
                     self._held = set()
             return
-        now = self.clock()
+        self._idle_since = None if wants or eips else now
         plan = eip_plan.plan(wants, eips, self.owned_tags, now, self._unclaimed_since)
         with self._lock:  # before acting: an IP being associated is held from now on
             self._held = set(plan.held_ips)
