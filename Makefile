@@ -24,11 +24,12 @@ demo: deps
 	$(VPY) hack/demo.py
 
 ## Print the benchmark figures (CNI ADD/DEL and pod startup on real nodes vs ptp+host-local,
-## operator calls, agent watch traffic, cloud API).
+## operator calls, warm-pool latency against idle IPs, agent watch traffic, cloud API).
 bench: deps
 	$(VPY) hack/bench_cni.py
 	$(VPY) hack/bench_nodes.py
 	$(VPY) hack/bench_operator.py
+	$(VPY) hack/bench_tradeoff.py
 	$(VPY) hack/bench_watch.py
 	$(VPY) hack/bench_cloud.py
 

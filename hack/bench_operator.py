@@ -128,15 +128,8 @@ class WarmWatch:
                 for ev in w.stream(self.custom.list_cluster_custom_object, contract.GROUP,
                                    contract.VERSION, contract.PLURAL_ENIPOOL,
                                    resource_version=self._rv, timeout_seconds=60):
-                    obj = ev["object"]
-                    self._rv = obj["metadata"]["resourceVersion"]
-                    name = obj["metadata"]["name"]
-                    counts = (obj.get("status") or {}).get("counts") or {}
-                    if name in self.names and name not in self.warm and \
-                            counts.get("free", 0) >= self.want:
-                        self.warm[name] = time.monotonic()
-                        if len(self.warm) == len(self.names):
-                            self.done.set()
+                    self._rv = ev["object"]["metadata"]["resourceVersion"]
+                    self._see(ev["object"])
                     if self._stop.is_set():
                         break
             except client.ApiException as e:
@@ -145,8 +138,18 @@ class WarmWatch:
                 got = cast(dict[str, Any], self.custom.list_cluster_custom_object(
                     contract.GROUP, contract.VERSION, contract.PLURAL_ENIPOOL))
                 self._rv = got["metadata"]["resourceVersion"]
+                for obj in got["items"]:  # what the expired watch missed
+                    self._see(obj)
             finally:
                 w.stop()
+
+    def _see(self, obj: dict[str, Any]) -> None:
+        name = obj["metadata"]["name"]
+        counts = (obj.get("status") or {}).get("counts") or {}
+        if name in self.names and name not in self.warm and counts.get("free", 0) >= self.want:
+            self.warm[name] = time.monotonic()
+            if len(self.warm) == len(self.names):
+                self.done.set()
 
     def stop(self) -> None:
         self._stop.set()

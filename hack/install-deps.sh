@@ -44,9 +44,9 @@ installed_from() {
   (cd / && "$VPY" -c 'import os, eniway_operator; print(os.path.realpath(eniway_operator.__file__))' 2>/dev/null) || true
 }
 if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" || "$(installed_from)" != "$here/"* ]]; then
-  echo "[deps] pip install -e .[test] into $VENV" >&2
+  echo "[deps] pip install -e .[test,bench] into $VENV" >&2
   log="$VENV/pip-install.log"
-  if ! "$VPY" -m pip install -q --disable-pip-version-check -e '.[test]' >"$log" 2>&1; then
+  if ! "$VPY" -m pip install -q --disable-pip-version-check -e '.[test,bench]' >"$log" 2>&1; then
     cat "$log" >&2
     echo "[deps] pip install failed (log above, also in $log)" >&2
     exit 1

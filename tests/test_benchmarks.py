@@ -68,3 +68,24 @@ def test_bench_operator_runs() -> None:
 def test_bench_cloud_runs() -> None:
     out = run("bench_cloud.py", "-n", "3", "--in-process", "--json")
     assert "AssignPrivateIpAddresses" in out, out
+
+
+def test_bench_tradeoff_runs(tmp_path: Path) -> None:
+    png, md = tmp_path / "tradeoff.png", tmp_path / "tradeoff.md"
+    out = run("bench_tradeoff.py", "--nodes", "1", "--burst", "6", "--time-scale", "0.2",
+              "--policies", "eniway defaults,Terway min 0 / max 5", "--plot", str(png),
+              "--table", str(md))
+    # 1 node, bursts of 6 then 3, each pod replaced once, a new node with 6: 24 pods
+    rows = re.findall(r"^(.+?) \((eniway|modelled)\): (\d+) pods, p50 (\d+\.\d+) s, p99 "
+                      r"(\d+\.\d+) s, idle IPs/node avg (\d+\.\d+) peak (\d+), (\d+) cloud "
+                      r"calls, (\d+) throttled", out, re.M)
+    assert [r[:2] for r in rows] == [("eniway defaults", "eniway"),
+                                     ("Terway min 0 / max 5", "modelled")], out
+    for _, _, pods, p50, p99, idle, peak, calls, _ in rows:
+        assert int(pods) == 24, out
+        assert 0 <= float(p50) <= float(p99) < 60, out
+        assert float(p99) > 0.5, out  # the cold burst waits for an attach (1 to 3 s)
+        assert float(idle) <= int(peak) <= 133, out  # 7 ENIs x 19 IPs at most
+        assert int(calls) >= 3, out  # at least create, attach and a describe
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| eniway defaults | eniway | 24 |" in md.read_text()
