@@ -310,6 +310,18 @@ class ClusterBox:
                              capture_output=True, text=True, timeout=30)
         return res.stdout if res.returncode == 0 else None
 
+    @property
+    def internet_netns(self) -> str:
+        """The emulator's internet: a client there reaches pods at their EIPs."""
+        return f"{self.cluster_id}-internet"
+
+    def internet_fetch(self, url: str) -> str | None:
+        """An HTTP GET from the internet namespace (busybox wget), None on failure."""
+        res = subprocess.run(["nsenter", f"--net=/run/netns/{self.internet_netns}",
+                              "busybox", "wget", "-q", "-O", "-", url],
+                             capture_output=True, text=True, timeout=30)
+        return res.stdout if res.returncode == 0 else None
+
     def deployment(self, name: str, replicas: int, spread: bool = True) -> None:
         spec = pod_spec()
         if spread:

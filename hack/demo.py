@@ -6,7 +6,8 @@ instance types (each a network namespace made a real node: containerd, kubelet
 v1.20.2 and its eniway-agent), and the operator. Then a Deployment's pods (busybox
 containers) get real VPC addresses from eniway, ping and fetch over HTTP across nodes
 and ENIs (``kubectl exec``), a hostPort answers through portmap, the Deployment scales
-past one ENI's capacity and back, and everything is cleaned up.
+past one ENI's capacity and back, a pod annotated for a public IP is reached from the
+emulator's internet at its EIP, and everything is cleaned up.
 
     make demo            # or: python3 hack/demo.py [--keep | --up]
 
@@ -151,6 +152,35 @@ def keep_until_stopped(box: ClusterBox) -> None:
     say("stop requested")
 
 
+def check_public_ip(box: ClusterBox) -> None:
+    """A pod annotated for a public IP: the operator gives it an EIP in NAT mode; a client
+    in the emulator's internet namespace fetches the pod's page at that EIP; deleting the
+    pod releases the EIP."""
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": "public", "labels": {"app": "public"},
+                        "annotations": {"network.eniway.io/public-ip": "true"}},
+           "spec": pod_spec()}
+    box.kube.kubectl("apply", "-f", "-", input=json.dumps(pod))
+    wait_for(lambda: box.running_pods("app=public"), 120, "public pod running")
+    running = time.monotonic()
+
+    def public_ip() -> str | None:
+        return next(((pi.get("status") or {}).get("publicIP") for pi in box.podips()
+                     if pi["metadata"]["name"] == "public"), None)
+
+    eip = wait_for(public_ip, 120, "the pod's public IP")
+    body = wait_for(lambda: box.internet_fetch(f"http://{eip}:8080/"), 120,
+                    "the pod reached at its EIP")
+    say(f"http internet ({box.internet_netns}) -> {eip}:8080 (EIP): served by "
+        f"{body.strip()}, {time.monotonic() - running:.1f}s after the pod was Running")
+    show(box, "get", "podips", "public")
+    box.kube.kubectl("delete", "pod", "public", "--grace-period=0", "--force")
+    assert box.cloud is not None
+    wait_for(lambda: not [e for e in box.cloud.admin.state()["eips"]  # type: ignore[union-attr]
+                          if e["ip"] == eip], 120, "the EIP released")
+    say(f"pod deleted: EIP {eip} disassociated and released")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -190,6 +220,8 @@ def main() -> int:
 
         title(f"hostPort {HOST_PORT} through portmap (chained after eniway)")
         check_host_port(box)
+        title("A public IP (EIP, NAT mode) for a pod, reached from the internet")
+        check_public_ip(box)
 
         title(f"Scale to {BIG}: more pods than one ENI holds on node-b and node-c")
         before = {n.name: eni_count(box, n.name) for n in NODES}

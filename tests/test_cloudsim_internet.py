@@ -19,7 +19,7 @@ from eniway_operator import testing
 
 pytestmark = pytest.mark.netns
 ZONE = "cn-hangzhou-i"
-SERVER = """
+SERVER = """  # answers with the client's address
 import http.server, sys
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
@@ -27,7 +27,8 @@ class H(http.server.BaseHTTPRequestHandler):
         self.send_response(200); self.send_header("Content-Length", str(len(body)))
         self.end_headers(); self.wfile.write(body)
     def log_message(self, *a): pass
-http.server.HTTPServer((sys.argv[1], 8080), H).serve_forever()
+port = int(sys.argv[2]) if len(sys.argv) > 2 else 8080
+http.server.HTTPServer((sys.argv[1], port), H).serve_forever()
 """
 FETCH = """
 import sys, urllib.request

@@ -96,7 +96,9 @@ def test_demo_runs_end_to_end_and_cleans_up(root: None) -> None:
     assert "stop requested" in out, out[-2000:]
     for section in ("Starting eniway on the embedded cloud emulator",
                     "Pod-to-pod traffic across nodes and ENIs",
-                    "hostPort 30080 through portmap", "Scale to 30", "Scale back to 3",
+                    "hostPort 30080 through portmap",
+                    "A public IP (EIP, NAT mode) for a pod, reached from the internet",
+                    "Scale to 30", "Scale back to 3",
                     "Cleaning up"):
         assert f"=== {section}" in out, out[-4000:]
     assert out.count("$ kubectl get enis,enipools") == 3
@@ -107,6 +109,9 @@ def test_demo_runs_end_to_end_and_cleans_up(root: None) -> None:
     fetched = re.findall(r"^\[.*\] http node-\w/\S+ -> \S+:8080: (.*)$", out, re.M)
     assert len(fetched) == len(pings) and all(f.startswith("served by web-") for f in fetched), \
         fetched
+    assert re.search(r"http internet \(\S+-internet\) -> \S+:8080 \(EIP\): served by public, ",
+                     out), out[-4000:]
+    assert re.search(r"pod deleted: EIP \S+ disassociated and released", out), out[-4000:]
     for client in ("node-b", "node-c"):  # the node itself and another node
         assert re.search(rf"http {client} \(host network\) -> \S+:30080 \(hostPort\): "
                          r"served by hostport$", out, re.M), out[-4000:]

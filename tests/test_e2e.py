@@ -293,3 +293,71 @@ def test_node_deletion_takes_its_enis(box: ClusterBox) -> None:
     wait_for(lambda: node.name not in box.pools(), 60, "ENIPool gone")
     wait_for(lambda: not [e for e in box.enis() if e["spec"]["nodeName"] == node.name], 60,
              "ENI resources gone")
+
+
+VPC_CALLS = ("AllocateEipAddress", "AssociateEipAddress", "UnassociateEipAddress",
+             "ReleaseEipAddress", "DescribeEipAddresses")
+
+
+def test_pod_reached_from_the_internet_at_its_eip(box: ClusterBox) -> None:
+    """A pod annotated for a public IP: the operator allocates an EIP and associates it
+    with the pod's IP (NAT mode); a client in the internet namespace fetches the pod's page
+    at the EIP and the pod sees the client's address; the pod's own request to the
+    internet arrives from the EIP (it leaves through the pod's ENI); deleting the pod
+    releases the EIP. Prints the time from Running to reachable and the VPC calls."""
+    import sys
+    import time
+
+    from test_cloudsim_internet import SERVER
+
+    from eniway_cloudsim.internet import CLIENT_IP
+
+    assert box.cloud is not None
+    box.cloud.admin.reset_call_counts()
+    spec = pod_spec()
+    spec["containers"][0]["command"] = [
+        "sh", "-c", "hostname > /www/index.html; exec httpd -f -v -p 8080 -h /www"]
+    box.kube.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "pub-0", "labels": {"app": "pub"},
+                     "annotations": {contract.ANNOTATION_PUBLIC_IP: "true"}},
+        "spec": {**spec, "nodeSelector": {"kubernetes.io/hostname": "e2e-c"}}}))
+    pod = _running(box, "pub", 1)[0]
+    running = time.monotonic()
+
+    def public_ip() -> str | None:
+        for pi in box.podips():
+            if pi["metadata"]["name"] == "pub-0":
+                return (pi.get("status") or {}).get("publicIP")
+        return None
+
+    eip = wait_for(public_ip, 120, "PodIP status.publicIP")
+    body = wait_for(lambda: box.internet_fetch(f"http://{eip}:8080/"), 120,
+                    "the pod's page at its EIP from the internet")
+    reachable = time.monotonic() - running
+    assert body.strip() == "pub-0"
+    res = box.kube.kubectl("logs", "pub-0", check=False)
+    logs = res.stdout + res.stderr
+    assert CLIENT_IP in logs, f"the pod saw another client address: {logs[-500:]}"
+    out = box.kube.kubectl("get", "podips").stdout
+    assert "PUBLIC-IP" in out.splitlines()[0] and eip in out
+
+    server = subprocess.Popen(["ip", "netns", "exec", box.internet_netns, sys.executable,
+                               "-c", SERVER, CLIENT_IP, "8081"])
+    try:
+        seen = wait_for(lambda: box.fetch(pod, f"http://{CLIENT_IP}:8081/"), 60,
+                        "the pod's request on the internet")
+        assert seen.strip() == eip, "the pod's traffic must arrive from its EIP"
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+    up = {k: v for k, v in box.cloud.admin.call_counts()["calls"].items() if k in VPC_CALLS}
+
+    box.kube.kubectl("delete", "pod", "pub-0")
+    wait_for(lambda: not [e for e in box.cloud.admin.state()["eips"]  # type: ignore[union-attr]
+                          if e["ip"] == eip], 180, "the EIP released")
+    calls = {k: v for k, v in box.cloud.admin.call_counts()["calls"].items()
+             if k in VPC_CALLS}
+    print(f"\npublic IP: reachable {reachable:.1f}s after Running; VPC calls up to "
+          f"reachable {up}, in all {calls}")
+    assert calls.get("AllocateEipAddress") == 1 and calls.get("ReleaseEipAddress") == 1
