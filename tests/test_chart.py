@@ -4,6 +4,7 @@ ConfigMap against the operator's own parser."""
 from __future__ import annotations
 
 import filecmp
+import json
 import subprocess
 import tomllib
 from typing import Any
@@ -459,3 +460,27 @@ def test_prometheus_scrape_annotations_and_optional_podmonitor() -> None:
         assert mon["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == component
         assert mon["spec"]["podMetricsEndpoints"] == [
             {"port": "metrics", "path": "/metrics", "interval": "30s"}]
+
+
+def test_alert_rules_and_dashboard_only_when_enabled() -> None:
+    """The PrometheusRule carries files/prometheus-rules.yaml as it is, the ConfigMap the
+    dashboard JSON; neither is rendered unless asked for."""
+    files = CHART / "files"
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in render()}
+    assert not [k for k in kinds if k[0] == "PrometheusRule" or k[1] == "eniway-dashboard"]
+    objs = _by_kind(render(values={"prometheus": {
+        "rules": {"enabled": True, "labels": {"release": "kube-prometheus"}},
+        "dashboard": {"enabled": True}}}))
+    rule = objs[("PrometheusRule", "eniway")]
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus"
+    assert rule["spec"] == yaml.safe_load((files / "prometheus-rules.yaml").read_text())
+    assert "{{ $labels.node }}" in json.dumps(rule["spec"])  # Prometheus', not Helm's
+    dash = objs[("ConfigMap", "eniway-dashboard")]
+    assert dash["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dash["data"]["eniway.json"]) == json.loads(
+        (files / "grafana-dashboard.json").read_text())
+    only_rules = {k for k in _by_kind(render(values={"prometheus": {"rules": {
+        "enabled": True}}}))}
+    assert ("PrometheusRule", "eniway") in only_rules
+    assert ("ConfigMap", "eniway-dashboard") not in only_rules

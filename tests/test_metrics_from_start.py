@@ -4,6 +4,8 @@ the emulator), scraped as soon as /metrics answers."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
 import secrets
 import urllib.request
@@ -11,15 +13,28 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
+from kubernetes import client
 from node_harness import make_node_env, teardown_node_env
 
 from cni_plugin import contract
 from eniway_cloudsim.testing import start_in_process
-from eniway_operator.testing import OperatorProcess, parse_metrics, wait_for, with_provider
+from eniway_operator import kube as kube_mod
+from eniway_operator.testing import (
+    OperatorProcess,
+    make_node,
+    parse_metrics,
+    wait_for,
+    with_provider,
+)
 from localcluster import LocalCluster
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "operations.md"
+FILES = REPO / "charts" / "eniway" / "files"
+ZONE = "cn-hangzhou-i"
+# Labels Prometheus adds to every series it scrapes.
+TARGET_LABELS = {"instance", "job"}
 
 
 def documented(heading_prefix: str) -> dict[str, list[str]]:
@@ -80,24 +95,47 @@ def agent_scrape(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture(scope="module")
-def operator_scrape(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
-                    ) -> Iterator[str]:
+def operator_scrapes(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
+                     ) -> Iterator[dict[str, str]]:
+    """A fresh operator's first scrape, and one once it has done a round for a node."""
     sim = with_provider(start_in_process())
     ns = "fresh-" + secrets.token_hex(3)
+    topo = sim.admin.bootstrap({ZONE: ["10.0.0.0/24"]})
     cluster.kubectl("create", "namespace", ns)
+    cfg = json.dumps({"security_group_ids": [topo.security_group_id]})
     cluster.kubectl("create", "configmap", "eniway-config", "-n", ns,
-                    "--from-literal=config.yaml={}")
+                    f"--from-literal=config.json={cfg}")
     op = OperatorProcess(cluster.kubeconfig, "fresh-" + ns, sim.endpoint, sim.region, ns,
                          "eniway-config", (sim.access_key_id, sim.access_key_secret),
                          tmp_path_factory.mktemp("fresh-op") / "operator.log",
                          extra=("--lease-name=" + ns,))
+    api = kube_mod.load_config(str(cluster.kubeconfig))
+    node = ns
     try:
         op.start()
-        yield first_scrape(f"http://127.0.0.1:{op.metrics_port}/metrics", op.alive)
+        first = first_scrape(f"http://127.0.0.1:{op.metrics_port}/metrics", op.alive)
+        inst = sim.admin.create_instance("ecs.g6.large", topo.vswitch_ids(ZONE)[0],
+                                         [topo.security_group_id])
+        make_node(api, node, inst["provider_id"], "ecs.g6.large", ZONE)
+
+        def after_a_round() -> str | None:
+            text = first_scrape(f"http://127.0.0.1:{op.metrics_port}/metrics", op.alive)
+            return text if f'eniway_pool_pending_pods{{node="{node}"}}' in text else None
+
+        running = wait_for(after_a_round, 120, f"a round for node {node}")
+        yield {"first": first, "running": running}
     finally:
         op.stop()
+        with contextlib.suppress(Exception):
+            client.CoreV1Api(api).delete_node(node)
+        api.close()
         sim.close()
         cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def operator_scrape(operator_scrapes: dict[str, str]) -> str:
+    return operator_scrapes["first"]
 
 
 def test_agent_exports_every_documented_metric_from_start(agent_scrape: str) -> None:
@@ -131,3 +169,78 @@ def test_operator_exports_every_documented_metric_from_start(operator_scrape: st
     throttled = {k: v for k, v in samples(operator_scrape, "eniway_cloud_attempts_total").items()
                  if 'result="Throttled"' in k}
     assert len(throttled) >= 5 and set(throttled.values()) == {0.0}, throttled
+
+
+# -- alert rules and dashboard against what the processes export ---------------------------
+
+def alert_exprs() -> dict[str, str]:
+    rules = yaml.safe_load((FILES / "prometheus-rules.yaml").read_text())
+    return {r["alert"]: r["expr"] for g in rules["groups"] for r in g["rules"]}
+
+
+def dashboard_exprs() -> dict[str, str]:
+    dash = json.loads((FILES / "grafana-dashboard.json").read_text())
+    return {f"{p['title']} ({t['refId']})": t["expr"] for p in dash["panels"]
+            for t in p["targets"]}
+
+
+def exported(*scrapes: str) -> dict[str, dict[str, set[str]]]:
+    """Series name -> label -> values seen, over the scrapes."""
+    out: dict[str, dict[str, set[str]]] = {}
+    for text in scrapes:
+        for key in parse_metrics(text):
+            name, _, rest = key.partition("{")
+            labels = out.setdefault(name, {})
+            for k, v in re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', rest):
+                labels.setdefault(k, set()).add(v)
+    return out
+
+
+def problems(exprs: dict[str, str], series: dict[str, dict[str, set[str]]]) -> list[str]:
+    """Every metric an expression names is exported; every label it matches on exists on
+    that metric; every value it matches with = is one the metric has."""
+    bad = []
+    for where, expr in exprs.items():
+        names = re.findall(r"\b(eniway_\w+)", expr)
+        if not names:
+            bad.append(f"{where}: names no eniway metric")
+        for name in names:
+            if name not in series:
+                bad.append(f"{where}: {name} is not exported")
+        for name, matchers in re.findall(r"\b(eniway_\w+)\{([^}]*)\}", expr):
+            for label, op, value in re.findall(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"', matchers):
+                have = series.get(name, {})
+                if label not in have and label not in TARGET_LABELS:
+                    bad.append(f"{where}: {name} has no label {label}")
+                elif op == "=" and label in have and value not in have[label]:
+                    bad.append(f"{where}: {name}{{{label}={value!r}}} is never exported "
+                               f"(it has {sorted(have[label])})")
+        for labels in re.findall(r"\bby\s*\(([^)]*)\)", expr):
+            for label in (x.strip() for x in labels.split(",")):
+                if label not in TARGET_LABELS and not any(
+                        label in series.get(n, {}) for n in names):
+                    bad.append(f"{where}: grouped by {label}, which none of {names} has")
+    return bad
+
+
+def test_alerts_and_dashboard_name_only_what_the_components_export(
+        agent_scrape: str, operator_scrapes: dict[str, str]) -> None:
+    series = exported(agent_scrape, operator_scrapes["running"])
+    alerts, panels = alert_exprs(), dashboard_exprs()
+    assert len(alerts) >= 10 and len(panels) >= 15
+    assert not problems(alerts, series), "\n".join(problems(alerts, series))
+    assert not problems(panels, series), "\n".join(problems(panels, series))
+    # The check itself finds a metric nobody exports, a label and a value that do not exist.
+    assert problems({"x": "rate(eniway_cni_errors{code=\"100\"}[5m])"}, series)
+    assert problems({"x": "eniway_cni_errors_total{node=\"a\"}"}, series)
+    assert problems({"x": "eniway_cloud_calls_total{result=\"Throttling\"}"}, series)
+
+
+def test_every_alert_says_what_and_how_bad() -> None:
+    rules = yaml.safe_load((FILES / "prometheus-rules.yaml").read_text())
+    for rule in (r for g in rules["groups"] for r in g["rules"]):
+        assert rule["labels"]["severity"] in ("critical", "warning"), rule
+        assert rule["annotations"]["summary"], rule
+        assert re.fullmatch(r"Eniway[A-Za-z]+", rule["alert"]), rule
+
+
