@@ -189,8 +189,23 @@ def test_uninstall_frees_the_cloud_and_unblocks_crd_deletion(world: World) -> No
     delete_pods(w.api, pods_a)
     for pip in w.objects(contract.PLURAL_PODIP):  # the agent is gone: stale, holds nothing
         assert pip["spec"]["nodeName"] == "node-a"
+    # EIPs on a kept ENI's IPs (NAT mode): this cluster's is released, another's only
+    # taken off; the ENI can go only once both are off it.
+    eni = next(e for e in w.cloud("node-a") if e.eni_id == kept[0])
+    ips = [*eni.private_ips, eni.primary_ip]
+    ours = w.provider.allocate_public_ip(5, {contract.TAG_CREATOR: contract.TAG_CREATOR_VALUE,
+                                             contract.TAG_CLUSTER: CLUSTER_ID})
+    theirs = w.provider.allocate_public_ip(5, {"owner": "someone-else"})
+    for eip, ip in ((ours, ips[0]), (theirs, ips[1])):
+        w.provider.associate_public_ip(eip.allocation_id, eni.eni_id, ip)
+    wait_for(lambda: [p.status for p in w.provider.describe_public_ips(
+        [ours.allocation_id, theirs.allocation_id])] == ["InUse", "InUse"], 30, "EIPs InUse")
     out = w.uninstall()
     assert out.returncode == 0, out.stdout + out.stderr
+    assert f"EIP {ours.allocation_id} ({ours.ip}) released" in out.stdout
+    assert w.provider.describe_public_ips([ours.allocation_id]) == []
+    assert [p.status for p in w.provider.describe_public_ips([theirs.allocation_id])] == \
+        ["Available"]
     for eni_id in kept:
         assert f"deleted {eni_id} (node node-a" in out.stdout
     assert w.tagged() == [] and w.secondary("node-a") == []

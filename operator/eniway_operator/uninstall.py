@@ -8,9 +8,12 @@ command does the operator's last job, in this order:
    ENIs stay attached in the cloud and keep serving them, and are reported);
 2. stops the operator from acting: scales its Deployment to 0 (``--scale-down``) and takes
    its leader Lease, so no replica can make a cloud call meanwhile;
-3. detaches and deletes, in the cloud, every secondary ENI tagged as this cluster's eniway
-   ENI (``eniway.io/creator``, ``eniway.io/cluster``); primary ENIs and ENIs without these
-   tags are never touched;
+3. takes every EIP off the ENIs it is about to delete, and releases this cluster's own
+   EIPs (same tags) but those on ENIs kept for pods (``--force``); an EIP someone else
+   made is only disassociated;
+   then detaches and deletes, in the cloud, every secondary ENI tagged as this cluster's
+   eniway ENI (``eniway.io/creator``, ``eniway.io/cluster``); primary ENIs and ENIs without
+   these tags are never touched;
 4. removes the finalizer from every ENI object and deletes it, and deletes every ENIPool.
 
 The Helm chart runs it as a pre-delete hook (``uninstall.hook``); run it by hand with the
@@ -155,6 +158,45 @@ class Uninstaller:
             left &= set(found)
             current = [found[i] for i in sorted(left)]
 
+    def free_public_ips(self, enis: Sequence[NetworkInterface]) -> list[str]:
+        """EIPs off ``enis`` (the ENIs about to go); this cluster's own EIPs released unless
+        they sit on an ENI that stays. Returns the allocation ids left over."""
+        owned = {contract.TAG_CREATOR: contract.TAG_CREATOR_VALUE,
+                 contract.TAG_CLUSTER: self.cluster_id}
+        going = {e.eni_id for e in enis}
+        try:
+            found = {p.allocation_id: p for p in self.cloud.describe_public_ips(tags=owned)
+                     if not p.eni_id or p.eni_id in going}
+            for eni_id in sorted(going):
+                found.update({p.allocation_id: p
+                              for p in self.cloud.describe_public_ips(eni_id=eni_id)})
+        except NotImplementedError:
+            return []
+        left = set(found)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            for p in list(found.values()):
+                mine = all(p.tags.get(k) == v for k, v in owned.items())
+                try:
+                    if p.status == "InUse":
+                        self.cloud.unassociate_public_ip(p.allocation_id, p.eni_id,
+                                                         p.private_ip)
+                        self.say(f"  EIP {p.allocation_id} ({p.ip}) taken off {p.eni_id}")
+                    elif p.status == "Available" and mine:
+                        self.cloud.release_public_ip(p.allocation_id)
+                        self.say(f"  EIP {p.allocation_id} ({p.ip}) released")
+                        left.discard(p.allocation_id)
+                    elif p.status == "Available":
+                        left.discard(p.allocation_id)  # not ours: only taken off
+                except CloudError as err:
+                    log.info("%s: %s (will look again)", p.allocation_id, err)
+            if not left or time.monotonic() >= deadline:
+                return sorted(left)
+            time.sleep(self.poll)
+            found = {p.allocation_id: p
+                     for p in self.cloud.describe_public_ips(sorted(left))}
+            left &= set(found)
+
     def remove_objects(self, names: Sequence[str]) -> int:
         for name in names:
             self.kube.release_eni(name)
@@ -272,7 +314,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_REFUSED
         u.say(f"cloud: {len(plan.delete)} secondary ENI(s) of this cluster to detach and "
               "delete; primary ENIs and untagged ENIs are left alone")
-        left = u.free_cloud(plan.delete)
+        left = u.free_public_ips(plan.delete)
+        left += u.free_cloud(plan.delete)
         for eni_id, pods in sorted(plan.keep.items()):
             u.say(f"  kept {eni_id}: still used by {', '.join(pods)} (--force)")
         pools = u.remove_objects(plan.objects)
