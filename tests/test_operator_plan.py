@@ -97,6 +97,18 @@ def test_assign_batches_of_ten() -> None:
                             CreateENI("vsw-aaaa0001", 6)]
 
 
+def test_ips_at_creation_is_the_providers_rule() -> None:
+    # A cloud taking fewer IPs in the creating call gets no more there; the rest follow
+    # as assigns once the ENI is attached.
+    e = ENIView("eni-b1", INUSE, "vsw-aaaa0001")
+    few = replace(BIG, ips_at_create=6)
+    plan = plan_node(state(limits=few, enis=(PRIMARY, e), pending=25))
+    assert plan.actions == [AssignIPs("eni-b1", 10), AssignIPs("eni-b1", 9),
+                            CreateENI("vsw-aaaa0001", 6)]
+    plan = plan_node(state(limits=replace(BIG, ips_at_create=0), enis=(PRIMARY,), pending=5))
+    assert plan.actions == [CreateENI("vsw-aaaa0001", 0)]
+
+
 def test_surge_asks_in_whole_batches_and_keeps_them() -> None:
     e = ENIView("eni-b1", INUSE, "vsw-aaaa0001", ips("10.0.0", 3))
     plan = plan_node(state(limits=BIG, enis=(PRIMARY, e), pending=4))

@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from eniway_operator.cloud.base import MAX_IPS_AT_CREATE, InstanceLimits, VSwitch
+from eniway_operator.cloud.base import InstanceLimits, VSwitch
 from eniway_operator.config import PoolConfig
 
 # Cloud-side ENI states the planner distinguishes (ECS names).
@@ -79,7 +79,7 @@ class NodeState:
 @dataclass(frozen=True)
 class CreateENI:
     vswitch_id: str
-    ip_count: int  # secondary IPs requested at creation (<= MAX_IPS_AT_CREATE)
+    ip_count: int  # secondary IPs requested at creation (<= limits.ips_at_create)
 
 
 @dataclass(frozen=True)
@@ -271,10 +271,10 @@ def plan_node(state: NodeState) -> Plan:
                 plan.conditions[COND_VSW] = Condition(True, "VSwitchExhausted", why)
             else:
                 for _ in range(n_create):
-                    # ECS fills a new ENI with up to 49 IPs in the creating call itself.
-                    # With pods arriving it is filled whole: the call costs the same, and
-                    # what the pods leave over is released later with the rest.
-                    take = min(cap if surge else max(deficit, 0), cap, MAX_IPS_AT_CREATE)
+                    # The cloud fills a new ENI with up to ips_at_create IPs (49 on ECS) in
+                    # the creating call itself. With pods arriving it is filled whole: the
+                    # call costs the same, and what the pods leave over is released later.
+                    take = min(cap if surge else max(deficit, 0), cap, limits.ips_at_create)
                     plan.actions.append(CreateENI(vsw, take))
                     deficit -= cap
                     slots_used += 1

@@ -26,6 +26,9 @@ class InstanceLimits:
     ips_per_eni: int
     hot_swap: bool = True
     source: str = "api"
+    # A cloud rule, not a type figure: secondary IPs the provider's cloud accepts in the
+    # call that creates an ENI. The planner reads it here, so no cloud's rule lives there.
+    ips_at_create: int = MAX_IPS_AT_CREATE
 
     @property
     def max_pods(self) -> int:
