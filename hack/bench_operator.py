@@ -226,7 +226,10 @@ def main() -> int:
         agent = AgentDouble(api, ["churn"], interval=0.1).start()
         op = OperatorProcess(cluster.kubeconfig, "bench", sim.endpoint, sim.region, ns,
                              "eniway-config", (sim.access_key_id, sim.access_key_secret),
-                             tmp / "operator.log", extra=(f"--workers={args.workers}",))
+                             tmp / "operator.log", extra=(
+                                 f"--workers={args.workers}",
+                                 # one operator only: a starved machine must not end the run
+                                 "--lease-duration=120"))
         op.start()
         wait_for(lambda: node_counts("churn").get("total") == 0, 120, "churn node ready")
         sim.admin.reset_call_counts()

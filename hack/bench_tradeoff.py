@@ -239,7 +239,7 @@ def aws_ip_policy(warm_ip: int, minimum_ip: int) -> Policy:
 POLICIES: dict[str, Policy] = {p.name: p for p in (
     eniway_policy("eniway defaults"),
     eniway_policy("eniway min 5 / max 10", min_pool_size=5, max_pool_size=10),
-    eniway_policy("eniway min 10 / max 20", min_pool_size=10, max_pool_size=20),
+    eniway_policy("eniway ip_cooldown 0", ip_cooldown=0.0),
     eniway_policy("eniway max 0", max_pool_size=0),
     terway_policy(0, 5),
     aws_eni_policy(1),
