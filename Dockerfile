@@ -13,10 +13,12 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends patchelf binutils \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md image-requirements.txt ./
 COPY operator ./operator
 COPY cni_plugin ./cni_plugin
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# Dependencies at the versions pinned in image-requirements.txt, which the offline build
+# (hack/build_image.py, no registry needed) installs too.
+RUN pip wheel --no-cache-dir --wheel-dir /wheels -c image-requirements.txt .
 # The interpreter the CNI binary runs with on the host, with its own glibc. Its loader path
 # is absolute: CNI_LIB_DIR must match the chart's agent.installCNI.libDir.
 ARG CNI_LIB_DIR=/opt/eniway

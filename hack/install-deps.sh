@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install everything the tests and the demo need on a fresh Debian bookworm machine:
 # Debian packages, a virtual environment ($VENV, default .venv) holding the Python
-# distribution (editable, with test extras), and the control plane (built once,
-# then cached in $ENIWAY_CACHE).
+# distribution (editable, with test extras), the control plane and eniway's image (built
+# once, then cached in $ENIWAY_CACHE).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
@@ -13,6 +13,7 @@ APT_PACKAGES=(
   golang-go dpkg-dev golang-github-modern-go-reflect2-dev golang-github-json-iterator-go-dev
   podman runc busybox-static golang-github-appc-cni-dev
   containerd gcc libc6-dev
+  mmdebstrap
   python3-venv
 )
 missing=()
@@ -56,3 +57,8 @@ if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" || "$(installed_from)" != "$here/
 fi
 
 PYTHON="$VPY" bash hack/build-control-plane.sh
+
+# eniway's image without a registry (Debian packages + the pinned wheels), for the chart's
+# pods on the real nodes; cached per inputs in $ENIWAY_CACHE/images.
+# Only the chart's tests on real nodes need it: a failure is reported, and they fail with it.
+"$VPY" hack/build_image.py >/dev/null || echo "[deps] WARNING: eniway's image was not built" >&2
