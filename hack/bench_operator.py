@@ -122,6 +122,13 @@ class WarmWatch:
         self._thread.start()
 
     def _run(self) -> None:
+        try:
+            self._watch()
+        except Exception:
+            if not self._stop.is_set():  # after stop() the cluster may go at any moment
+                raise
+
+    def _watch(self) -> None:
         while not self._stop.is_set():
             w = watch.Watch()
             try:
