@@ -227,7 +227,10 @@ class ClusterBox:
         ndir = self.workdir / spec.name
         node = Node(spec, inst["instance_id"], netns, primary_ip, ndir)
         self.node_by_name[spec.name] = node
-        subprocess.run(["eniway", "install-cni", "--bin-dir", str(ndir / "bin"),
+        # the project's interpreter, not whatever `eniway` is on PATH (make demo runs
+        # .venv/bin/python without the virtual environment activated)
+        subprocess.run([sys.executable, "-m", "cni_plugin.cli", "install-cni",
+                        "--bin-dir", str(ndir / "bin"),
                         "--conf-dir", str(ndir / "net.d"), "--lib-dir", str(ndir / "opt"),
                         "--socket", str(ndir / "run" / "eniway.sock"),
                         "--state-dir", str(ndir / "state")],

@@ -47,9 +47,14 @@ class Demo:
     """``hack/demo.py`` as a user runs it, its output read as it comes."""
 
     def __init__(self, *args: str) -> None:
+        # As `make demo` runs it: the venv's interpreter, the venv not on PATH.
+        venv_bin = str(Path(sys.executable).parent)
+        path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
+                               if p != venv_bin)
         self.proc = subprocess.Popen([sys.executable, str(REPO / "hack" / "demo.py"), *args],
                                      cwd=REPO, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
+                                     stderr=subprocess.STDOUT, text=True,
+                                     env={**os.environ, "PATH": path})
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -68,7 +73,8 @@ class Demo:
             if self.proc.poll() is not None and not self._reader.is_alive():
                 raise AssertionError(f"demo exited {self.proc.returncode}:\n{self.out[-4000:]}")
             return any(line.startswith(start) for line in self.lines)
-        wait_for(seen, timeout, f"demo line {start!r}\n{self.out[-2000:]}", interval=0.5)
+        wait_for(seen, timeout, f"demo line {start!r}", interval=0.5,
+                 detail=lambda: self.out[-3000:])
 
     def wait(self, timeout: float) -> int:
         code = self.proc.wait(timeout)
