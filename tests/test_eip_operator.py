@@ -183,6 +183,24 @@ def test_a_new_operator_after_a_crash_mid_association_leaks_nothing(world: World
     assert len(world.eips()) == 1
 
 
+def test_a_new_operator_after_a_crash_while_associating_does_not_associate_twice(
+        world: World) -> None:
+    """The first operator's association was accepted and is still in transit when it
+    stops; a fresh one waits for it rather than asking again: one EIP, one association."""
+    world.sim.admin.set_eip_settings(associate_delay=2.0, unassociate_delay=0.05)
+    world.pod("mid", "true", world.ips[3])
+    world.sim.admin.reset_call_counts()
+    first = world.controller()
+    testing.wait_for(lambda: (first.round(), vpc_calls(world.sim)["AssociateEipAddress"])[1],
+                     30, "association requested", 0.05)
+    assert [e["status"] for e in world.eips()] == ["Associating"]
+    second = world.controller()
+    world.rounds(second, lambda: world.podip_status("mid").get("publicIP"))
+    assert len(world.eips()) == 1 and world.eips()[0]["status"] == "InUse"
+    assert vpc_calls(world.sim)["AssociateEipAddress"] == 1
+    assert vpc_calls(world.sim)["AllocateEipAddress"] == 1
+
+
 def test_bad_annotation_is_an_event_and_nothing_else(world: World) -> None:
     """...and with nothing to do, the cloud is described once per idle_resync (60 s),
     not every round."""
