@@ -168,6 +168,12 @@ class OperatorProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
 
 
+def _release() -> str:
+    """The version a double reports: this release's, as a real agent of it would."""
+    from importlib.metadata import version
+    return version("eniway")
+
+
 def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -296,7 +302,7 @@ class AgentDouble:
             self.allocations += 1
         agent = {"acknowledged": acked, "allocated": sorted(held), "heartbeat": _now(),
                  contract.AGENT_RELEASE_TOKEN: spec_release.get(contract.RELEASE_TOKEN) or None,
-                 "ready": True, "version": "agent-double"}
+                 "ready": True, "version": _release()}
         old = dict((pool.get("status") or {}).get("agent") or {})
         beat = time.monotonic() - self._beats.get(node, 0.0) > 5.0
         if beat or {k: v for k, v in old.items() if k != "heartbeat"} != {
