@@ -315,21 +315,18 @@ class EipBook:
             eip = self._eip(p.get("AllocationId"))
             if eip.status != EIP_INUSE:
                 raise _status_error(eip, "UnassociateEipAddress")
-            if p.get("InstanceId") and p["InstanceId"] != eip.instance_id:
-                raise EcsError(400, "InvalidBindingStatus", f"The eip binding status "
-                               f"invalid: {eip.allocation_id} is associated with "
-                               f"{eip.instance_id}, not {p['InstanceId']}.")
-            if p.get("PrivateIpAddress") and p["PrivateIpAddress"] != eip.private_ip:
-                raise EcsError(400, "InvalidBindingStatus", f"The eip binding status "
-                               f"invalid: {eip.allocation_id} maps to {eip.private_ip}, "
-                               f"not {p['PrivateIpAddress']}.")
+            for param, held, verb in (("InstanceId", eip.instance_id, "is associated with"),
+                                      ("PrivateIpAddress", eip.private_ip, "maps to")):
+                if p.get(param) and p[param] != held:
+                    raise EcsError(400, "InvalidBindingStatus", f"The eip binding status "
+                                   f"invalid: {eip.allocation_id} {verb} {held}, "
+                                   f"not {p[param]}.")
             eip.status = EIP_UNASSOCIATING
             eip.transition_at = self.engine.clock() + self.settings.unassociate_delay
             self._save(eip)
             eni = self.engine.enis.get(eip.eni_id)
             if eni is not None:  # traffic stops at once; the state follows
-                mapping_vpc = eni.vpc_id
-                self._sync_network(mapping_vpc)
+                self._sync_network(eni.vpc_id)
             if self.settings.unassociate_delay <= 0:
                 self.tick()
             return eip
