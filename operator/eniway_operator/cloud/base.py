@@ -26,15 +26,25 @@ class InstanceLimits:
     ips_per_eni: int
     hot_swap: bool = True
     source: str = "api"
-    # A cloud rule, not a type figure: secondary IPs the provider's cloud accepts in the
-    # call that creates an ENI. The planner reads it here, so no cloud's rule lives there.
-    ips_at_create: int = MAX_IPS_AT_CREATE
+    # Cloud rules, not type figures; the provider sets them and the planner reads them
+    # here, so no cloud's rule lives in planning code.
+    ips_at_create: int = MAX_IPS_AT_CREATE  # secondary IPs accepted by the create call
+    ips_per_call: int = MAX_IPS_PER_CALL  # secondary IPs accepted per assign/unassign
+    pods_on_primary_eni: bool = False  # EC2: the primary ENI's secondary IPs serve pods
+    max_pods_extra: int = 0  # EC2's formula adds 2 for host-network pods (no pod IP)
+
+    @property
+    def pod_ips(self) -> int:
+        """Pod IPs the node can hold: secondary IPs of the ENIs that serve pods (on ECS,
+        Terway's formula: the secondary ENIs; the primary carries the node itself)."""
+        enis = self.max_enis if self.pods_on_primary_eni else self.max_enis - 1
+        return enis * (self.ips_per_eni - 1)
 
     @property
     def max_pods(self) -> int:
-        """Pod IPs the node can hold (Terway's shared-ENI formula): secondary IPs of the
-        secondary ENIs; the primary ENI carries the node itself."""
-        return (self.max_enis - 1) * (self.ips_per_eni - 1)
+        """The kubelet's maxPods: pod IPs plus the cloud's allowance for host-network
+        pods (EC2: ENIs x (IPs per ENI - 1) + 2)."""
+        return self.pod_ips + self.max_pods_extra
 
 
 @dataclass(frozen=True)
@@ -58,10 +68,15 @@ class VSwitch:
     zone_id: str
     cidr: str
     available_ips: int
+    gateway_ip: str = ""  # set by a provider whose cloud's gateway is elsewhere
 
     @property
     def gateway(self) -> str:
-        """The vSwitch gateway: ECS uses the last usable address but two (x.x.x.253 on a /24)."""
+        """The vSwitch (subnet) gateway: ``gateway_ip`` when the provider set it (EC2: the
+        subnet's first address but the network's), else ECS's rule, the last usable
+        address but two (x.x.x.253 on a /24)."""
+        if self.gateway_ip:
+            return self.gateway_ip
         net = ipaddress.ip_network(self.cidr)
         return str(net.broadcast_address - 2)
 
