@@ -6,6 +6,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,8 @@ sys.path.insert(0, str(REPO / "hack"))
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 from localcluster import BIN, LocalCluster  # noqa: E402
+
+PROVIDER_ZONE = "cn-hangzhou-i"  # the zone of the ``topo`` fixture
 
 
 def _require_root() -> None:
@@ -78,6 +81,20 @@ def cloudsim() -> Iterator[object]:
         yield handle
     finally:
         handle.close()
+
+
+@pytest.fixture
+def topo(cloudsim: Any) -> Any:
+    """One VPC with a /24 vSwitch in ``PROVIDER_ZONE`` and one security group."""
+    return cloudsim.admin.bootstrap({PROVIDER_ZONE: ["10.0.0.0/24"]})
+
+
+@pytest.fixture
+def provider(cloudsim: Any) -> Any:
+    """The Alibaba provider on ``cloudsim``, retrying with short back-offs."""
+    from eniway_operator.testing import FAST_RETRY
+
+    return cloudsim.provider(retry=FAST_RETRY)
 
 
 @pytest.fixture

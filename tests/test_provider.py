@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from alibabacloud_ecs20140526 import models as ecs
 from alibabacloud_tea_openapi.exceptions import ClientException, ServerException
+from conftest import PROVIDER_ZONE as ZONE
 
 from eniway_cloudsim.admin import Topology
 from eniway_operator.cloud.aliyun import AliyunProvider
@@ -23,19 +24,7 @@ from eniway_operator.cloud.base import (
 )
 from eniway_operator.cloud.credentials import RamRoleCredentials, StaticCredentials, resolve
 from eniway_operator.cloud.ratelimit import Rate
-
-ZONE = "cn-hangzhou-i"
-FAST = RetryPolicy(throttled=Backoff(0.05, 0.2, 8), server=Backoff(0.01, 0.05, 4))
-
-
-@pytest.fixture
-def topo(cloudsim: Any) -> Topology:
-    return cloudsim.admin.bootstrap({ZONE: ["10.0.0.0/24"]})
-
-
-@pytest.fixture
-def provider(cloudsim: Any) -> AliyunProvider:
-    return cloudsim.provider(retry=FAST)
+from eniway_operator.testing import FAST_RETRY as FAST
 
 
 def calls(cloudsim: Any, api: str) -> int:

@@ -25,16 +25,6 @@ from eniway_operator.cloud.ratelimit import Rate
 TAGS = {"eniway.io/cluster": "c1", "eniway.io/pod": "default/web-0"}
 
 
-@pytest.fixture
-def topo(cloudsim: Any) -> Topology:
-    return cloudsim.admin.bootstrap({ZONE: ["10.0.0.0/24"]})
-
-
-@pytest.fixture
-def provider(cloudsim: Any) -> AliyunProvider:
-    return cloudsim.provider(retry=FAST)
-
-
 def in_use_eni(cloudsim: Any, topo: Topology, provider: AliyunProvider, ips: int = 2
                ) -> NetworkInterface:
     inst = cloudsim.admin.create_instance("ecs.g6.xlarge", topo.vswitch_ids(ZONE)[0],

@@ -29,8 +29,11 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from cni_plugin import contract
+from eniway_operator.cloud.backoff import Backoff, RetryPolicy
 
 JSON = dict[str, Any]
+# Retries for provider tests: the real policy's shape with short back-offs.
+FAST_RETRY = RetryPolicy(throttled=Backoff(0.05, 0.2, 8), server=Backoff(0.01, 0.05, 4))
 _PR_SET_PDEATHSIG = 1
 
 
