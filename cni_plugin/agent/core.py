@@ -25,6 +25,7 @@ from typing import Any
 from cni_plugin import contract
 from cni_plugin.agent.datapath import Datapath, DatapathError, EniLink
 from cni_plugin.agent.errors import RecentErrors
+from cni_plugin.agent.identity import InstanceView, MetadataError
 from cni_plugin.agent.metrics import Metrics
 from cni_plugin.agent.pool import Pool
 from cni_plugin.agent.store import Allocation, AllocationStore
@@ -102,6 +103,7 @@ class NodeAgent:
         self.on_bound: Callable[[Allocation], None] = lambda a: None
         self.on_unbound: Callable[[Allocation], None] = lambda a: None
         self.on_change: Callable[[], None] = lambda: None
+        self.instance: InstanceView | None = None  # --metadata-url: who this node is
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -163,6 +165,8 @@ class NodeAgent:
             if not gateway:
                 log.warning("ENI %s has no gatewayIP nor vSwitchCidr: not serving it", name)
                 continue
+            if not self._attached_here(name, spec["macAddress"]):
+                continue
             mtu = int(self.cfg.mtu or spec.get("mtu") or DEFAULT_MTU)
             try:
                 link = self.datapath.ensure_eni(spec["macAddress"], mtu, gateway)
@@ -187,6 +191,22 @@ class NodeAgent:
                 f"{k}({v.link.ifname}, table {v.link.table}, {len(v.ips)} IPs)"
                 for k, v in sorted(serving.items())) or "none")
         self._publish()
+
+    def _attached_here(self, name: str, mac: str) -> bool:
+        """Whether the instance metadata (when configured) lists ENI ``name`` with ``mac``
+        on this instance. A metadata service that cannot be read does not stop the node:
+        the ENI is served and the failure is logged; a positive mismatch is refused."""
+        if self.instance is None:
+            return True
+        try:
+            ok, why = self.instance.owns(mac, name)
+        except MetadataError as e:
+            log.warning("ENI %s: cannot check it against the instance metadata: %s", name, e)
+            return True
+        if not ok:
+            log.error("ENI %s: not serving it: %s", name, why)
+            self.errors.add("eni", f"{name}: {why}")
+        return ok
 
     def set_release(self, ips: Iterable[str], token: str = "") -> None:
         """The operator's ``spec.release.ips`` and its token: never hand these out while
@@ -216,6 +236,8 @@ class NodeAgent:
                 "heartbeat": _now_iso(),
                 "ready": self.ready,
                 "version": version(),
+                **({"instance": self.instance.identity.status()}
+                   if self.instance is not None and self.instance.identity else {}),
             }
 
     # -- CNI requests --------------------------------------------------------------------

@@ -21,6 +21,7 @@ import threading
 from cni_plugin import contract
 from cni_plugin.agent.core import AgentConfig, NodeAgent
 from cni_plugin.agent.datapath import Datapath
+from cni_plugin.agent.identity import ALIYUN, AWS, InstanceView, MetadataClient, MetadataError
 from cni_plugin.agent.kube import Kube, load_kubeconfig
 from cni_plugin.agent.kubesync import KubeSync
 from cni_plugin.agent.metrics import Metrics, serve
@@ -65,6 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "also ends every pod; docs/node.md)")
     p.add_argument("--workers", type=int, default=16,
                    help="CNI request worker threads (default %(default)s)")
+    p.add_argument("--metadata-url", default=os.environ.get("ENIWAY_METADATA_URL", ""),
+                   metavar="URL",
+                   help="the instance metadata service ($ENIWAY_METADATA_URL; on ECS "
+                        "http://100.100.100.200, on EC2 http://169.254.169.254): when set, "
+                        "an ENI is served only if the metadata lists its MAC with its id "
+                        "on this instance (default: off)")
+    p.add_argument("--cloud", default=os.environ.get("ENIWAY_CLOUD_PROVIDER", "aliyun"),
+                   choices=["aliyun", "cloudsim", "aws"],
+                   help="the metadata layout: Alibaba's, or EC2's IMDSv2 "
+                        "($ENIWAY_CLOUD_PROVIDER; cloudsim means aliyun)")
     p.add_argument("--log-level", default=os.environ.get("ENIWAY_LOG_LEVEL", "INFO"),
                    help="DEBUG, INFO, WARNING or ERROR (default $ENIWAY_LOG_LEVEL, else INFO)")
     return p
@@ -101,6 +112,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     metrics = Metrics()
     agent = NodeAgent(cfg, Datapath(args.netns), metrics)
+    if args.metadata_url:
+        agent.instance = InstanceView(MetadataClient(
+            args.metadata_url, AWS if args.cloud == "aws" else ALIYUN))
+        try:
+            ident = agent.instance.refresh()
+            log.info("instance %s in %s, %d interfaces", ident.instance_id, ident.zone,
+                     len(ident.interfaces))
+        except MetadataError as e:  # read again when an ENI needs it
+            log.warning("instance metadata: %s", e)
     try:
         agent.start()
     except StoreLocked as e:
