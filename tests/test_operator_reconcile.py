@@ -259,11 +259,23 @@ def test_acknowledgement_expires_when_the_heartbeat_stops(world: World) -> None:
         world.rec.reconcile(node, Demand())
         assert world.cloud.calls[UNASSIGN] == 0, "acted on an expired acknowledgement"
         assert set(marked) <= world.cloud_ips(node)
+    # The pool says so: not Ready, AgentUnresponsive with the reason, and an Event.
+    conds = {c["type"]: c for c in world.pool(node)["status"]["conditions"]}
+    assert conds["AgentUnresponsive"]["status"] == "True", conds
+    assert "heartbeat" in conds["AgentUnresponsive"]["message"]
+    assert conds["Ready"]["status"] == "False"
+    assert "AgentUnresponsive" in conds["Ready"]["message"]
+    reasons = {e.reason for e in world.core.list_namespaced_event(
+        "default", field_selector=f"involvedObject.name={node}").items}
+    assert "AgentUnresponsive" in reasons, reasons
     # The agent beats again (a new heartbeat value): the same acknowledgement counts.
     world.ack(node, marked)
     world.rec.reconcile(node, Demand())
     assert world.cloud.calls[UNASSIGN] >= 1
     assert not set(marked) & world.cloud_ips(node)
+    conds = {c["type"]: c for c in world.pool(node)["status"]["conditions"]}
+    assert conds["AgentUnresponsive"]["status"] == "False"
+    assert conds["Ready"]["status"] == "True", conds
 
 
 def test_exclusive_eni_on_the_node_is_left_alone_and_keeps_its_slot(world: World) -> None:

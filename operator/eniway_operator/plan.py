@@ -33,6 +33,7 @@ COND_CLOUD = "CloudError"
 COND_CONFIG = "ConfigInvalid"
 COND_WARM = "WarmedUp"
 COND_SKEW = "VersionSkew"
+COND_AGENT = "AgentUnresponsive"
 COND_READY = "Ready"
 
 # Acknowledged IPs of an ENI wait this long for more to fill a batch before unassigning.

@@ -37,10 +37,12 @@ from eniway_operator.cloud.base import (
 )
 from eniway_operator.exclusive_plan import reserved_slots
 from eniway_operator.kube import JSON, Kube, iso, now_iso, parse_time
+from eniway_operator.liveness import agent_problem
 from eniway_operator.observe import Observer
 from eniway_operator.plan import (
     ATTACHING,
     AVAILABLE,
+    COND_AGENT,
     COND_CLOUD,
     COND_CONFIG,
     COND_HOTSWAP,
@@ -354,13 +356,19 @@ class Reconciler:
         skewed = skew_problem(self.version, agent_version)
         conditions[COND_SKEW] = Condition(bool(skewed), "VersionSkew" if skewed else "Supported",
                                           skewed)
+        beat, still_for = self._heartbeat(name, pool)
+        down = agent_problem(beat, still_for, self.settings.agent_timeout,
+                             bool(((pool.get("status") or {}).get("agent") or {}).get(
+                                 "ready", True)))
+        conditions[COND_AGENT] = Condition(bool(down), "AgentUnresponsive" if down else
+                                           "Heartbeat", down)
         self._write_pool_status(name, pool, mem, limits, cfg, counts, errors, now,
                                 conditions)
         max_pods = str(limits.max_pods)
         if (node["metadata"].get("annotations") or {}).get(
                 contract.ANNOTATION_MAX_PODS) != max_pods:
             self.kube.annotate_node(name, {contract.ANNOTATION_MAX_PODS: max_pods})
-        for cond in (COND_HOTSWAP, COND_LIMIT, COND_VSW, COND_SKEW):
+        for cond in (COND_HOTSWAP, COND_LIMIT, COND_VSW, COND_SKEW, COND_AGENT):
             c = conditions.get(cond)
             if c and c.status and not _condition_true(pool, cond):
                 self._event(name, node, c.reason, c.message, warning=cond != COND_LIMIT)
@@ -683,17 +691,21 @@ class Reconciler:
         agent = (pool.get("status") or {}).get("agent") or {}
         if not token or agent.get(contract.AGENT_RELEASE_TOKEN) != token:
             return frozenset()
-        beat = str(agent.get("heartbeat") or "")
-        if not beat:
+        beat, still_for = self._heartbeat(name, pool)
+        if not beat or still_for >= self.settings.agent_timeout:
             return frozenset()
+        return frozenset(agent.get("acknowledged") or [])
+
+    def _heartbeat(self, name: str, pool: JSON) -> tuple[str, float]:
+        """The agent's heartbeat and for how long (this process's clock) it has not moved;
+        "" and how long this process has known the pool if it never reported."""
+        beat = str(((pool.get("status") or {}).get("agent") or {}).get("heartbeat") or "")
         now = time.monotonic()
         with self._beats_lock:
             seen = self._beats.get(name)
             if seen is None or seen[0] != beat:
                 seen = self._beats[name] = (beat, now)
-        if now - seen[1] >= self.settings.agent_timeout:
-            return frozenset()
-        return frozenset(agent.get("acknowledged") or [])
+        return beat, now - seen[1]
 
     def _write_pool_status(self, name: str, pool: JSON, mem: NodeMemory,
                            limits: InstanceLimits | None, cfg: pool_config.PoolConfig | None,
