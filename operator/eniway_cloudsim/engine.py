@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from .catalog import InstanceType, catalog
+from .ec2_catalog import limits_table as ec2_limits
 from .store import Store
 
 log = logging.getLogger("eniway_cloudsim")
@@ -38,6 +39,15 @@ MAX_TAGS = 20
 RESERVED_HEAD = 1  # ECS reserves the first address of a vSwitch CIDR...
 RESERVED_TAIL = 3  # ...and the last three (the gateway is broadcast - 2)
 MAC_OUI = "00:16:3e"  # Alibaba Cloud's OUI
+
+# A VPC's flavour: which cloud's rules its subnets, ids and MACs follow, and which API
+# dialect sees it (ecs_api/vpc_api: aliyun; ec2_api: aws).
+ALIYUN = "aliyun"
+AWS = "aws"
+CLOUDS = (ALIYUN, AWS)
+# (head, tail) addresses reserved per subnet. EC2 reserves the first four (network,
+# router at +1, DNS at +2, future use at +3) and the last one (broadcast).
+RESERVED = {ALIYUN: (RESERVED_HEAD, RESERVED_TAIL), AWS: (4, 1)}
 
 ENI_AVAILABLE = "Available"
 ENI_ATTACHING = "Attaching"
@@ -63,6 +73,14 @@ def _rand_id(prefix: str, n: int = 20) -> str:
     return prefix + "".join(secrets.choice(alphabet) for _ in range(n))
 
 
+def new_id(prefix: str, cloud: str, n: int = 20) -> str:
+    """``prefix`` ("vpc-", "eni-"...) and a random tail: 17 hex digits for EC2
+    (vpc-0123456789abcdef0), ``n`` letters and digits for Alibaba Cloud."""
+    if cloud == AWS:
+        return prefix + secrets.token_hex(9)[:17]
+    return _rand_id(prefix, n)
+
+
 def _now_iso(t: float | None = None) -> str:
     return time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime(t if t is not None else time.time()))
 
@@ -72,6 +90,7 @@ class Vpc:
     vpc_id: str
     cidr: str
     created: float
+    cloud: str = ALIYUN
 
 
 @dataclass
@@ -82,14 +101,26 @@ class VSwitch:
     cidr: str
     name: str
     created: float
+    cloud: str = ALIYUN
 
     @property
     def gateway(self) -> str:
-        return str(ipaddress.ip_network(self.cidr).broadcast_address - 2)
+        net = ipaddress.ip_network(self.cidr)
+        if self.cloud == AWS:  # the VPC router is the subnet's network address + 1
+            return str(net.network_address + 1)
+        return str(net.broadcast_address - 2)
+
+    @property
+    def usable(self) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
+        """The first and last address an ENI may get."""
+        net = ipaddress.IPv4Network(self.cidr)
+        head, tail = RESERVED[self.cloud]
+        return net.network_address + head, net.broadcast_address - tail
 
     @property
     def capacity(self) -> int:
-        return ipaddress.ip_network(self.cidr).num_addresses - RESERVED_HEAD - RESERVED_TAIL
+        head, tail = RESERVED[self.cloud]
+        return ipaddress.ip_network(self.cidr).num_addresses - head - tail
 
 
 @dataclass
@@ -138,6 +169,10 @@ class Eni:
     description: str = ""
     name: str = ""
     transition_at: float | None = None  # when Attaching/Detaching completes
+    attachment_id: str = ""  # set while attached (EC2 names attachments)
+    network_card_index: int = 0
+    attached_at: float = 0.0
+    source_dest_check: bool = True
 
     @property
     def all_ips(self) -> list[str]:
@@ -207,6 +242,8 @@ class Settings:
     # (detach_delay) and delay_spread times it (a cloud's attach time varies)
     delay_spread: float = 0.0
     owner_id: int = 1234567890123456
+    aws_region: str = "us-east-1"  # the EC2 dialect's region (SigV4 scope, zone names)
+    aws_account_id: str = "123456789012"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -268,6 +305,9 @@ class Engine:
         self.store = store
         self.net: Network = GuardedNetwork(network) if network is not None else NullNetwork()
         self.types = types if types is not None else catalog()
+        # instance types by flavour; the aws table is EC2's (ec2_catalog.py)
+        self.cloud_types: dict[str, Mapping[str, InstanceType]] = {
+            ALIYUN: self.types, AWS: ec2_limits()}
         self.clock = clock
         self.lock = threading.RLock()
         self._delays = random.Random(0)
@@ -349,38 +389,44 @@ class Engine:
     # --- lookups -------------------------------------------------------------------
 
     def limits(self, instance_type: str) -> InstanceType:
-        row = self.types.get(instance_type)
+        row = self.types.get(instance_type) or self.cloud_types[AWS].get(instance_type)
         if row is None:
             raise EcsError(404, "InvalidInstanceType.NotFound",
                            f"The specified InstanceType {instance_type} does not exist.")
         return row
 
-    def _eni(self, eni_id: str | None) -> Eni:
+    def cloud_of(self, vpc_id: str) -> str:
+        vpc = self.vpcs.get(vpc_id)
+        return vpc.cloud if vpc is not None else ALIYUN
+
+    def _eni(self, eni_id: str | None, cloud: str | None = ALIYUN) -> Eni:
+        """``cloud``: the flavour the asking dialect sees (others do not exist for it);
+        None for the admin API, which sees all."""
         if not eni_id:
             raise EcsError(400, "MissingParameter.NetworkInterfaceId",
                            "The input parameter NetworkInterfaceId is mandatory.")
         eni = self.enis.get(eni_id)
-        if eni is None:
+        if eni is None or (cloud is not None and self.cloud_of(eni.vpc_id) != cloud):
             raise EcsError(404, "InvalidEniId.NotFound",
                            f"The specified NetworkInterfaceId {eni_id} does not exist.")
         return eni
 
-    def _instance(self, instance_id: str | None) -> Instance:
+    def _instance(self, instance_id: str | None, cloud: str | None = ALIYUN) -> Instance:
         if not instance_id:
             raise EcsError(400, "MissingParameter.InstanceId",
                            "The input parameter InstanceId is mandatory.")
         inst = self.instances.get(instance_id)
-        if inst is None:
+        if inst is None or (cloud is not None and self.cloud_of(inst.vpc_id) != cloud):
             raise EcsError(404, "InvalidInstanceId.NotFound",
                            f"The specified InstanceId {instance_id} does not exist.")
         return inst
 
-    def _vswitch(self, vswitch_id: str | None) -> VSwitch:
+    def _vswitch(self, vswitch_id: str | None, cloud: str | None = ALIYUN) -> VSwitch:
         if not vswitch_id:
             raise EcsError(400, "MissingParameter.VSwitchId",
                            "The input parameter VSwitchId is mandatory.")
         vsw = self.vswitches.get(vswitch_id)
-        if vsw is None:
+        if vsw is None or (cloud is not None and vsw.cloud != cloud):
             raise EcsError(404, "InvalidVSwitchId.NotFound",
                            f"The specified VSwitchId {vswitch_id} does not exist.")
         return vsw
@@ -415,14 +461,12 @@ class Engine:
         return vsw.capacity - len(self.used.get(vsw.vswitch_id, ()))
 
     def _is_assignable(self, vsw: VSwitch, ip: str) -> bool:
-        net = ipaddress.IPv4Network(vsw.cidr)
         try:
             addr = ipaddress.IPv4Address(ip)
         except ValueError:
             return False
-        first = net.network_address + RESERVED_HEAD
-        last = net.broadcast_address - RESERVED_TAIL
-        return addr in net and first <= addr <= last
+        first, last = vsw.usable
+        return first <= addr <= last
 
     def _allocate(self, vsw: VSwitch, count: int, wanted: Sequence[str] = ()) -> list[str]:
         used = self.used.setdefault(vsw.vswitch_id, set())
@@ -440,10 +484,8 @@ class Engine:
         if self.available_ips(vsw) < count:
             raise EcsError(403, "InvalidVSwitchId.IpNotEnough",
                            f"The specified VSwitch {vsw.vswitch_id} has not enough IP addresses.")
-        net = ipaddress.IPv4Network(vsw.cidr)
         out: list[str] = []
-        addr = net.network_address + RESERVED_HEAD
-        last = net.broadcast_address - RESERVED_TAIL
+        addr, last = vsw.usable
         while len(out) < count and addr <= last:
             s = str(addr)
             if s not in used:
@@ -451,11 +493,15 @@ class Engine:
             addr += 1
         return out
 
-    def _new_mac(self) -> str:
+    def _new_mac(self, cloud: str = ALIYUN) -> str:
+        """Alibaba's OUI and 3 random bytes; EC2's locally administered 02: and 5."""
         taken = {e.mac for e in self.enis.values()}
         while True:
-            tail = secrets.token_bytes(3)
-            mac = MAC_OUI + ":" + ":".join(f"{b:02x}" for b in tail)
+            if cloud == AWS:
+                mac = "02:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(5))
+            else:
+                tail = secrets.token_bytes(3)
+                mac = MAC_OUI + ":" + ":".join(f"{b:02x}" for b in tail)
             if mac not in taken:
                 return mac
 
@@ -506,17 +552,22 @@ class Engine:
                     eni.instance_id = ""
                     eni.device_index = None
                     eni.transition_at = None
+                    eni.attachment_id = ""
                 self._save("eni", eni.eni_id, eni)
 
     # --- admin: topology -----------------------------------------------------------
 
-    def create_vpc(self, cidr: str = "172.16.0.0/12", vpc_id: str = "") -> Vpc:
+    def create_vpc(self, cidr: str = "172.16.0.0/12", vpc_id: str = "",
+                   cloud: str = ALIYUN) -> Vpc:
         with self.lock:
+            if cloud not in CLOUDS:
+                raise EcsError(400, "InvalidParameter.Cloud",
+                               f"cloud must be one of {', '.join(CLOUDS)}, not {cloud!r}.")
             try:
                 net = ipaddress.IPv4Network(cidr)
             except ValueError as e:
                 raise EcsError(400, "InvalidCidrBlock.Malformed", str(e)) from None
-            vpc = Vpc(vpc_id or _rand_id("vpc-", 21), str(net), self.clock())
+            vpc = Vpc(vpc_id or new_id("vpc-", cloud, 21), str(net), self.clock(), cloud)
             if vpc.vpc_id in self.vpcs:
                 raise EcsError(400, "InvalidVpcId.Duplicate", vpc.vpc_id)
             self.vpcs[vpc.vpc_id] = vpc
@@ -543,8 +594,14 @@ class Engine:
                 if other.vpc_id == vpc_id and ipaddress.ip_network(other.cidr).overlaps(net):
                     raise EcsError(400, "InvalidCidrBlock.Overlapped",
                                    f"{cidr} overlaps {other.vswitch_id} ({other.cidr}).")
-            vsw = VSwitch(vswitch_id or _rand_id("vsw-", 21), vpc_id, zone_id, str(net),
-                          name, self.clock())
+            if vpc.cloud == AWS and not (zone_id.startswith(self.settings.aws_region)
+                                         and zone_id[len(self.settings.aws_region):].isalpha()):
+                raise EcsError(400, "InvalidParameter.ZoneId",
+                               f"{zone_id!r} is not an availability zone of "
+                               f"{self.settings.aws_region} (e.g. {self.settings.aws_region}a).")
+            prefix = "subnet-" if vpc.cloud == AWS else "vsw-"
+            vsw = VSwitch(vswitch_id or new_id(prefix, vpc.cloud, 21), vpc_id, zone_id,
+                          str(net), name, self.clock(), vpc.cloud)
             self.vswitches[vsw.vswitch_id] = vsw
             self.used[vsw.vswitch_id] = set()
             self._save("vswitch", vsw.vswitch_id, vsw)
@@ -555,7 +612,7 @@ class Engine:
         with self.lock:
             if vpc_id not in self.vpcs:
                 raise EcsError(404, "InvalidVpcId.NotFound", f"VPC {vpc_id} does not exist.")
-            sg = SecurityGroup(_rand_id("sg-", 20), vpc_id, self.clock())
+            sg = SecurityGroup(new_id("sg-", self.vpcs[vpc_id].cloud), vpc_id, self.clock())
             self.sgs[sg.security_group_id] = sg
             self._save("sg", sg.security_group_id, sg)
             return sg
@@ -566,21 +623,25 @@ class Engine:
                         ram_role: str = "", primary_ip: str = "",
                         instance_id: str = "") -> Instance:
         with self.lock:
-            self.limits(instance_type)
-            vsw = self._vswitch(vswitch_id)
+            vsw = self._vswitch(vswitch_id, None)
+            if instance_type not in self.cloud_types[vsw.cloud]:
+                raise EcsError(404, "InvalidInstanceType.NotFound",
+                               f"The specified InstanceType {instance_type} does not exist "
+                               f"in {vsw.cloud}.")
             sgs = self._check_sgs(security_group_ids, vsw.vpc_id)
             if status not in (INSTANCE_RUNNING, INSTANCE_STOPPED):
                 raise EcsError(400, "InvalidParameter.Status", status)
             ips = self._allocate(vsw, 1, [primary_ip] if primary_ip else ())
-            iid = instance_id or _rand_id("i-", 20)
+            iid = instance_id or new_id("i-", vsw.cloud)
             if iid in self.instances:
                 raise EcsError(400, "InvalidInstanceId.Duplicate", iid)
             self.seq += 1
-            eni = Eni(eni_id=_rand_id("eni-"), seq=self.seq, type="Primary", vpc_id=vsw.vpc_id,
-                      vswitch_id=vsw.vswitch_id, zone_id=vsw.zone_id, mac=self._new_mac(),
-                      primary_ip=ips[0], private_ips=[], security_group_ids=sgs, tags={},
-                      status=ENI_INUSE, created=self.clock(), instance_id=iid, device_index=0,
-                      delete_on_release=True)
+            eni = Eni(eni_id=new_id("eni-", vsw.cloud), seq=self.seq, type="Primary",
+                      vpc_id=vsw.vpc_id, vswitch_id=vsw.vswitch_id, zone_id=vsw.zone_id,
+                      mac=self._new_mac(vsw.cloud), primary_ip=ips[0], private_ips=[],
+                      security_group_ids=sgs, tags={}, status=ENI_INUSE, created=self.clock(),
+                      instance_id=iid, device_index=0, delete_on_release=True,
+                      attachment_id=new_id("eni-attach-", vsw.cloud), attached_at=self.clock())
             inst = Instance(instance_id=iid, instance_type=instance_type, zone_id=vsw.zone_id,
                             vpc_id=vsw.vpc_id, vswitch_id=vsw.vswitch_id, status=status,
                             security_group_ids=sgs, primary_eni_id=eni.eni_id,
@@ -598,7 +659,7 @@ class Engine:
 
     def set_instance_status(self, instance_id: str, action: str) -> Instance:
         with self.lock:
-            inst = self._instance(instance_id)
+            inst = self._instance(instance_id, None)
             if action == "stop":
                 if inst.status != INSTANCE_RUNNING:
                     raise EcsError(403, "IncorrectInstanceStatus",
@@ -619,7 +680,7 @@ class Engine:
         (Available)."""
         with self.lock:
             self.tick()
-            inst = self._instance(instance_id)
+            inst = self._instance(instance_id, None)
             deleted: list[str] = []
             kept: list[str] = []
             for eni in [e for e in self.enis.values() if e.instance_id == instance_id]:
@@ -675,7 +736,20 @@ class Engine:
                 raise EcsError(403, "MaxEniCountExceeded",
                                f"The ENI quota of region {self.settings.region_id} "
                                f"({self.settings.eni_quota}) is used up.")
-            primary_ip = p.get("PrimaryIpAddress", "")
+            return self.new_eni(vsw, sgs, tags, n_secondary, wanted_secondary,
+                                p.get("PrimaryIpAddress", ""),
+                                delete_on_release=as_bool(p.get("DeleteOnRelease"), False),
+                                description=p.get("Description", ""),
+                                name=p.get("NetworkInterfaceName", ""))
+
+    def new_eni(self, vsw: VSwitch, sgs: list[str], tags: dict[str, str], n_secondary: int,
+                wanted_secondary: Sequence[str], primary_ip: str = "",
+                delete_on_release: bool = False, description: str = "",
+                name: str = "") -> Eni:
+        """A secondary ENI in ``vsw`` once the dialect has checked its own rules: the
+        primary IP (given or the first free), then the secondary ones (given or
+        ``n_secondary`` free ones)."""
+        with self.lock:
             if primary_ip:
                 ips = self._allocate(vsw, 1, [primary_ip])
                 self.used[vsw.vswitch_id].add(primary_ip)
@@ -696,14 +770,12 @@ class Engine:
                 else:
                     ips = self._allocate(vsw, 1 + n_secondary)
             self.seq += 1
-            eni = Eni(eni_id=_rand_id("eni-"), seq=self.seq, type="Secondary",
+            eni = Eni(eni_id=new_id("eni-", vsw.cloud), seq=self.seq, type="Secondary",
                       vpc_id=vsw.vpc_id, vswitch_id=vsw.vswitch_id, zone_id=vsw.zone_id,
-                      mac=self._new_mac(), primary_ip=ips[0], private_ips=ips[1:],
+                      mac=self._new_mac(vsw.cloud), primary_ip=ips[0], private_ips=ips[1:],
                       security_group_ids=sgs, tags=tags, status=ENI_AVAILABLE,
-                      created=self.clock(),
-                      delete_on_release=as_bool(p.get("DeleteOnRelease"), False),
-                      description=p.get("Description", ""),
-                      name=p.get("NetworkInterfaceName", ""))
+                      created=self.clock(), delete_on_release=delete_on_release,
+                      description=description, name=name)
             self.used[vsw.vswitch_id].update(ips)
             self.enis[eni.eni_id] = eni
             self._save("eni", eni.eni_id, eni)
@@ -718,11 +790,14 @@ class Engine:
                            f"Instance type {inst.instance_type} does not support ENI hot "
                            f"swapping: stop the instance to {what} an ENI.")
 
-    def attach(self, eni_id: str | None, instance_id: str | None) -> Eni:
+    def attach(self, eni_id: str | None, instance_id: str | None, cloud: str = ALIYUN,
+               device_index: int | None = None, network_card_index: int = 0) -> Eni:
+        """``device_index`` None takes the lowest free one (ECS); the caller checks a
+        given one is free."""
         with self.lock:
             self.tick()
-            eni = self._eni(eni_id)
-            inst = self._instance(instance_id)
+            eni = self._eni(eni_id, cloud)
+            inst = self._instance(instance_id, cloud)
             if eni.type == "Primary":
                 raise EcsError(403, "InvalidOperation.InvalidEniType",
                                "A primary ENI cannot be attached.")
@@ -747,7 +822,11 @@ class Engine:
                                f"The ENI holds {len(eni.all_ips)} IPs; instance type "
                                f"{inst.instance_type} allows {row.eni_private_ip_quantity}.")
             taken = {e.device_index for e in mine}
-            eni.device_index = next(i for i in range(1, 1 + row.eni_quantity) if i not in taken)
+            eni.device_index = device_index if device_index is not None else next(
+                i for i in range(1, 1 + row.eni_quantity) if i not in taken)
+            eni.network_card_index = network_card_index
+            eni.attachment_id = new_id("eni-attach-", cloud)
+            eni.attached_at = self.clock()
             eni.instance_id = inst.instance_id
             eni.status = ENI_ATTACHING
             eni.transition_at = self.clock() + self._delay(self.settings.attach_delay)
@@ -756,11 +835,11 @@ class Engine:
                 self.tick()
             return eni
 
-    def detach(self, eni_id: str | None, instance_id: str | None) -> Eni:
+    def detach(self, eni_id: str | None, instance_id: str | None, cloud: str = ALIYUN) -> Eni:
         with self.lock:
             self.tick()
-            eni = self._eni(eni_id)
-            inst = self._instance(instance_id)
+            eni = self._eni(eni_id, cloud)
+            inst = self._instance(instance_id, cloud)
             if eni.instance_id != inst.instance_id:
                 raise EcsError(400, "InvalidOperation.InvalidEniState",
                                f"The ENI is not attached to {inst.instance_id}.")
@@ -780,10 +859,10 @@ class Engine:
                 self.tick()
             return eni
 
-    def delete(self, eni_id: str | None) -> None:
+    def delete(self, eni_id: str | None, cloud: str = ALIYUN) -> None:
         with self.lock:
             self.tick()
-            eni = self._eni(eni_id)
+            eni = self._eni(eni_id, cloud)
             if eni.type == "Primary":
                 raise EcsError(403, "InvalidOperation.InvalidEniType",
                                "The primary ENI of an instance cannot be deleted.")
@@ -834,14 +913,21 @@ class Engine:
                 raise EcsError(403, code,
                                f"The ENI can hold {cap} secondary IPs; it has "
                                f"{len(eni.private_ips)}, {n} more asked.")
+            return eni, self.grow_ips(eni, n, wanted)
+
+    def grow_ips(self, eni: Eni, n: int, wanted: Sequence[str] = ()) -> list[str]:
+        """Adds ``wanted`` (or ``n`` free) secondary IPs once the dialect's caps are
+        checked; the network follows."""
+        with self.lock:
             vsw = self.vswitches[eni.vswitch_id]
             ips = self._allocate(vsw, n, wanted)
             self.used[vsw.vswitch_id].update(ips)
             eni.private_ips.extend(ips)
             self._save("eni", eni.eni_id, eni)
+            inst = self.instances.get(eni.instance_id)
             if eni.status == ENI_INUSE and inst is not None:
                 self.net.set_ips(eni, inst)
-            return eni, ips
+            return ips
 
     def unassign(self, p: Mapping[str, str]) -> Eni:
         with self.lock:
@@ -851,7 +937,7 @@ class Engine:
             if not 1 <= len(ips) <= MAX_IPS_PER_CALL:
                 raise EcsError(400, "InvalidParameter.PrivateIpAddress",
                                f"1 to {MAX_IPS_PER_CALL} IPs per call, not {len(ips)}.")
-            inst = self._check_ip_op(eni)
+            self._check_ip_op(eni)
             for ip in ips:
                 if ip == eni.primary_ip:  # not a secondary IP: ECS says "not assigned"
                     raise EcsError(403, "InvalidIp.IpUnassigned",
@@ -859,15 +945,22 @@ class Engine:
                 if ip not in eni.private_ips:
                     raise EcsError(403, "InvalidIp.IpUnassigned",
                                    f"{ip} is not assigned to {eni.eni_id}.")
+            self.shrink_ips(eni, ips)
+            return eni
+
+    def shrink_ips(self, eni: Eni, ips: Sequence[str]) -> None:
+        """Removes secondary IPs the dialect has checked are the ENI's (EIP guards
+        may still refuse); the network follows."""
+        with self.lock:
             for guard in self.ip_guards:
                 guard(eni, ips)
             gone = set(ips)
             eni.private_ips = [ip for ip in eni.private_ips if ip not in gone]
             self.used[eni.vswitch_id].difference_update(gone)
             self._save("eni", eni.eni_id, eni)
+            inst = self.instances.get(eni.instance_id)
             if eni.status == ENI_INUSE and inst is not None:
                 self.net.set_ips(eni, inst)
-            return eni
 
     def modify(self, p: Mapping[str, str]) -> Eni:
         with self.lock:
@@ -895,6 +988,8 @@ class Engine:
             out = []
             for eni in sorted(self.enis.values(), key=lambda e: e.seq):
                 if ids and eni.eni_id not in ids:
+                    continue
+                if self.cloud_of(eni.vpc_id) != ALIYUN:
                     continue
                 if p.get("InstanceId") and eni.instance_id != p["InstanceId"]:
                     continue
@@ -934,6 +1029,8 @@ class Engine:
             for inst in sorted(self.instances.values(), key=lambda i: (i.created, i.instance_id)):
                 if ids and inst.instance_id not in ids:
                     continue
+                if self.cloud_of(inst.vpc_id) != ALIYUN:
+                    continue
                 for key, attr in (("VpcId", "vpc_id"), ("ZoneId", "zone_id"),
                                   ("Status", "status"), ("InstanceType", "instance_type"),
                                   ("VSwitchId", "vswitch_id")):
@@ -948,6 +1045,8 @@ class Engine:
             out = []
             for vsw in sorted(self.vswitches.values(), key=lambda v: (v.created, v.vswitch_id)):
                 if p.get("VSwitchId") and vsw.vswitch_id != p["VSwitchId"]:
+                    continue
+                if vsw.cloud != ALIYUN:
                     continue
                 if p.get("VpcId") and vsw.vpc_id != p["VpcId"]:
                     continue
@@ -974,6 +1073,7 @@ class Engine:
             return [g for g in sorted(self.sgs.values(),
                                       key=lambda g: (g.created, g.security_group_id))
                     if (not ids or g.security_group_id in ids)
+                    and self.cloud_of(g.vpc_id) == ALIYUN
                     and (not p.get("VpcId") or g.vpc_id == p["VpcId"])]
 
     def filter_types(self, p: Mapping[str, str]) -> list[InstanceType]:
