@@ -45,6 +45,18 @@ def wait_for(pred: Any, what: str, timeout: float = 10.0) -> Any:
     return testing.wait_for(pred, timeout, what, 0.05)
 
 
+def route_secondary(ns: str, dev: str, ip: str, gw: str) -> None:
+    """What the agent does for a pod IP on a secondary ENI: the IP on the ENI, and a
+    policy route sending its traffic out of that ENI."""
+    for key in ("net.ipv4.conf.all.rp_filter=0", f"net.ipv4.conf.{dev}.rp_filter=0"):
+        in_ns(ns, "sysctl", "-q", "-w", key)
+    sh("ip", "-n", ns, "link", "set", dev, "up")
+    sh("ip", "-n", ns, "addr", "add", f"{ip}/32", "dev", dev)
+    sh("ip", "-n", ns, "rule", "add", "from", ip, "lookup", "100")
+    sh("ip", "-n", ns, "route", "add", "default", "via", gw, "dev", dev, "onlink",
+       "table", "100")
+
+
 def test_vpc_network_with_real_packets(netsim: tuple[SimHandle, str]) -> None:
     sim, tag = netsim
     topo = sim.admin.bootstrap({ZONE: ["10.50.0.0/24"]})
@@ -72,13 +84,7 @@ def test_vpc_network_with_real_packets(netsim: tuple[SimHandle, str]) -> None:
     s1, s2 = p.assign_ips(eni.eni_id, 2)
 
     # node A: the secondary IP on the ENI, with a policy route out of that ENI
-    for key in ("net.ipv4.conf.all.rp_filter=0", f"net.ipv4.conf.{dev}.rp_filter=0"):
-        in_ns(ns_a, "sysctl", "-q", "-w", key)
-    sh("ip", "-n", ns_a, "link", "set", dev, "up")
-    sh("ip", "-n", ns_a, "addr", "add", f"{s1}/32", "dev", dev)
-    sh("ip", "-n", ns_a, "rule", "add", "from", s1, "lookup", "100")
-    sh("ip", "-n", ns_a, "route", "add", "default", "via", gw, "dev", dev, "onlink",
-       "table", "100")
+    route_secondary(ns_a, dev, s1, gw)
     assert ping(ns_b, s1), "a secondary IP is reachable through its ENI"
 
     # source/destination check: the same reply sent out of the primary ENI is dropped

@@ -70,8 +70,10 @@ class CloudSimAdmin:
         except (OSError, AdminError):
             return False
 
-    def create_vpc(self, cidr: str = "172.16.0.0/12") -> dict[str, Any]:
-        return self._call("POST", "/admin/vpcs", {"cidr": cidr})
+    def create_vpc(self, cidr: str = "172.16.0.0/12", cloud: str = "aliyun") -> dict[str, Any]:
+        """``cloud`` "aws" makes an EC2-flavoured VPC: its subnets follow EC2's rules
+        and only the EC2 dialect sees it (and only the ECS dialect an "aliyun" one)."""
+        return self._call("POST", "/admin/vpcs", {"cidr": cidr, "cloud": cloud})
 
     def create_vswitch(self, vpc_id: str, zone_id: str, cidr: str, name: str = ""
                        ) -> dict[str, Any]:
@@ -82,10 +84,13 @@ class CloudSimAdmin:
         return self._call("POST", "/admin/security-groups", {"vpc_id": vpc_id})
 
     def bootstrap(self, zones: Mapping[str, Sequence[str]] | None = None,
-                  vpc_cidr: str = "10.0.0.0/8") -> Topology:
-        """A VPC, vSwitches (zone -> CIDRs) and one security group in one call."""
+                  vpc_cidr: str = "10.0.0.0/8", cloud: str = "aliyun") -> Topology:
+        """A VPC, vSwitches (zone -> CIDRs; subnets for ``cloud="aws"``, default one
+        /24 in the EC2 region's zone a) and one security group in one call."""
+        if zones is None and cloud == "aws":
+            zones = {self.state()["settings"]["aws_region"] + "a": ["10.0.0.0/24"]}
         zones = zones or {"cn-hangzhou-i": ["10.0.0.0/24"]}
-        vpc = self.create_vpc(vpc_cidr)
+        vpc = self.create_vpc(vpc_cidr, cloud)
         sg = self.create_security_group(vpc["vpc_id"])
         topo = Topology(vpc["vpc_id"], sg["security_group_id"])
         for zone, cidrs in zones.items():
@@ -95,14 +100,16 @@ class CloudSimAdmin:
     # instances
     def create_instance(self, instance_type: str, vswitch_id: str,
                         security_group_ids: Sequence[str], name: str = "", netns: str = "",
-                        status: str = "Running", ram_role: str = "", primary_ip: str = ""
+                        status: str = "Running", ram_role: str = "", primary_ip: str = "",
+                        iam_role: str = ""
                         ) -> dict[str, Any]:
-        """Returns the instance with its ENIs, ``provider_id`` (<region>.<id>) and
+        """Returns the instance with its ENIs, ``provider_id`` (<region>.<id>; for an
+        instance in an aws VPC aws:///<zone>/<id>, its type one of EC2's) and
         ``metadata_url`` (the base the agent appends /latest/meta-data/... to)."""
         return self._call("POST", "/admin/instances", {
             "instance_type": instance_type, "vswitch_id": vswitch_id,
             "security_group_ids": list(security_group_ids), "name": name, "netns": netns,
-            "status": status, "ram_role": ram_role, "primary_ip": primary_ip})
+            "status": status, "ram_role": ram_role or iam_role, "primary_ip": primary_ip})
 
     def instance(self, instance_id: str) -> dict[str, Any]:
         return self._call("GET", f"/admin/instances/{instance_id}")
@@ -147,6 +154,24 @@ class CloudSimAdmin:
         """Token bucket for ``api`` ("*": every API without its own); None removes it."""
         spec = None if per_second is None else {"per_second": per_second, "burst": burst}
         return self._call("PUT", "/admin/throttle", {"throttle": {api: spec}})
+
+    def throttle_preset(self, preset: str = "ec2") -> dict[str, Any]:
+        """EC2's documented request-rate buckets for every EC2 action (RequestLimitExceeded
+        once empty)."""
+        return self._call("PUT", "/admin/throttle", {"preset": preset, "throttle": {}})
+
+    def imds(self, instance_id: str, path: str, ttl: int = 21600) -> str:
+        """IMDSv2 for an aws instance: a session token, then GET <metadata_url>/latest/
+        <path> with it (e.g. path="meta-data/instance-id")."""
+        base = self.instance(instance_id)["metadata_url"]
+        put = urllib.request.Request(f"{base}/latest/api/token", method="PUT",
+                                     headers={"X-aws-ec2-metadata-token-ttl-seconds": str(ttl)})
+        with urllib.request.urlopen(put, timeout=self.timeout) as resp:
+            token = resp.read().decode()
+        get = urllib.request.Request(f"{base}/latest/{path}",
+                                     headers={"X-aws-ec2-metadata-token": token})
+        with urllib.request.urlopen(get, timeout=self.timeout) as resp:
+            return resp.read().decode()
 
     def call_counts(self) -> dict[str, Any]:
         """{"calls": {api: n}, "total": n, "errors": {api: {code: n}},

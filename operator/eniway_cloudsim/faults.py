@@ -126,16 +126,20 @@ class Gate:
             b = self._buckets[api] = Bucket(rate)
         return b
 
-    def decide(self, api: str, caller: str = "") -> Decision:
-        """``caller`` is the AccessKey id that signed the request (counted apart)."""
+    def decide(self, api: str, caller: str = "", bucket: str = "",
+               throttled: EcsError | None = None) -> Decision:
+        """``caller`` is the AccessKey id that signed the request (counted apart);
+        ``bucket`` the token bucket the call draws from (default: the API's own);
+        ``throttled`` the error an empty bucket answers (default: ECS's Throttling)."""
         with self._lock:
             self.calls[api] += 1
             self.by_caller[caller][api] += 1
-            bucket = self._bucket(api)
-            if bucket is not None and not bucket.admit():
-                self.errors[api]["Throttling"] += 1
-                return Decision(error=EcsError(400, "Throttling",
-                                               "Request was denied due to request throttling."))
+            tokens = self._bucket(bucket or api)
+            if tokens is not None and not tokens.admit():
+                error = throttled or EcsError(400, "Throttling",
+                                              "Request was denied due to request throttling.")
+                self.errors[api][error.code] += 1
+                return Decision(error=error)
             fault = self.faults.get(api) or self.faults.get(ANY)
             if fault is None:
                 return Decision()

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import ec2_api
 from .admin import ADMIN_TOKEN_ENV
 from .eips import EipSettings
 from .engine import Settings
@@ -23,7 +24,9 @@ from .server import CloudSim
 EPILOG = """\
 Endpoints (one listener):
   /                                ECS RPC (API version 2014-05-26), signed ACS3-HMAC-SHA256:
-                                   point alibabacloud_ecs20140526 at --listen with protocol http
+                                   point alibabacloud_ecs20140526 at --listen with protocol http;
+                                   EC2 Query (2016-11-15), signed SigV4 (region --aws-region):
+                                   boto3.client("ec2", endpoint_url="http://<listen>")
   /admin/...                       JSON admin API (topology, instances, faults, counters);
                                    needs 'Authorization: Bearer <admin token>'
   /instances/<id>/<token>/latest/  instance metadata, Alibaba layout: the instance's
@@ -57,8 +60,10 @@ def _cidr(spec: str) -> str:
     return str(net)
 
 
-def _throttle(spec: str) -> tuple[str, Rate]:
-    """API=PER_SECOND[/BURST]"""
+def _throttle(spec: str) -> tuple[str, Rate | None]:
+    """API=PER_SECOND[/BURST], or "ec2" (EC2's documented buckets: rate None)."""
+    if spec == "ec2":
+        return spec, None
     api, _, rate = spec.partition("=")
     per_s, _, burst = rate.partition("/")
     try:
@@ -66,7 +71,7 @@ def _throttle(spec: str) -> tuple[str, Rate]:
         return api, Rate(per_second, int(burst) if burst else max(1, int(per_second)))
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"{spec!r}: want API=PER_SECOND[/BURST], e.g. '*=20/40'") from None
+            f"{spec!r}: want API=PER_SECOND[/BURST], e.g. '*=20/40', or ec2") from None
 
 
 def _fault(spec: str) -> tuple[str, dict[str, Any]]:
@@ -138,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SQLite file holding the region's state; survives restarts "
                         "(default: in memory, lost on exit)")
     p.add_argument("--region", default="cn-hangzhou", help="region id (default %(default)s)")
+    p.add_argument("--aws-region", default="us-east-1",
+                   help="the EC2 dialect's region: SigV4 scope, availability zones "
+                        "<region>a... (default %(default)s)")
     p.add_argument("--eni-quota", type=int, default=100,
                    help="secondary ENIs allowed in the region (default %(default)s, as ECS)")
     p.add_argument("--attach-delay", type=float, default=0.5,
@@ -163,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--throttle", action="append", default=[], metavar="API=PER_S[/BURST]",
                    type=_throttle,
                    help="token bucket per API ('*' for every API), answering Throttling when "
-                        "empty; repeatable (default: none)")
+                        "empty; 'ec2' sets EC2's documented buckets on the EC2 actions "
+                        "(RequestLimitExceeded); repeatable (default: none)")
     p.add_argument("--fault", action="append", default=[], metavar="API=RATE[:CODE[:STATUS]]",
                    type=_fault,
                    help="inject errors on a share of calls ('*' for all); repeatable "
@@ -193,12 +202,19 @@ def make_sim(args: argparse.Namespace, token: str | None = None) -> CloudSim:
 
         network = NetMode(args.netns_prefix)
     keys = dict(args.access_key) if args.access_key else None
+    throttle: dict[str, Rate] = {}
+    for api, rate in args.throttle:
+        if rate is None:
+            throttle.update(ec2_api.throttle_preset())
+        else:
+            throttle[api] = rate
     sim = CloudSim(
         host=host, port=port, state=args.state, admin_token=token,
         settings=Settings(region_id=args.region, eni_quota=args.eni_quota,
-                          attach_delay=args.attach_delay, detach_delay=args.detach_delay),
+                          attach_delay=args.attach_delay, detach_delay=args.detach_delay,
+                          aws_region=args.aws_region),
         network=network, keys=keys, auth=not args.no_auth, seed=args.seed,
-        throttle=dict(args.throttle),
+        throttle=throttle,
         eip_settings=EipSettings(quota=args.eip_quota, pool=args.eip_pool,
                                  associate_delay=args.eip_delay,
                                  unassociate_delay=args.eip_delay))

@@ -1,6 +1,9 @@
 """The HTTP front: ECS RPC calls and VPC RPC calls (EIPs; told apart by their API
-version) on ``/``, admin JSON under ``/admin/``, instance metadata under
-``/instances/<id>/<token>/latest/`` (see metadata.py).
+version) on ``/``, and EC2 Query calls on the same ``/`` (told apart by their SigV4
+``Authorization: AWS4-HMAC-SHA256`` header or ``Version=2016-11-15``; see ec2_api.py),
+admin JSON under ``/admin/``, instance metadata under
+``/instances/<id>/<token>/latest/`` (see metadata.py; IMDSv2 for aws instances, see
+ec2_metadata.py).
 
 The admin API changes the region at will (instances, access keys, faults), so every
 ``/admin/`` request but ``GET /admin/healthz`` (for probes) must carry
@@ -16,17 +19,19 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from . import metadata, vpc_api
+from . import ec2_api, metadata, sigv4, vpc_api
+from .ec2_metadata import Imds
+from .ec2_metadata import serve as serve_imds
 from .ecs_api import ACTIONS
 from .eips import EipBook, EipSettings
-from .engine import EcsError, Engine, Settings
-from .faults import Gate, Rate
+from .engine import AWS, EcsError, Engine, Settings
+from .faults import Decision, Gate, Rate
 from .signing import Verifier
 from .store import Store
 
@@ -53,6 +58,7 @@ class CloudSim:
         self.verifier = Verifier(keys if keys is not None else {"eniway": "eniway-secret"},
                                  enabled=auth)
         self.gate = Gate(seed, throttle)
+        self.imds = Imds(self.engine, self.verifier)
         self.admin_token = admin_token or secrets.token_urlsafe(24)
         self.httpd = ThreadingHTTPServer((host, port), _handler(self))
         self.httpd.daemon_threads = True
@@ -139,21 +145,41 @@ class CloudSim:
         if handler is None:
             raise EcsError(400, "InvalidAction.NotFound",
                            f"Specified api {action} is not found.")
-        decision = self.gate.decide(action, caller)
+        def run() -> dict[str, Any]:
+            self.engine.check_region(params.get("RegionId"))
+            with self.engine.lock:  # one consistent view per call, as one region would give
+                return handler(self.engine, params)
+
+        return self._gated(action, self.gate.decide(action, caller), run)
+
+    def _gated(self, action: str, decision: Decision,
+               run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """The gate's decision around one call: its delay, its error before or after the
+        call (a lost response), and the call's own errors counted."""
         if decision.delay > 0:
             time.sleep(decision.delay)
         if decision.error is not None and decision.phase == "before":
             raise decision.error
-        self.engine.check_region(params.get("RegionId"))
         try:
-            with self.engine.lock:  # one consistent view per call, as one region would give
-                body = handler(self.engine, params)
+            body = run()
         except EcsError as e:
             self.gate.record_error(action, e.code)
             raise
         if decision.error is not None:
             raise decision.error
         return body
+
+    def call_ec2(self, action: str, params: Mapping[str, str], caller: str = ""
+                 ) -> dict[str, Any]:
+        """One EC2 Query action: faults and counters by its action name, throttling
+        from its bucket (see ec2_api.bucket_of), answering RequestLimitExceeded."""
+        if action not in ec2_api.ACTIONS:
+            raise EcsError(400, "InvalidAction",
+                           f"The action {action} is not valid for this web service.")
+        decision = self.gate.decide(
+            action, caller, bucket=ec2_api.bucket_of(action, params),
+            throttled=EcsError(503, "RequestLimitExceeded", "Request limit exceeded."))
+        return self._gated(action, decision, lambda: ec2_api.run(self.engine, action, params))
 
     # --- admin ---------------------------------------------------------------------------
 
@@ -166,7 +192,8 @@ class CloudSim:
         if route == ("GET", "state"):
             return dict(e.snapshot(), eips=self.eips.snapshot())
         if route == ("POST", "vpcs"):
-            return asdict(e.create_vpc(body.get("cidr", "172.16.0.0/12"), body.get("vpc_id", "")))
+            return asdict(e.create_vpc(body.get("cidr", "172.16.0.0/12"), body.get("vpc_id", ""),
+                                       body.get("cloud", "aliyun")))
         if route == ("POST", "vswitches"):
             vsw = e.create_vswitch(body["vpc_id"], body["zone_id"], body["cidr"],
                                    body.get("name", ""), body.get("vswitch_id", ""))
@@ -177,7 +204,8 @@ class CloudSim:
             inst = e.create_instance(
                 body["instance_type"], body["vswitch_id"], body.get("security_group_ids", []),
                 name=body.get("name", ""), netns=body.get("netns", ""),
-                status=body.get("status", "Running"), ram_role=body.get("ram_role", ""),
+                status=body.get("status", "Running"),
+                ram_role=body.get("ram_role", "") or body.get("iam_role", ""),
                 primary_ip=body.get("primary_ip", ""), instance_id=body.get("instance_id", ""))
             return self._instance_view(inst.instance_id)
         if route == ("GET", "instances") and len(parts) == 2:
@@ -209,6 +237,11 @@ class CloudSim:
             return self.gate.describe()
         if route == ("PUT", "throttle"):
             rates: dict[str, Rate | None] = {}
+            if body.get("preset") == "ec2":
+                rates.update(ec2_api.throttle_preset())
+            elif body.get("preset"):
+                raise EcsError(400, "InvalidParameter.Preset",
+                               f"unknown throttle preset {body['preset']!r} (ec2)")
             for api, spec in body.get("throttle", {}).items():
                 rates[api] = None if not spec else Rate(float(spec["per_second"]),
                                                         int(spec.get("burst", 1)))
@@ -227,12 +260,16 @@ class CloudSim:
     def _instance_view(self, instance_id: str) -> dict[str, Any]:
         e = self.engine
         with e.lock:
-            inst = e._instance(instance_id)
+            inst = e._instance(instance_id, None)
             out = asdict(inst)
             out["enis"] = [asdict(n) for n in e.enis_of(instance_id)]
             out["primary_ip"] = e.enis[inst.primary_eni_id].primary_ip
             out["metadata_url"] = f"{self.url}/instances/{instance_id}/{inst.metadata_token}"
-            out["provider_id"] = f"{e.settings.region_id}.{instance_id}"
+            out["cloud"] = e.cloud_of(inst.vpc_id)
+            if out["cloud"] == AWS:  # Kubernetes' AWS providerID: aws:///<zone>/<id>
+                out["provider_id"] = f"aws:///{inst.zone_id}/{instance_id}"
+            else:
+                out["provider_id"] = f"{e.settings.region_id}.{instance_id}"
             return out
 
 
@@ -308,6 +345,10 @@ def _handler(sim: CloudSim) -> type[BaseHTTPRequestHandler]:
                     self._json(200, sim.admin(self.command, path, body))
                 elif path.startswith(("/instances/", "/latest")):
                     self._metadata(path)
+                elif self.headers.get("Authorization", "").startswith(sigv4.ALGORITHM) or \
+                        ("Version", ec2_api.API_VERSION) in parse_qsl(
+                            raw.decode(errors="replace")):
+                    self._ec2(split.query, raw)
                 else:
                     self._ecs(split.query, raw)
             except EcsError as e:
@@ -329,6 +370,14 @@ def _handler(sim: CloudSim) -> type[BaseHTTPRequestHandler]:
             if not rest.startswith("latest"):
                 raise EcsError(404, "NotFound", path)
             sub = rest[len("latest"):].lstrip("/")
+            with sim.engine.lock:
+                inst = sim.engine.instances.get(instance_id)
+                aws = inst is not None and sim.engine.cloud_of(inst.vpc_id) == AWS
+            if aws:
+                status, text = serve_imds(sim.imds, self.command, instance_id, sub, token,
+                                          self.headers)
+                self._send(status, text.encode(), "text/plain")
+                return
             if self.command == "PUT" and sub == "api/token":
                 self._send(200, uuid.uuid4().hex.encode(), "text/plain")
                 return
@@ -367,6 +416,29 @@ def _handler(sim: CloudSim) -> type[BaseHTTPRequestHandler]:
                                       + e.code}, request_id)
                 return
             self._json(200, dict(result, RequestId=request_id), request_id)
+
+        def _ec2(self, query: str, raw: bytes) -> None:
+            request_id = str(uuid.uuid4())
+            pairs = parse_qsl(query, keep_blank_values=True)
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            params = dict(pairs)
+            try:
+                caller = sigv4.verify(sim.verifier, sim.engine.settings.aws_region,
+                                      self.command, urlsplit(self.path).path, pairs,
+                                      headers, raw)
+                params.update(parse_qsl(raw.decode(), keep_blank_values=True))
+                if params.get("Version") != ec2_api.API_VERSION:
+                    raise EcsError(400, "InvalidParameterValue",
+                                   f"Version {params.get('Version')!r}: this endpoint "
+                                   f"speaks EC2 {ec2_api.API_VERSION}.")
+                action = params.get("Action", "")
+                body = sim.call_ec2(action, params, caller)
+            except EcsError as e:
+                self._send(e.status, ec2_api.error_response(e.code, e.message, request_id),
+                           "text/xml;charset=UTF-8", {"x-amzn-RequestId": request_id})
+                return
+            self._send(200, ec2_api.response(action, request_id, body),
+                       "text/xml;charset=UTF-8", {"x-amzn-RequestId": request_id})
 
         def do_GET(self) -> None:
             self._handle()

@@ -62,8 +62,9 @@ class Verifier:
         self._expiry: list[tuple[float, str]] = []  # heap of the same, oldest first
         self._lock = threading.Lock()
 
-    def issue_sts(self, instance_id: str = "") -> tuple[str, StsKey]:
-        ak = "STS." + secrets.token_hex(12)
+    def issue_sts(self, instance_id: str = "", aws: bool = False) -> tuple[str, StsKey]:
+        """Temporary keys; ``aws`` gives them EC2's look (ASIA...) for an IAM role."""
+        ak = "ASIA" + secrets.token_hex(8).upper() if aws else "STS." + secrets.token_hex(12)
         key = StsKey(secrets.token_urlsafe(24), secrets.token_urlsafe(48),
                      time.time() + self.sts_ttl, instance_id)
         with self._lock:

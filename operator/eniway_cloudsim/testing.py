@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .admin import ADMIN_TOKEN_ENV, CloudSimAdmin
+from .admin import ADMIN_TOKEN_ENV, CloudSimAdmin, Topology
 from .eips import EipSettings
 from .engine import Settings
 from .server import CloudSim
@@ -31,10 +31,12 @@ class SimHandle:
     operator, so that it stays an independent check on it."""
 
     def __init__(self, endpoint: str, region: str, sim: CloudSim | None = None,
-                 proc: subprocess.Popen[str] | None = None, admin_token: str = "") -> None:
+                 proc: subprocess.Popen[str] | None = None, admin_token: str = "",
+                 aws_region: str = "us-east-1") -> None:
         self.endpoint = endpoint
         self.url = f"http://{endpoint}"
         self.region = region
+        self.aws_region = aws_region
         self.sim = sim
         self.proc = proc
         self.admin_token = admin_token
@@ -65,6 +67,27 @@ class SimHandle:
                              endpoint=self.endpoint, protocol="http", region_id=self.region,
                              read_timeout=30000, connect_timeout=5000))
 
+    def ec2_client(self, access_key_id: str = ACCESS_KEY_ID,
+                   access_key_secret: str = ACCESS_KEY_SECRET, session_token: str | None = None,
+                   max_attempts: int = 1) -> Any:
+        """A boto3 EC2 client on the same endpoint, in the emulator's EC2 region.
+        ``max_attempts`` 1 (no retries) shows every error as the emulator answered it."""
+        import boto3
+        from botocore.config import Config as BotoConfig
+
+        return boto3.session.Session().client(
+            "ec2", endpoint_url=self.url, region_name=self.aws_region,
+            aws_access_key_id=access_key_id, aws_secret_access_key=access_key_secret,
+            aws_session_token=session_token,
+            config=BotoConfig(retries={"total_max_attempts": max_attempts, "mode": "standard"},
+                              connect_timeout=5, read_timeout=30))
+
+    def bootstrap_aws(self, zones: Mapping[str, Sequence[str]] | None = None,
+                      vpc_cidr: str = "10.0.0.0/16") -> Topology:
+        """An aws VPC, its subnets (zone -> CIDRs; default one /24 in <region>a) and a
+        security group; instances go in with admin.create_instance(<EC2 type>, ...)."""
+        return self.admin.bootstrap(zones, vpc_cidr=vpc_cidr, cloud="aws")
+
     def close(self, teardown_network: bool = True) -> None:
         if self.sim is not None:
             self.sim.stop(teardown_network=teardown_network)
@@ -80,7 +103,8 @@ class SimHandle:
 def start_in_process(state: str = ":memory:", region: str = "cn-hangzhou",
                      attach_delay: float = 0.05, detach_delay: float = 0.05,
                      eni_quota: int = 100, network: Any = None, seed: int | None = None,
-                     port: int = 0, eip_quota: int = 20, eip_delay: float = 0.05
+                     port: int = 0, eip_quota: int = 20, eip_delay: float = 0.05,
+                     aws_region: str = "us-east-1", throttle: Mapping[str, Any] | None = None
                      ) -> SimHandle:
     """``network=True`` builds the VPC network (root) under a random namespace prefix;
     pass a NetMode to choose it. Close the handle to stop (and remove the namespaces)."""
@@ -90,21 +114,24 @@ def start_in_process(state: str = ":memory:", region: str = "cn-hangzhou",
         network = NetMode(prefix=f"csim{secrets.token_hex(3)}-")
     sim = CloudSim(port=port, state=state,
                    settings=Settings(region_id=region, eni_quota=eni_quota,
-                                     attach_delay=attach_delay, detach_delay=detach_delay),
+                                     attach_delay=attach_delay, detach_delay=detach_delay,
+                                     aws_region=aws_region),
                    network=network, keys={ACCESS_KEY_ID: ACCESS_KEY_SECRET}, seed=seed,
+                   throttle=throttle,
                    eip_settings=EipSettings(quota=eip_quota, associate_delay=eip_delay,
                                             unassociate_delay=eip_delay))
     sim.start()
-    return SimHandle(sim.endpoint, region, sim=sim, admin_token=sim.admin_token)
+    return SimHandle(sim.endpoint, region, sim=sim, admin_token=sim.admin_token,
+                     aws_region=aws_region)
 
 
 def start_subprocess(args: Sequence[str] = (), region: str = "cn-hangzhou",
-                     env: Mapping[str, str] | None = None, timeout: float = 30.0
-                     ) -> SimHandle:
+                     env: Mapping[str, str] | None = None, timeout: float = 30.0,
+                     aws_region: str = "us-east-1") -> SimHandle:
     """``eniway-cloudsim --listen 127.0.0.1:0 --print-endpoint ARGS`` in a child process,
     its admin token given in the environment (``env`` may set another)."""
     cmd = [sys.executable, "-m", "eniway_cloudsim.main", "--listen", "127.0.0.1:0",
-           "--print-endpoint", "--region", region,
+           "--print-endpoint", "--region", region, "--aws-region", aws_region,
            "--access-key", f"{ACCESS_KEY_ID}:{ACCESS_KEY_SECRET}", *args]
     env = {ADMIN_TOKEN_ENV: secrets.token_urlsafe(24), **(env or {})}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, **env})
@@ -116,7 +143,7 @@ def start_subprocess(args: Sequence[str] = (), region: str = "cn-hangzhou",
         raise RuntimeError(f"eniway-cloudsim exited with {proc.wait(timeout=10)}")
     printed = json.loads(line)
     handle = SimHandle(printed["endpoint"], region, proc=proc,
-                       admin_token=printed["admin_token"])
+                       admin_token=printed["admin_token"], aws_region=aws_region)
     while not handle.admin.healthy():
         if time.monotonic() > deadline or proc.poll() is not None:
             handle.close()
