@@ -143,6 +143,21 @@ def test_dialects_see_only_their_own_flavour(env: Env) -> None:
     vsws = client.describe_vswitches(ecs.DescribeVSwitchesRequest(
         region_id=env.sim.region)).body.v_switches.v_switch
     assert [v.v_switch_id for v in vsws] == ali.vswitch_ids("cn-hangzhou-i")
+    with pytest.raises(Exception) as sdk:
+        client.attach_network_interface(ecs.AttachNetworkInterfaceRequest(
+            region_id=env.sim.region, network_interface_id=env.eni()["NetworkInterfaceId"],
+            instance_id=inst["instance_id"]))
+    assert "InvalidEniId.NotFound" in str(sdk.value)
+    # nor does the Alibaba VPC API put an EIP on an aws instance
+    from alibabacloud_vpc20160428 import models as vpc
+
+    eips = env.sim.vpc_client()
+    alloc = eips.allocate_eip_address(vpc.AllocateEipAddressRequest(
+        region_id=env.sim.region)).body.allocation_id
+    with pytest.raises(Exception) as sdk:
+        eips.associate_eip_address(vpc.AssociateEipAddressRequest(
+            region_id=env.sim.region, allocation_id=alloc, instance_id=inst["instance_id"]))
+    assert "InvalidInstanId.NotFound" in str(sdk.value)
 
 
 def test_describe_instances(env: Env) -> None:

@@ -180,6 +180,13 @@ def test_faults_and_counts_cover_ec2_actions(sim: SimHandle) -> None:
                                "DescribeNetworkInterfaces": 1}
     assert counts["errors"]["CreateNetworkInterface"] == {"InternalError": 1}
     assert counts["callers"][sim.access_key_id]["CreateNetworkInterface"] == 2
+    # no IAM policies: UnauthorizedOperation (403) comes only from a fault
+    sim.admin.add_fault("DeleteNetworkInterface", count=1, code="UnauthorizedOperation",
+                        status=403, message="You are not authorized to perform this operation.")
+    with pytest.raises(ClientError) as exc:
+        ec2.delete_network_interface(NetworkInterfaceId=eni["NetworkInterfaceId"])
+    assert code_of(exc) == "UnauthorizedOperation"
+    assert status_of(exc) == 403
 
 
 # --- IMDSv2 -------------------------------------------------------------------------------

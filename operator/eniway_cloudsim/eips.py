@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from .engine import ENI_AVAILABLE, ENI_INUSE, EcsError, Engine, Eni, as_int, tag_list
+from .engine import ALIYUN, ENI_AVAILABLE, ENI_INUSE, EcsError, Engine, Eni, as_int, tag_list
 
 EIP_AVAILABLE = "Available"
 EIP_ASSOCIATING = "Associating"
@@ -234,7 +234,7 @@ class EipBook:
         e = self.engine
         if itype == TYPE_ENI:
             eni = e.enis.get(iid)
-            if eni is None:
+            if eni is None or e.cloud_of(eni.vpc_id) != ALIYUN:  # aws: another dialect's
                 raise EcsError(404, "InvalidInstanId.NotFound",
                                f"Specified instance {iid} does not exist.")
             if eni.type == "Primary":
@@ -244,7 +244,7 @@ class EipBook:
             return itype, eni
         if itype == TYPE_ECS:
             inst = e.instances.get(iid)
-            if inst is None:
+            if inst is None or e.cloud_of(inst.vpc_id) != ALIYUN:
                 raise EcsError(404, "InvalidInstanId.NotFound",
                                f"Specified instance {iid} does not exist.")
             return itype, e.enis[inst.primary_eni_id]
