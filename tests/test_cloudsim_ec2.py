@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from eniway_cloudsim.admin import Topology
+from eniway_cloudsim.admin import AdminError, Topology
 from eniway_cloudsim.ec2_catalog import ec2_catalog
 from eniway_cloudsim.testing import SimHandle, start_in_process
 
@@ -118,6 +118,12 @@ def test_aws_vpc_follows_ec2_subnet_rules(env: Env) -> None:
         env.eni(SubnetId=env.small)
     assert code_of(exc) == "InsufficientFreeAddressesInSubnet"
     assert status_of(exc) == 400
+    with pytest.raises(AdminError) as admin_exc:  # EC2 subnets are /16 to /28
+        env.sim.admin.create_vswitch(env.topo.vpc_id, ZONE, "10.0.2.0/29")
+    assert admin_exc.value.code == "InvalidCidrBlock.Malformed"
+    with pytest.raises(AdminError) as admin_exc:
+        env.sim.admin.create_vswitch(env.topo.vpc_id, "cn-hangzhou-i", "10.0.2.0/28")
+    assert admin_exc.value.code == "InvalidParameter.ZoneId"
 
 
 def test_dialects_see_only_their_own_flavour(env: Env) -> None:
@@ -227,7 +233,12 @@ def test_eni_lifecycle_with_attach_delay(env: Env) -> None:
     first = attachment(env.ec2, eni["NetworkInterfaceId"])
     assert first is not None and first["Status"] == "attaching"
     assert first["InstanceId"] == inst["instance_id"] and first["DeviceIndex"] == 1
+    # IPs may be added while the attachment is under way
+    env.ec2.assign_private_ip_addresses(NetworkInterfaceId=eni["NetworkInterfaceId"],
+                                        SecondaryPrivateIpAddressCount=1)
     wait_status(env.ec2, eni["NetworkInterfaceId"], "attached")
+    assert env.sim.admin.imds(inst["instance_id"], "meta-data/network/interfaces/macs/"
+                              f"{eni['MacAddress']}/local-ipv4s").count("\n") == 3
     now = env.ec2.describe_network_interfaces(
         NetworkInterfaceIds=[eni["NetworkInterfaceId"]])["NetworkInterfaces"][0]
     assert now["Status"] == "in-use"

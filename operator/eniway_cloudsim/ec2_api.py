@@ -665,10 +665,7 @@ def assign_private_ip_addresses(x: Ec2, p: Params) -> dict[str, Any]:
     if len(eni.all_ips) + n > cap:
         raise err("PrivateIpAddressLimitExceeded", f"Number of private addresses will exceed "
                   f"limit: {eni.eni_id} holds {len(eni.all_ips)} of {cap}, {n} more asked.")
-    if eni.status in (ENI_ATTACHING, ENI_DETACHING):
-        raise err("IncorrectState", f"The network interface {eni.eni_id} is "
-                  f"{x.attachment_status(eni)}.")
-    try:
+    try:  # also while attaching or detaching: the IPs belong to the ENI, not the attachment
         ips = x.e.grow_ips(eni, n, wanted)
     except EcsError as e:
         raise _allocate_error(e, eni.vswitch_id) from None

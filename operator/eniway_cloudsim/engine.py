@@ -587,9 +587,10 @@ class Engine:
             if not net.subnet_of(ipaddress.IPv4Network(vpc.cidr)):
                 raise EcsError(400, "InvalidCidrBlock.Malformed",
                                f"{cidr} is not inside the VPC CIDR {vpc.cidr}.")
-            if not 16 <= net.prefixlen <= 29:
+            smallest = 28 if vpc.cloud == AWS else 29  # EC2 subnets: /16 to /28
+            if not 16 <= net.prefixlen <= smallest:
                 raise EcsError(400, "InvalidCidrBlock.Malformed",
-                               "A vSwitch CIDR must be /16 to /29.")
+                               f"A subnet CIDR must be /16 to /{smallest}.")
             for other in self.vswitches.values():
                 if other.vpc_id == vpc_id and ipaddress.ip_network(other.cidr).overlaps(net):
                     raise EcsError(400, "InvalidCidrBlock.Overlapped",
