@@ -157,6 +157,23 @@ def test_throttle_preset_through_admin_and_cli(sim: SimHandle) -> None:
         made.store.close()
 
 
+def test_ec2_in_a_subprocess_with_its_flags() -> None:
+    """The command line: --aws-region sets the SigV4 scope and zones, --throttle ec2 the
+    buckets."""
+    from eniway_cloudsim.testing import start_subprocess
+
+    sim = start_subprocess(["--throttle", "ec2"], aws_region="eu-west-1")
+    try:
+        topo = sim.bootstrap_aws()
+        assert list(topo.vswitches) == ["eu-west-1a"]
+        ec2 = sim.ec2_client()
+        assert ec2.describe_subnets()["Subnets"][0]["AvailabilityZone"] == "eu-west-1a"
+        assert sim.admin.faults()["throttle"]["DeleteTags"] == \
+            {"per_second": 5.0, "burst": 200}
+    finally:
+        sim.close()
+
+
 def test_faults_and_counts_cover_ec2_actions(sim: SimHandle) -> None:
     inst = aws_instance(sim)
     ec2 = sim.ec2_client()

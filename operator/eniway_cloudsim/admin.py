@@ -146,6 +146,10 @@ class CloudSimAdmin:
     def add_fault(self, api: str, seed: int | None = None, **spec: Any) -> dict[str, Any]:
         return self._call("POST", "/admin/faults", {"faults": {api: spec}, "seed": seed})
 
+    def faults(self) -> dict[str, Any]:
+        """{"faults": {API: spec}, "throttle": {API or bucket: {"per_second", "burst"}}}."""
+        return self._call("GET", "/admin/faults")
+
     def clear_faults(self) -> dict[str, Any]:
         return self._call("DELETE", "/admin/faults")
 
