@@ -4,6 +4,8 @@ against the emulator's metadata service in the cloud's own layout."""
 from __future__ import annotations
 
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ from conftest import PROVIDER_ZONE as ZONE
 from cni_plugin import contract
 from cni_plugin.agent.core import AgentConfig, NodeAgent
 from cni_plugin.agent.datapath import Datapath
-from cni_plugin.agent.identity import ALIYUN, InstanceView, MetadataClient, MetadataError
+from cni_plugin.agent.identity import ALIYUN, AWS, InstanceView, MetadataClient, MetadataError
 from cni_plugin.agent.metrics import Metrics
 
 
@@ -103,3 +105,27 @@ def test_agent_serves_only_enis_its_instance_metadata_lists(
     assert status["instanceId"] == mine["instance_id"]
     assert set(status["interfaces"]) == {enis[0].eni_id, next(
         e["eni_id"] for e in mine["enis"] if e["type"] == "Primary")}
+
+
+def test_identity_from_imdsv2_on_an_ec2_instance(cloudsim: Any) -> None:
+    """EC2's layout: a session token first, then every GET with it; the interfaces come
+    with EC2's ids and device numbers, and a forgotten token is renewed once."""
+    topo = cloudsim.bootstrap_aws()
+    zone = next(iter(topo.vswitches))
+    inst = cloudsim.admin.create_instance("m5.large", topo.vswitch_ids(zone)[0],
+                                          [topo.security_group_id])
+    client = MetadataClient(inst["metadata_url"], AWS)
+    ident = client.identity()
+    assert ident.instance_id == inst["instance_id"] and ident.zone == zone
+    primary = next(e for e in inst["enis"] if e["type"] == "Primary")
+    iface = ident.interfaces[primary["mac"].lower()]
+    assert iface.eni_id == primary["eni_id"] and iface.device_number == 0
+    assert primary["primary_ip"] in iface.ips
+    client._token = "forgotten"  # as after a restart of the service
+    assert client.get("instance-id") == inst["instance_id"]
+    assert client._token != "forgotten"
+    # Without the token the service refuses: the client did not get in by accident.
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(f"{inst['metadata_url']}/latest/meta-data/instance-id",
+                               timeout=5)
+    assert e.value.code == 401
