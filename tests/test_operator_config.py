@@ -108,3 +108,14 @@ def test_every_problem_at_once_with_its_source_and_the_rest_in_effect() -> None:
     with pytest.raises(ConfigError) as e:
         merge((glob, "cm"), (node, "enipool"))
     assert str(e.value).count(";") == 3
+
+
+def test_ec2_subnet_ids_are_vswitch_ids_and_junk_is_not() -> None:
+    cfg = merge((from_configmap({"config.json": json.dumps(
+        {"vswitches": {"us-east-1a": ["subnet-0123456789abcdef0"]},
+         "security_group_ids": ["sg-0123456789abcdef0"]})}, "cm"), "cm"))
+    assert cfg.vswitches_for("us-east-1a") == ("subnet-0123456789abcdef0",)
+    for bad in ("subnet_0123", "vpc-0123456789", "subnet-"):
+        with pytest.raises(ConfigError, match="nor an EC2 subnet id"):
+            merge((from_configmap({"config.json": json.dumps({"vswitches": {"z": [bad]}})},
+                                  "cm"), "cm"))

@@ -23,7 +23,7 @@ CONFIGMAP_KEYS = ("config.yaml", "config.yml", "config.json", "eni_conf")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _SG = re.compile(r"^sg-[0-9a-z]{4,64}$")
-_VSW = re.compile(r"^vsw-[0-9a-z]{4,64}$")
+_VSW = re.compile(r"^(vsw|subnet)-[0-9a-z]{4,64}$")  # ECS vSwitch, EC2 subnet
 POLICIES = ("most_free", "ordered")
 
 
@@ -112,7 +112,8 @@ def _vswitches(value: Any, key: str) -> dict[str, tuple[str, ...]]:
             raise ConfigError(f"{key}.{zone}: expected a non-empty list of vSwitch ids")
         for vsw in ids:
             if not isinstance(vsw, str) or not _VSW.match(vsw):
-                raise ConfigError(f"{key}.{zone}: {vsw!r} is not a vSwitch id (vsw-...)")
+                raise ConfigError(f"{key}.{zone}: {vsw!r} is not a vSwitch id (vsw-...) "
+                                  "nor an EC2 subnet id (subnet-...)")
         out[str(zone)] = tuple(dict.fromkeys(ids))
     return out
 
