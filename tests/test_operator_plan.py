@@ -32,6 +32,9 @@ from eniway_operator.plan import (
 G6 = InstanceLimits("ecs.g6.xlarge", max_enis=3, ips_per_eni=10)  # 2 x 9 pod IPs
 BIG = InstanceLimits("ecs.g6.4xlarge", max_enis=8, ips_per_eni=20)  # 7 x 19
 T6 = InstanceLimits("ecs.t6-c1m1.large", max_enis=2, ips_per_eni=2, hot_swap=False)
+# EC2's rules on the same figures: the primary ENI's secondary IPs serve pods too.
+M5 = InstanceLimits("m5.xlarge", max_enis=3, ips_per_eni=10, pods_on_primary_eni=True,
+                    max_pods_extra=2)  # 3 x 9 pod IPs
 PRIMARY = ENIView("eni-primary0", INUSE, "vsw-aaaa0001", primary=True)
 VSW = (VSwitch("vsw-aaaa0001", "vpc-1", "z1", "10.0.0.0/24", 200),
        VSwitch("vsw-bbbb0002", "vpc-1", "z1", "10.0.1.0/24", 50),
@@ -150,16 +153,23 @@ def test_primary_never_touched() -> None:
     assert plan.actions == []
 
 
-@pytest.mark.parametrize("limits", [G6, BIG, T6, InstanceLimits("x", 4, 3)])
+@pytest.mark.parametrize("limits", [G6, BIG, T6, InstanceLimits("x", 4, 3), M5,
+                                    replace(BIG, pods_on_primary_eni=True, ips_per_call=4)])
 def test_random_states_never_exceed_limits(limits: InstanceLimits) -> None:
     """Invariant 4 under random states: applying the plan's actions never goes past the
-    ENI count or the IPs per ENI, never detaches the primary, never unassigns a pod's IP."""
-    rng = random.Random(limits.instance_type)
+    ENI count or the IPs per ENI, never detaches the primary, never unassigns a pod's IP,
+    never puts more IPs in a call than the cloud takes."""
+    rng = random.Random(limits.instance_type + str(limits.pods_on_primary_eni))
     cap = limits.ips_per_eni - 1
+    per_call = min(10, limits.ips_per_call)
     counter = itertools.count()
     for _ in range(400):
-        enis = [PRIMARY]
         allocated: set[str] = set()
+        prim = PRIMARY
+        if limits.pods_on_primary_eni:
+            prim = replace(PRIMARY, ips=ips("10.9.9", rng.randint(0, cap)))
+            allocated |= {a for a in prim.ips if rng.random() < 0.5}
+        enis = [prim]
         for i in range(rng.randint(0, limits.max_enis - 1)):
             status = rng.choice([INUSE, INUSE, ATTACHING, AVAILABLE, DETACHING])
             n = rng.randint(0, cap) if status == INUSE else 0
@@ -186,10 +196,11 @@ def test_random_states_never_exceed_limits(limits: InstanceLimits) -> None:
             if isinstance(a, CreateENI):
                 assert a.ip_count <= min(49, cap)
             if isinstance(a, AssignIPs):
-                assert 1 <= a.count <= 10
+                assert 1 <= a.count <= per_call
+                assert a.eni_id != PRIMARY.eni_id or limits.pods_on_primary_eni
                 per_eni[a.eni_id] += a.count
             if isinstance(a, UnassignIPs):
-                assert 1 <= len(a.ips) <= 10
+                assert 1 <= len(a.ips) <= per_call
                 assert not set(a.ips) & allocated, "unassigned a pod's IP"
                 assert set(a.ips) <= release & acked
             if isinstance(a, (DetachENI, DeleteENI)):
@@ -201,6 +212,83 @@ def test_random_states_never_exceed_limits(limits: InstanceLimits) -> None:
                 assert a.eni_id in {e.eni_id for e in enis if e.status == AVAILABLE}
         assert on_instance <= limits.max_enis - 1
         assert all(n <= cap for n in per_eni.values()), per_eni
+
+
+# --- cloud rules read from the limits -------------------------------------------------
+
+def test_ips_per_call_is_capped_by_the_clouds() -> None:
+    e = ENIView("eni-b1", INUSE, "vsw-aaaa0001")
+    plan = plan_node(state(limits=replace(BIG, ips_per_call=4), enis=(PRIMARY, e), pending=9))
+    assert plan.actions == [AssignIPs("eni-b1", 4)] * 3  # surge: whole calls of the cloud's 4
+    plan = plan_node(state(limits=BIG, enis=(PRIMARY, e), pending=9,
+                           config=replace(CFG, ips_per_call=3)))
+    assert plan.actions == [AssignIPs("eni-b1", 3)] * 3  # the pool's own setting is lower
+    full = ENIView("eni-b1", INUSE, "vsw-aaaa0001", ips("10.0.0", 9))
+    rel = frozenset(full.ips[:7])
+    plan = plan_node(state(limits=replace(BIG, ips_per_call=4), enis=(PRIMARY, full),
+                           release=rel, acknowledged=rel, marked_at={ip: 0.0 for ip in rel},
+                           config=replace(CFG, max_pool_size=2)))
+    assert [len(a.ips) for a in plan.actions if isinstance(a, UnassignIPs)] == [4, 3]
+
+
+def _primary_with(n: int) -> ENIView:
+    return replace(PRIMARY, ips=ips("10.0.9", n))
+
+
+def test_pods_on_the_primary_eni_fill_it_before_creating() -> None:
+    # ECS: the primary ENI carries the node; its secondary IPs are never the pool's
+    plan = plan_node(state(enis=(_primary_with(3),), pending=2))
+    assert plan.actions == [CreateENI("vsw-aaaa0001", 9)] and plan.counts["total"] == 0
+    # EC2: the primary ENI is filled first (pods arriving: a whole call, 9 fit)
+    plan = plan_node(state(limits=M5, pending=2))
+    assert plan.actions == [AssignIPs(PRIMARY.eni_id, 9)]
+    plan = plan_node(state(limits=M5, config=replace(CFG, min_pool_size=3)))
+    assert plan.actions == [AssignIPs(PRIMARY.eni_id, 3)]
+    # ...ahead of a fuller secondary ENI: it never leaves, the secondary may empty
+    sec = ENIView("eni-a1", INUSE, "vsw-aaaa0001", ips("10.0.0", 5))
+    plan = plan_node(state(limits=M5, enis=(_primary_with(1), sec),
+                           config=replace(CFG, min_pool_size=8)))
+    assert plan.actions == [AssignIPs(PRIMARY.eni_id, 2)]
+    # the primary full: a secondary ENI is created, no more than max_enis - 1 of them
+    held = frozenset(ips("10.0.9", 9))
+    plan = plan_node(state(limits=M5, enis=(_primary_with(9),), allocated=held, pending=1))
+    assert plan.actions == [CreateENI("vsw-aaaa0001", 9)]
+    full = (_primary_with(9), ENIView("eni-a1", INUSE, "vsw-aaaa0001", ips("10.0.0", 9)),
+            ENIView("eni-a2", INUSE, "vsw-aaaa0001", ips("10.0.1", 9)))
+    every = held | frozenset(ips("10.0.0", 9) + ips("10.0.1", 9))
+    plan = plan_node(state(limits=M5, enis=full, allocated=every, pending=1))
+    assert plan.actions == [] and plan.conditions[COND_LIMIT].status
+    assert "27 pod IPs" in plan.conditions[COND_LIMIT].message
+    assert plan.counts["total"] == 27 and plan.warmed_up
+    # a blocked vSwitch is not asked for more, the primary's no more than any
+    plan = plan_node(state(limits=M5, pending=1, blocked_vswitches={"vsw-aaaa0001": 2000.0}))
+    assert plan.actions == [CreateENI("vsw-bbbb0002", 9)]
+
+
+def test_pods_on_the_primary_eni_released_through_the_handshake() -> None:
+    prim = _primary_with(9)
+    plan = plan_node(state(limits=M5, enis=(prim,)))
+    assert plan.actions == [] and len(plan.release) == 4  # marked only: max_pool_size 5
+    # acknowledged, every one of them: unassigned, never detached nor deleted
+    every = frozenset(prim.ips)
+    plan = plan_node(state(limits=M5, enis=(prim,), release=every, acknowledged=every,
+                           marked_at={ip: 0.0 for ip in every},
+                           config=replace(CFG, max_pool_size=0, empty_eni_reclaim_after=0)))
+    assert plan.actions == [UnassignIPs(PRIMARY.eni_id, prim.ips)]
+    empty = replace(PRIMARY, empty_since=0.0)
+    assert plan_node(state(limits=M5, enis=(empty,), config=replace(
+        CFG, empty_eni_reclaim_after=0))).actions == []
+    # not acknowledged, or held by a pod: kept
+    plan = plan_node(state(limits=M5, enis=(prim,), release=every,
+                           acknowledged=every - {"10.0.9.1"}, allocated=frozenset({"10.0.9.2"}),
+                           marked_at={ip: 0.0 for ip in every},
+                           config=replace(CFG, max_pool_size=0)))
+    assert plan.actions == [UnassignIPs(PRIMARY.eni_id, tuple(
+        ip for ip in prim.ips if ip not in ("10.0.9.1", "10.0.9.2")))]
+    # a secondary ENI drains before the primary: it can go whole
+    sec = ENIView("eni-a1", INUSE, "vsw-aaaa0001", ips("10.0.0", 3))
+    plan = plan_node(state(limits=M5, enis=(_primary_with(5), sec)))
+    assert plan.release == frozenset(sec.ips)
 
 
 # --- release handshake (invariant 2) -----------------------------------------------------

@@ -52,7 +52,9 @@ class PoolConfig:
     surge_pending: bool = True  # pending pods on the node raise the free target
     ip_cooldown: float = 30.0  # a just-freed IP is neither counted as warm nor released
     empty_eni_reclaim_after: float = 300.0  # an empty ENI above min_eni goes after this
-    ips_per_call: int = 10  # IPs per assign/unassign call (ECS allows 10)
+    # IPs per assign/unassign call, 1..10; the planner caps it by the cloud's own limit
+    # (InstanceLimits.ips_per_call: 10 on ECS)
+    ips_per_call: int = 10
 
     def to_status(self) -> dict[str, Any]:
         """JSON form for ENIPool status.config (the agent reads ip_cooldown from it)."""

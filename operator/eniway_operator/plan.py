@@ -146,8 +146,24 @@ def max_secondary_enis(limits: InstanceLimits, cfg: PoolConfig, reserved: int = 
     return min(n, cfg.max_eni) if cfg.max_eni else n
 
 
+def ips_per_call(limits: InstanceLimits, cfg: PoolConfig) -> int:
+    """IPs one assign/unassign call carries: the pool's setting, capped by the cloud's."""
+    return max(min(cfg.ips_per_call, limits.ips_per_call), 1)
+
+
+def pod_enis(state: NodeState) -> tuple[list[ENIView], ENIView | None]:
+    """The node's secondary ENIs (not being deleted) and, where the cloud's rule has the
+    primary ENI's secondary IPs serve pods (EC2), the primary ENI in use."""
+    live = [e for e in state.enis if not e.primary and not e.deleting]
+    primary = None
+    if state.limits.pods_on_primary_eni:
+        primary = next((e for e in state.enis
+                        if e.primary and e.status == INUSE and not e.deleting), None)
+    return live, primary
+
+
 def chunks(n: int, size: int) -> list[int]:
-    """n split into batches of at most size (10 for ECS)."""
+    """n split into batches of at most size (``ips_per_call``)."""
     out = []
     while n > 0:
         out.append(min(n, size))
@@ -195,12 +211,16 @@ def plan_node(state: NodeState) -> Plan:
     cfg, limits, now = state.config, state.limits, state.now
     plan = Plan()
     cap = secondary_capacity(limits)
+    per_call = ips_per_call(limits, cfg)
     max_sec = max_secondary_enis(limits, cfg, state.reserved_slots)
     can_attach = limits.hot_swap or not state.instance_running
     blocked = _blocked(state)
 
-    live = [e for e in state.enis if not e.primary and not e.deleting]
-    inuse = [e for e in live if e.status == INUSE]
+    live, primary = pod_enis(state)
+    sec_inuse = [e for e in live if e.status == INUSE]
+    # The ENIs whose secondary IPs serve pods. The primary (when it serves them) comes
+    # first: it never leaves, so IPs taken there leave the secondary ENIs free to empty.
+    inuse = [primary, *sec_inuse] if primary else sec_inuse
     attaching = [e for e in live if e.status == ATTACHING]
     available = [e for e in live if e.status == AVAILABLE and e.managed]
     # Device slots: everything on the instance counts, Detaching too, until it is gone.
@@ -222,7 +242,7 @@ def plan_node(state: NodeState) -> Plan:
         want_free = max(want_free, cfg.warm_up_size - len(allocated))
     plan.want_free = want_free
 
-    max_total = max_sec * cap
+    max_total = (max_sec + (1 if limits.pods_on_primary_eni else 0)) * cap
     # An ENI still attaching is filled once it is InUse: count its room as coming.
     headroom = max(max_total - len(all_ips) - sum(len(e.ips) for e in attaching), 0)
     deficit = want_free - len(warm) - cap * len(attaching)
@@ -235,23 +255,25 @@ def plan_node(state: NodeState) -> Plan:
         release -= set(back)
         deficit -= len(back)
 
-    # 2. Fill ENIs that have room (fullest first, so ENIs drain and fill predictably).
+    # 2. Fill ENIs that have room: the primary first when it serves pods, then the
+    #    fullest first, so ENIs drain and fill predictably.
     if deficit > 0:
-        for e in sorted(inuse, key=lambda e: (-len(e.ips), e.eni_id)):
+        order = sorted(sec_inuse, key=lambda e: (-len(e.ips), e.eni_id))
+        for e in [primary, *order] if primary else order:
             if deficit <= 0 or headroom <= 0:
                 break
-            if not e.managed or e.vswitch_id in blocked:
+            if not (e.managed or e is primary) or e.vswitch_id in blocked:
                 continue
-            want = math.ceil(deficit / cfg.ips_per_call) * cfg.ips_per_call if surge else deficit
+            want = math.ceil(deficit / per_call) * per_call if surge else deficit
             room = min(cap - len(e.ips), headroom, want)
-            for n in chunks(room, cfg.ips_per_call):
+            for n in chunks(room, per_call):
                 plan.actions.append(AssignIPs(e.eni_id, n))
             deficit -= max(room, 0)
             headroom -= max(room, 0)
 
     # 3. Attach what is ready, create what is missing.
     want_enis = max(math.ceil(deficit / cap) if cap and deficit > 0 else 0,
-                    cfg.min_eni - len(inuse) - len(attaching))
+                    cfg.min_eni - len(sec_inuse) - len(attaching))
     attach = attachable[:want_enis]
     for e in attach:
         plan.actions.append(AttachENI(e.eni_id))
@@ -280,9 +302,10 @@ def plan_node(state: NodeState) -> Plan:
                     deficit -= cap
                     slots_used += 1
         if deficit > 0 and can_attach and slots_used >= max_sec:
+            enis = f"the primary and {max_sec}" if limits.pods_on_primary_eni else f"{max_sec}"
             plan.conditions[COND_LIMIT] = Condition(
                 True, "ENILimit",
-                f"{limits.instance_type} holds at most {max_sec} secondary ENIs x {cap} IPs "
+                f"{limits.instance_type} holds at most {enis} secondary ENIs x {cap} IPs "
                 f"({max_total} pod IPs); {want_free} free IPs wanted")
     elif deficit > 0 and headroom <= 0:
         plan.conditions[COND_LIMIT] = Condition(
@@ -293,7 +316,7 @@ def plan_node(state: NodeState) -> Plan:
     if deficit <= 0:
         ceiling = max(cfg.max_pool_size, want_free)
         if surge:  # what a whole-batch call brought beyond the pods stays for the next
-            ceiling = max(ceiling, want_free + cfg.ips_per_call)
+            ceiling = max(ceiling, want_free + per_call)
         unmarked = warm - release
         excess = len(unmarked) - ceiling
         if excess > 0:
@@ -314,6 +337,7 @@ def plan_node(state: NodeState) -> Plan:
     # 5. Unassign what the agent acknowledged and no pod holds (both checked now). An ENI
     #    whose IPs are all acknowledged goes whole: detaching it (then deleting it) gives
     #    every IP back in two calls, however many it holds, and frees its device slot.
+    #    The primary ENI never goes: its IPs are unassigned like any.
     done = sorted((release_before & state.acknowledged) - state.allocated, key=_ip_key)
     by_eni: dict[str, list[str]] = {}
     for ip in done:
@@ -321,7 +345,7 @@ def plan_node(state: NodeState) -> Plan:
     n_sec = len([e for e in live if e.status in (ATTACHING, INUSE)])
     whole: set[str] = set()
     if deficit <= 0 and can_attach:
-        for e in sorted(inuse, key=lambda e: e.eni_id):
+        for e in sorted(sec_inuse, key=lambda e: e.eni_id):
             if n_sec <= cfg.min_eni or not e.managed or not e.ips:
                 continue
             if len(by_eni.get(e.eni_id, ())) == len(e.ips):
@@ -337,13 +361,13 @@ def plan_node(state: NodeState) -> Plan:
             # many IPs it holds (pods leave in waves: an ENI unassigned ten at a time now
             # is often one that empties a moment later).
             continue
-        for i in range(0, len(ips), cfg.ips_per_call):
-            plan.actions.append(UnassignIPs(eni_id, tuple(ips[i:i + cfg.ips_per_call])))
+        for i in range(0, len(ips), per_call):
+            plan.actions.append(UnassignIPs(eni_id, tuple(ips[i:i + per_call])))
     # Unassigned IPs stay listed until the executor has actually unassigned them.
 
     # 6. Detach ENIs that stayed empty, delete detached ones nobody needs.
     if deficit <= 0 and can_attach:
-        for e in sorted(inuse, key=lambda e: e.eni_id):
+        for e in sorted(sec_inuse, key=lambda e: e.eni_id):
             if n_sec <= cfg.min_eni:
                 break
             if (e.managed and not e.ips and e.empty_since is not None
@@ -378,12 +402,13 @@ def _ip_key(ip: str) -> tuple[int, ...]:
 def _release_order(ips: set[str], inuse: list[ENIView], allocated: frozenset[str],
                    state: NodeState) -> list[str]:
     """Which free IPs to give back first: from the ENI with the fewest pods (so whole ENIs
-    empty and can go), then the longest idle."""
+    empty and can go), the primary ENI's last (it never goes), then the longest idle."""
     eni_of = {ip: e for e in inuse for ip in e.ips}
     pods = {e.eni_id: len(set(e.ips) & allocated) for e in inuse}
 
-    def key(ip: str) -> tuple[int, str, float, tuple[int, ...]]:
+    def key(ip: str) -> tuple[bool, int, str, float, tuple[int, ...]]:
         e = eni_of[ip]
-        return (pods[e.eni_id], e.eni_id, state.free_since.get(ip, state.now), _ip_key(ip))
+        return (e.primary, pods[e.eni_id], e.eni_id, state.free_since.get(ip, state.now),
+                _ip_key(ip))
 
     return sorted(ips, key=key)
