@@ -157,7 +157,11 @@ class NodeAgent:
         for obj in enis:
             spec, status = obj.get("spec", {}), obj.get("status") or {}
             name = obj["metadata"]["name"]
-            if (spec.get("nodeName") != self.cfg.node_name or spec.get("primary")
+            # The primary ENI serves pods only where the operator lists pod IPs on it (the
+            # cloud's rule: EC2 yes, ECS no); otherwise it is the node's alone.
+            primary = bool(spec.get("primary"))
+            if (spec.get("nodeName") != self.cfg.node_name
+                    or (primary and not status.get("ips"))
                     or spec.get("mode") == contract.MODE_EXCLUSIVE  # a pod's own, not the pool's
                     or status.get("phase") != contract.PHASE_INUSE or not spec.get("macAddress")):
                 continue
@@ -169,7 +173,8 @@ class NodeAgent:
                 continue
             mtu = int(self.cfg.mtu or spec.get("mtu") or DEFAULT_MTU)
             try:
-                link = self.datapath.ensure_eni(spec["macAddress"], mtu, gateway)
+                link = (self.datapath.ensure_primary(spec["macAddress"], gateway) if primary
+                        else self.datapath.ensure_eni(spec["macAddress"], mtu, gateway))
             except DatapathError as e:
                 log.error("ENI %s: %s", name, e)
                 self.errors.add("eni", f"{name}: {e}")

@@ -196,12 +196,33 @@ class Datapath:
             strict = netns.read_sysctl(self.host_path, "net/ipv4/conf/all/rp_filter") == "1"
             netns.write_sysctl(self.host_path, f"net/ipv4/conf/{ifname}/rp_filter",
                                "2" if strict else "0")
-            table = contract.eni_table(index)
-            ipr.route("replace", dst="0.0.0.0/0", gateway=gateway, oif=index, table=table,
-                      flags=RTNH_F_ONLINK)
+            table = self._eni_table(index, gateway)
         except (NetlinkError, OSError) as e:
             raise DatapathError(f"set up ENI {ifname} ({mac})", e) from e
         return EniLink(ifname, index, table, mtu)
+
+    def ensure_primary(self, mac: str, gateway: str) -> EniLink | None:
+        """The primary ENI, where its secondary IPs serve pods (EC2): only its table's
+        default route is kept. The link itself carries the node's own address and default
+        route: its MTU, addresses, state and rp_filter stay as the system set them."""
+        found = self.find_link_by_mac(mac)
+        if found is None:
+            return None
+        ifname, index = found
+        try:
+            mtu = int(self.host().get_links(index)[0].get_attr("IFLA_MTU"))
+            table = self._eni_table(index, gateway)
+        except (NetlinkError, OSError) as e:
+            raise DatapathError(f"set up the primary ENI {ifname} ({mac}) for pods", e) from e
+        return EniLink(ifname, index, table, mtu)
+
+    def _eni_table(self, index: int, gateway: str) -> int:
+        """An ENI's table: the default route via the vSwitch gateway out of that ENI (a
+        pod's packets leave through the ENI that owns its IP: the VPC's source check)."""
+        table = contract.eni_table(index)
+        self.host().route("replace", dst="0.0.0.0/0", gateway=gateway, oif=index, table=table,
+                          flags=RTNH_F_ONLINK)
+        return table
 
     # -- pods ----------------------------------------------------------------------------
 
