@@ -18,6 +18,9 @@ from kubernetes.client.rest import ApiException
 from cni_plugin import contract
 from eniway_operator import kube as kube_mod
 from eniway_operator import main as operator_main
+from eniway_operator.cloud.aliyun import AliyunProvider
+from eniway_operator.cloud.base import InstanceLimits
+from eniway_operator.cloud.credentials import StaticCredentials
 from eniway_operator.metrics import MeteredProvider
 from eniway_operator.plan import RELEASE_BATCH_WAIT
 from eniway_operator.reconcile import Demand, Reconciler, Settings
@@ -357,3 +360,73 @@ def test_agent_version_beyond_the_skew_policy_is_a_condition_and_an_event(
     agent_reports("0.4.0")  # the agent upgraded too
     assert _condition(world.pool(node), "VersionSkew")["status"] == "False"
     assert _condition(world.pool(node), "Ready")["status"] == "True"
+
+
+class PodsOnPrimary(AliyunProvider):
+    """The real provider with one cloud rule switched to EC2's: the primary ENI's
+    secondary IPs serve pods (the ECS emulator, like ECS, lets the primary ENI hold them)."""
+
+    def instance_limits(self, instance_type: str) -> InstanceLimits:
+        return dataclasses.replace(super().instance_limits(instance_type),
+                                   pods_on_primary_eni=True, max_pods_extra=2)
+
+
+def test_pods_on_the_primary_eni_filled_first_kept_attached_released_by_handshake(
+        world: World) -> None:
+    sim = world.sim
+    world.cloud = MeteredProvider(PodsOnPrimary(
+        region_id=sim.region, endpoint=sim.endpoint, protocol="http",
+        credentials=StaticCredentials(sim.access_key_id, sim.access_key_secret)))
+    world.rec = Reconciler(world.kube, world.cloud, world.rec.settings)
+    node = world.node()  # ecs.g6.xlarge: 3 ENIs x 10 IPs, so 3 x 9 pod IPs
+    world.rounds(node, Demand(pending=4), lambda: _counts(world, node).get("free", 0) >= 4)
+    inst = world.pool(node)["spec"]["instanceId"]
+
+    def enis() -> dict[str, Any]:
+        return {e.type: e for e in world.cloud.inner.describe_enis(instance_id=inst)}
+
+    primary = enis()["Primary"]
+    # the primary ENI's room first: no ENI created, its IPs listed on its resource
+    assert world.cloud.calls["CreateNetworkInterface"] == 0
+    assert len(primary.private_ips) == 9 and set(enis()) == {"Primary"}
+    record = world.kube.get_eni(primary.eni_id)
+    assert record is not None and record["spec"]["primary"] is True
+    assert record["spec"]["gatewayIP"] == "10.0.0.253"
+    assert {i["ip"] for i in record["status"]["ips"]} == set(primary.private_ips)
+    assert {i["state"] for i in record["status"]["ips"]} == {contract.IP_FREE}
+    counts = _counts(world, node)
+    assert (counts["enis"], counts["total"]) == (0, 9)
+    pool = world.pool(node)
+    assert pool["status"]["limits"]["maxPods"] == 3 * 9 + 2
+    assert world.core.read_node(node).metadata.annotations[
+        contract.ANNOTATION_MAX_PODS] == "29"
+
+    # more than it holds: a secondary ENI, the primary full
+    world.rounds(node, Demand(pending=12), lambda: _counts(world, node).get("free", 0) >= 12)
+    assert world.cloud.calls["CreateNetworkInterface"] == 1
+    assert len(enis()["Primary"].private_ips) == 9
+
+    # scale down to nothing: every free IP is marked, none goes before the agent acks
+    world.config({"max_pool_size": 0, "empty_eni_reclaim_after": 0})
+    held = primary.private_ips[0]  # a pod keeps one IP of the primary ENI
+    pods = {held: ("default", "p0", "uid-0")}
+    world.rec.reconcile(node, Demand(pods=pods))
+    marked = world.release(node)
+    assert set(primary.private_ips) - {held} <= set(marked) and held not in marked
+    time.sleep(RELEASE_BATCH_WAIT + 0.2)
+    world.rec.reconcile(node, Demand(pods=pods))
+    assert world.cloud.calls[UNASSIGN] == 0
+    assert set(enis()["Primary"].private_ips) == set(primary.private_ips)
+    world.ack(node, marked)
+    world.rounds(node, Demand(pods=pods), lambda: set(enis()) == {"Primary"}
+                 and enis()["Primary"].private_ips == (held,))
+    # the secondary ENI went whole (detach, delete), the primary's IPs one call at a time,
+    # and the primary ENI stays attached, its record too
+    assert world.cloud.calls["DetachNetworkInterface"] == 1
+    assert world.cloud.calls[UNASSIGN] >= 1
+    assert enis()["Primary"].status == "InUse"
+    world.rec.reconcile(node, Demand(pods=pods))  # what is gone from the cloud is unlisted
+    assert world.release(node) == []
+    record = world.kube.get_eni(primary.eni_id)
+    assert record is not None and [i["ip"] for i in record["status"]["ips"]] == [held]
+    assert record["status"]["ips"][0]["state"] == contract.IP_ALLOCATED

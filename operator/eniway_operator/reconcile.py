@@ -301,7 +301,9 @@ class Reconciler:
         # Plan
         agent = (pool.get("status") or {}).get("agent") or {}
         allocated = set(demand.pods) | set(agent.get("allocated") or [])
-        states = self._ip_states(mem, resources, allocated, set(self._release(pool)), now)
+        on_primary = limits.pods_on_primary_eni
+        states = self._ip_states(mem, resources, allocated, set(self._release(pool)), now,
+                                 on_primary)
         cooling = frozenset(ip for ip, t in mem.freed_at.items()
                             if now - t < cfg.ip_cooldown)
         mem.freed_at = {ip: t for ip, t in mem.freed_at.items() if now - t < cfg.ip_cooldown}
@@ -340,9 +342,10 @@ class Reconciler:
             resources = self._shared_resources(name)
         if plan.actions or plan.release != state.release:
             pool = self.kube.pool(name) or pool
-        states = self._ip_states(mem, resources, allocated, set(self._release(pool)), now)
-        self._write_eni_statuses(mem, resources, states, demand.pods, now)
-        counts = self._counts(mem, states, demand.pending)
+        states = self._ip_states(mem, resources, allocated, set(self._release(pool)), now,
+                                 on_primary)
+        self._write_eni_statuses(mem, resources, states, demand.pods, now, on_primary)
+        counts = self._counts(mem, states, demand.pending, on_primary)
         metrics.set_pool(name, counts)
         conditions = dict(plan.conditions)
         blocked = sorted(v for v, until in mem.blocked.items() if until > now)
@@ -569,8 +572,10 @@ class Reconciler:
         return self.kube.create_eni(e.eni_id, name, spec, status)
 
     def _ip_states(self, mem: NodeMemory, resources: Mapping[str, JSON], allocated: set[str],
-                   release: set[str], now: float) -> dict[str, tuple[str, float]]:
-        """IP -> (state, since) for the IPs of the node's secondary ENIs in the cloud view.
+                   release: set[str], now: float, on_primary: bool = False,
+                   ) -> dict[str, tuple[str, float]]:
+        """IP -> (state, since) for the pod IPs of the node's ENIs in the cloud view (the
+        secondary ENIs', and the primary's where the cloud has pods on it: ``on_primary``).
         A state change restarts ``since``; an IP a pod gave back starts its cooldown."""
         old: dict[str, tuple[str, float]] = {}
         for r in resources.values():
@@ -578,7 +583,7 @@ class Reconciler:
                 old[entry["ip"]] = (entry.get("state", ""), parse_time(entry.get("since")) or now)
         out = {}
         for e in mem.view.values():
-            if e.type == "Primary":
+            if not serves_pods(e, on_primary):
                 continue
             for ip in e.private_ips:
                 if ip in allocated:
@@ -614,13 +619,14 @@ class Reconciler:
 
     def _write_eni_statuses(self, mem: NodeMemory, resources: Mapping[str, JSON],
                             states: Mapping[str, tuple[str, float]],
-                            pods: Mapping[str, tuple[str, str, str]], now: float) -> None:
+                            pods: Mapping[str, tuple[str, str, str]], now: float,
+                            on_primary: bool = False) -> None:
         for eni_id, r in resources.items():
             e = mem.view.get(eni_id)
             if e is None or r["metadata"].get("deletionTimestamp"):
                 continue
             ips = []
-            if e.type != "Primary":
+            if serves_pods(e, on_primary):  # the agent serves what is listed here
                 for ip in e.private_ips:
                     st, since = states.get(ip, (contract.IP_FREE, now))
                     entry: JSON = {"ip": ip, "state": st, "since": iso(since)}
@@ -655,10 +661,12 @@ class Reconciler:
                 self.kube.patch_eni_spec(eni_id, spec_fix)
 
     def _counts(self, mem: NodeMemory, states: Mapping[str, tuple[str, float]],
-                pending: int) -> dict[str, int]:
+                pending: int, on_primary: bool = False) -> dict[str, int]:
+        """ENIPool status.counts: secondary ENIs, and the pod IPs of every ENI serving pods."""
         inuse = [e for e in mem.view.values()
                  if e.type != "Primary" and e.status in (ATTACHING, INUSE)]
-        usable = {ip for e in inuse if e.status == INUSE for ip in e.private_ips}
+        usable = {ip for e in mem.view.values() if e.status == INUSE and serves_pods(
+            e, on_primary) for ip in e.private_ips}
         by = [states[ip][0] for ip in usable if ip in states]
         return {"enis": len(inuse), "total": len(usable),
                 "free": by.count(contract.IP_FREE),
@@ -963,6 +971,12 @@ class Reconciler:
         metrics.forget_pool(name)
         log.info("node %s is gone; its ENIs and pool are released", name)
         return None
+
+
+def serves_pods(e: NetworkInterface, on_primary: bool) -> bool:
+    """Whether an ENI's secondary IPs are pod IPs: a secondary ENI's always, the primary's
+    where the cloud's rule puts pods on it (``InstanceLimits.pods_on_primary_eni``)."""
+    return e.type != "Primary" or on_primary
 
 
 def exclusive_resource(r: JSON) -> bool:
