@@ -1,21 +1,15 @@
 """The ``aliyun`` provider: Alibaba Cloud ECS through the official SDK
 (alibabacloud_ecs20140526), with per-API token buckets, retries whose backoff depends on
-the error, client tokens on creating calls, and typed errors.
-
-Fencing: ``fence`` is called right before every attempt (the first and each retry), after
-every wait in the rate limiter or a back-off, and no single sleep lasts longer than
-``max_sleep``; so a replica that lost leadership while it waited, or while it was paused,
-sends nothing more, and a round in flight stops within ``max_sleep``."""
+the error, client tokens on creating calls, and typed errors. The rate limiter, the
+retries and fencing (checked before every attempt) are callloop.CallLoop's."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
-import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -42,14 +36,14 @@ from .base import (
     PublicIp,
     SecurityGroup,
     ServerError,
-    Throttled,
     Unauthorized,
     VSwitch,
 )
+from .callloop import CallLoop
 from .credentials import Credentials, CredentialsError, resolve
 from .errors import make_error
 from .limits import LimitsCache, bundled_table, family_hot_swap
-from .ratelimit import Rate, RateLimiter
+from .ratelimit import Rate
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -83,7 +77,7 @@ def _eni(d: Any) -> NetworkInterface:
         delete_on_release=bool(getattr(d, "delete_on_release", False)))
 
 
-class AliyunProvider(CloudProvider):
+class AliyunProvider(CallLoop, CloudProvider):
     """ECS over the SDK. Thread-safe; calls block while their API's bucket is empty."""
 
     def __init__(
@@ -113,59 +107,15 @@ class AliyunProvider(CloudProvider):
                                      protocol=protocol, region_id=region_id))
         self._runtime = RuntimeOptions(read_timeout=int(read_timeout * 1000),
                                        connect_timeout=int(connect_timeout * 1000))
-        self.limiter = RateLimiter(rates)
-        self.retry = retry or RetryPolicy()
-        self.limiter_timeout = limiter_timeout
-        self._sleep = sleep
-        self.fence = fence  # raises to refuse a call (e.g. leadership lost)
-        self.max_sleep = max_sleep
-        self.on_attempt = on_attempt  # (api, "ok" or the error type) for every request sent
+        CallLoop.__init__(self, rates, retry, limiter_timeout, sleep, fence, max_sleep,
+                          on_attempt)
         self.limits_cache = LimitsCache(self._fetch_limits, limits_override, limits_ttl)
         self.eips = AliyunEips(region_id, vpc_endpoint_for(region_id, endpoint, vpc_endpoint),
                                protocol, self.credentials, self._call)
-        self._stats_lock = threading.Lock()
-        self.calls: Counter[str] = Counter()
-        self.retries: Counter[str] = Counter()
-        self.failures: Counter[str] = Counter()
 
-    # --- the call loop ---------------------------------------------------------------
-
-    def _acquire(self, api: str) -> None:
-        """Wait for the API's token; a bucket still empty after ``limiter_timeout`` means
-        the caller is asking for more than the configured rate: it gets Throttled now
-        (the retry loop does not wait again)."""
-        if not self.limiter.acquire(api, timeout=self.limiter_timeout,
-                                    sleep=lambda s: self._pause(api, s)):
-            with self._stats_lock:
-                self.failures[f"{api}/Throttling.Local"] += 1
-            raise Throttled("Throttling.Local", f"local rate limit for {api} still empty "
-                            f"after {self.limiter_timeout}s", api=api)
-
-    def _pause(self, api: str, seconds: float) -> None:
-        """Sleep in steps of at most ``max_sleep``, asking the fence after each."""
-        left = seconds
-        while left > 0:
-            step = min(left, self.max_sleep)
-            self._sleep(step)
-            left -= step
-            if self.fence is not None:
-                self.fence(api)
-
-    def _once(self, api: str, fn: Callable[[Any, RuntimeOptions], T], request: Any) -> T:
-        """One request; every attempt is reported to ``on_attempt``, as the cloud counts."""
-        try:
-            result = self._send(api, fn, request)
-        except CloudError as e:
-            if self.on_attempt is not None:
-                self.on_attempt(api, type(e).__name__)
-            raise
-        if self.on_attempt is not None:
-            self.on_attempt(api, "ok")
-        return result
+    # --- one request (the loop around it is CallLoop's) ---------------------------------
 
     def _send(self, api: str, fn: Callable[[Any, RuntimeOptions], T], request: Any) -> T:
-        with self._stats_lock:
-            self.calls[api] += 1
         try:
             return fn(request, self._runtime)
         except AlibabaCloudException as e:
@@ -186,37 +136,6 @@ class AliyunProvider(CloudProvider):
         except TeaException as e:
             raise make_error(str(e.code or "ClientError"), str(e.message), None, "",
                              api) from e
-
-    def _call(self, api: str, fn: Callable[[Any, RuntimeOptions], T], request: Any,
-              done_on_retry: Callable[[CloudError], bool] | None = None) -> T | None:
-        """Calls ``fn`` with retries. ``done_on_retry`` says whether an error on a retry
-        means an earlier attempt already did the work (its answer was lost); the call
-        then returns None."""
-        attempt = 0
-        while True:
-            attempt += 1
-            self._acquire(api)
-            if self.fence is not None:
-                self.fence(api)  # right before sending: nothing goes out once deposed
-            try:
-                return self._once(api, fn, request)
-            except CloudError as err:
-                if attempt > 1 and done_on_retry is not None and done_on_retry(err):
-                    return None
-                delay = self.retry.delay(attempt, err)
-                if delay is None:
-                    with self._stats_lock:
-                        self.failures[f"{api}/{err.code}"] += 1
-                    raise
-                with self._stats_lock:
-                    self.retries[api] += 1
-                log.info("%s failed (%s), retry %d in %.2fs", api, err.code, attempt, delay)
-                self._pause(api, delay)
-
-    def stats(self) -> dict[str, dict[str, int]]:
-        with self._stats_lock:
-            return {"calls": dict(self.calls), "retries": dict(self.retries),
-                    "failures": dict(self.failures)}
 
     # --- instances and limits ----------------------------------------------------------
 

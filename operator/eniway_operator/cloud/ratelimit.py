@@ -100,11 +100,13 @@ FALLBACK_RATE = Rate(300, 10)
 
 
 class RateLimiter:
-    """Per-API buckets; APIs without an entry share FALLBACK_RATE (one bucket each)."""
+    """Per-API buckets: ``rates`` over ``defaults`` (None: DEFAULT_RATES, ECS's); APIs
+    without an entry get ``fallback`` (one bucket each)."""
 
     def __init__(self, rates: Mapping[str, Rate] | None = None, clock: Clock = time.monotonic,
-                 fallback: Rate = FALLBACK_RATE) -> None:
-        merged = dict(DEFAULT_RATES)
+                 fallback: Rate = FALLBACK_RATE,
+                 defaults: Mapping[str, Rate] | None = None) -> None:
+        merged = dict(DEFAULT_RATES if defaults is None else defaults)
         merged.update(rates or {})
         self._clock = clock
         self._fallback = fallback
