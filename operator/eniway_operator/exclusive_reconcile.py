@@ -38,6 +38,7 @@ from eniway_operator.exclusive_plan import (
 )
 from eniway_operator.exclusive_policy import PolicyError, parse_policy, pod_claim
 from eniway_operator.kube import JSON, Kube, iso, parse_time
+from eniway_operator.reconcile import instance_of
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +78,8 @@ class ExclusiveReconciler:
             obj = self.kube.get_node(facts.name)
             if obj is None:
                 return None
-            provider = str((obj.get("spec") or {}).get("providerID") or "")
-            instance_id = provider.rsplit(".", 1)[-1] if provider else ""
-            if not instance_id.startswith("i-"):
+            instance_id = instance_of(obj)
+            if not instance_id:
                 return None
             info = self.cloud.describe_instance(instance_id)
             limits = self.cloud.instance_limits(info.instance_type)

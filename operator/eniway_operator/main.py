@@ -5,7 +5,8 @@
     eniway-operator max-pods TYPE...     pods a node of each instance type can hold (--max-pods)
 
 Flags default from the environment the Helm chart sets (ENIWAY_CLUSTER_ID,
-ENIWAY_CONFIGMAP, ENIWAY_CLOUD_*, ALIBABA_CLOUD_ACCESS_KEY_*, POD_NAMESPACE).
+ENIWAY_CONFIGMAP, ENIWAY_CLOUD_*, ALIBABA_CLOUD_ACCESS_KEY_*, POD_NAMESPACE). With
+--cloud aws, credentials come from boto3's chain (AWS_*, IRSA, the instance profile).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any, TypeVar
 from cni_plugin import contract
 from eniway_operator import kube as kube_mod
 from eniway_operator.cloud.aliyun import AliyunProvider
+from eniway_operator.cloud.aws import AwsProvider
 from eniway_operator.cloud.credentials import (
     DEFAULT_METADATA_URL,
     ENV_ID,
@@ -47,6 +49,8 @@ from eniway_operator.scheduler import Scheduler
 
 log = logging.getLogger("eniway_operator")
 T = TypeVar("T")
+CLOUDS = ["aliyun", "cloudsim", "aws"]
+ALIYUN_REGION = "cn-hangzhou"
 
 
 def _env(name: str, default: str = "") -> str:
@@ -55,7 +59,12 @@ def _env(name: str, default: str = "") -> str:
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter,
                      argparse.ArgumentDefaultsHelpFormatter):
-    """The module docstring as written, and every flag's default after its help."""
+    """The module docstring as written, and every flag's default after its help (unless
+    the help says it, for a default that depends on other flags)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        return text if "(default:" in text else super()._get_help_string(action)
 
 
 def _json_flag(p: argparse.ArgumentParser, flag: str, text: str,
@@ -88,13 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="required ($ENIWAY_CLUSTER_ID): tags every cloud object eniway "
                         "creates; GC only touches these")
     p.add_argument("--cloud", default=_env("ENIWAY_CLOUD_PROVIDER", "aliyun"),
-                   choices=["aliyun", "cloudsim"],
-                   help="cloudsim = the aliyun SDK on the emulator ($ENIWAY_CLOUD_PROVIDER)")
+                   choices=CLOUDS,
+                   help="aliyun: Alibaba Cloud ECS; cloudsim: the aliyun SDK on the emulator; "
+                        "aws: Amazon EC2 through boto3 ($ENIWAY_CLOUD_PROVIDER)")
     p.add_argument("--cloud-endpoint", default=_env("ENIWAY_CLOUD_ENDPOINT"),
-                   help="ECS API endpoint, host:port or URL ($ENIWAY_CLOUD_ENDPOINT; "
-                        "empty: ecs.<region>.aliyuncs.com)")
-    p.add_argument("--region", default=_env("ENIWAY_CLOUD_REGION", "cn-hangzhou"),
-                   help="ECS region id ($ENIWAY_CLOUD_REGION)")
+                   help="ECS or EC2 API endpoint, host:port or URL ($ENIWAY_CLOUD_ENDPOINT; "
+                        "empty: the region's)")
+    p.add_argument("--region", default=_env("ENIWAY_CLOUD_REGION"),
+                   help=f"region id ($ENIWAY_CLOUD_REGION) (default: {ALIYUN_REGION}) with "
+                        "aliyun and cloudsim; with aws, boto3's (AWS_REGION, "
+                        "AWS_DEFAULT_REGION or the profile's)")
     p.add_argument("--access-key-id", default=_env(ENV_ID),
                    help=f"AccessKey id (${ENV_ID})")
     p.add_argument("--access-key-secret-file", default="",
@@ -164,7 +176,30 @@ def parse_args(argv: Sequence[str] | None = None,
             p.error(f"--{flag.replace('_', '-')} must be > 0")
     args.rates = _json_flag(p, "--rate-limits", args.rate_limits, parse_rates)
     args.limits = _json_flag(p, "--limits-override", args.limits_override, parse_override)
+    resolve_region(p, args)
+    if args.cloud == "aws":
+        given = [f for f in ("access_key_id", "access_key_secret_file", "credentials_dir")
+                 if getattr(args, f)]
+        if given:
+            p.error(f"--{given[0].replace('_', '-')} is an Alibaba Cloud AccessKey: with "
+                    "--cloud aws, credentials come from boto3's chain (AWS_* environment, "
+                    "shared files, web identity / IRSA, the instance profile)")
     return args
+
+
+def resolve_region(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """An empty --region: ECS's default region, or with aws the region boto3 finds
+    (AWS_REGION, AWS_DEFAULT_REGION, the profile's); none is a usage error."""
+    if args.region:
+        return
+    if args.cloud != "aws":
+        args.region = ALIYUN_REGION
+        return
+    import boto3
+
+    args.region = boto3.session.Session().region_name or ""
+    if not args.region:
+        p.error("--cloud aws needs a region: --region, $ENIWAY_CLOUD_REGION or $AWS_REGION")
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -189,9 +224,15 @@ def credentials(args: argparse.Namespace) -> Credentials:
 
 
 def make_provider(args: argparse.Namespace,
-                  fence: Callable[[str], None] | None = None) -> AliyunProvider:
+                  fence: Callable[[str], None] | None = None) -> AliyunProvider | AwsProvider:
     """``fence`` is asked right before every attempt of every call (leadership)."""
     kw: dict[str, object] = {"fence": fence, "on_attempt": count_attempt}
+    if args.cloud == "aws":
+        return AwsProvider(region_id=args.region, endpoint=args.cloud_endpoint,
+                           rates=args.rates, limits_override=args.limits,
+                           limits_ttl=args.limits_ttl, read_timeout=args.read_timeout,
+                           connect_timeout=args.connect_timeout, fence=fence,
+                           on_attempt=count_attempt)
     endpoint = args.cloud_endpoint
     if endpoint:
         protocol = "https" if endpoint.startswith("https://") else "http" if (

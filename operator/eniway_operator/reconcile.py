@@ -233,7 +233,8 @@ class Reconciler:
         instance_id = instance_of(node)
         if not instance_id:
             self.kube.node_event(name, "NoInstanceID",
-                                 "spec.providerID is not <region>.<instance-id>: not managed",
+                                 "spec.providerID is neither <region>.<instance-id> nor "
+                                 "aws:///<zone>/<instance-id>: not managed",
                                  uid=node["metadata"].get("uid", ""))
             return 60.0
         pool = self.kube.pool(name)
@@ -986,12 +987,14 @@ def exclusive_resource(r: JSON) -> bool:
 
 def instance_of(node: JSON) -> str:
     """Instance id from spec.providerID: "<region>.<instance>" (Alibaba's format), also
-    accepting "alicloud://<region>.<instance>"."""
+    accepting "alicloud://<region>.<instance>", or EC2's "aws:///<zone>/<instance>"."""
     pid = (node.get("spec") or {}).get("providerID") or ""
     pid = pid.split("://", 1)[-1]
-    if "." in pid:
+    if "/" in pid:
+        pid = pid.rsplit("/", 1)[1]
+    elif "." in pid:
         pid = pid.split(".", 1)[1]
-    return pid if pid.startswith("i-") else ""
+    return pid if pid.startswith("i-") and "." not in pid else ""
 
 
 def _condition_true(pool: JSON, ctype: str) -> bool:

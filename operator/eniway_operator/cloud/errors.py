@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from .base import (
     CloudError,
     InvalidParameter,
@@ -82,8 +84,11 @@ def error_class(code: str, status: int | None) -> type[CloudError]:
 
 
 def make_error(code: str, message: str, status: int | None = None, request_id: str = "",
-               api: str = "") -> CloudError:
-    cls = error_class(code, status)
+               api: str = "",
+               classify: Callable[[str, int | None], type[CloudError]] | None = None
+               ) -> CloudError:
+    """The typed error; ``classify`` is another cloud's mapping (default: ECS's)."""
+    cls = (classify or error_class)(code, status)
     err = cls(code, message, request_id=request_id, api=api)
     err.status = status
     return err
