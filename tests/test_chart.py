@@ -233,7 +233,7 @@ def test_every_pool_knob_in_values_is_known_to_the_operator() -> None:
                     '"sg-5a2b","sg-6a2b"]'], "security_group_ids"),
     (["--set-json", 'pool.vswitches={"cn-hangzhou-i":["subnet-1"]}'], "vswitches"),
     (["--set-json", 'pool.eni_tags={"eniway.io/cluster":"x"}'], "eni_tags"),
-    (["--set", "cloud.provider=aws"], "cloud.provider"),
+    (["--set", "cloud.provider=gcp"], "cloud.provider"),
     (["--set", "cloud.endpoint=ftp://ecs.example.com"], "cloud.endpoint"),
     (["--set", "cloud.endpoint=ecs example"], "cloud.endpoint"),
     (["--set", "operator.replicas=0"], "operator.replicas"),
@@ -255,6 +255,9 @@ def test_schema_rejects_bad_values(flags: list[str], message: str) -> None:
     (["--set", "pool.min_pool_size=6", "--set", "pool.max_pool_size=2"],
      "pool.min_pool_size (6) must be <= pool.max_pool_size (2)"),
     (["--set", "pool.min_eni=3", "--set", "pool.max_eni=2"], "pool.min_eni (3) must be <="),
+    (["--set", "cloud.provider=aws"], "cloud.region: set the EC2 region"),
+    (["--set", "cloud.provider=aws", "--set", "cloud.region=us-east-1", "--set",
+      "cloud.credentials.existingSecret=keys"], "boto3's credentials"),
 ])
 def test_cross_key_rules_rejected_before_install(flags: list[str], message: str) -> None:
     """What JSON schema cannot say (one key against another) the templates refuse."""
@@ -296,6 +299,9 @@ def _expand(args: list[str], env: dict[str, Any]) -> list[str]:
      "operator": {"leaderElection": {"enabled": False, "leaseName": "x"}}},
     {"pool": {"ip_cooldown": 7}},
     {"pool": {"ip_cooldown": "2m"}},
+    {"cloud": {"provider": "aws", "region": "us-west-2"},
+     "serviceAccount": {"annotations": {
+         "eks.amazonaws.com/role-arn": "arn:aws:iam::111122223333:role/eniway"}}},
 ])
 def test_rendered_commands_are_accepted_by_the_real_programs(
         values: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -320,6 +326,8 @@ def test_rendered_commands_are_accepted_by_the_real_programs(
     assert args.standalone == ("operator" in values)
     if args.cloud == "cloudsim":
         assert args.access_key_id == "eniway"
+    if args.cloud == "aws":
+        assert args.region == "us-west-2" and not args.credentials_dir
 
     ds = objs[("DaemonSet", "eniway-agent")]["spec"]["template"]["spec"]
     agent = _container(ds, "agent")
