@@ -4,8 +4,9 @@ each instance type, for kubelet's ``--max-pods`` (docs/install.md, "Sizing").
 From the bundled table of the ``--cloud`` by default (no cloud call); with
 ``--from-cloud`` from the region's DescribeInstanceTypes, with the operator's cloud flags.
 The figure is what the operator publishes per node (``ENIPool status.limits.maxPods``,
-annotation ``network.eniway.io/max-pods``), ``InstanceLimits.max_pods``. On ECS: secondary ENIs x secondary IPs per ENI
-(pods on the host network, the agent, kube-proxy..., take no eniway IP and come on top).
+annotation ``network.eniway.io/max-pods``), ``InstanceLimits.max_pods``. On ECS:
+secondary ENIs x secondary IPs per ENI (pods on the host network, the agent,
+kube-proxy..., take no eniway IP and come on top).
 On EC2 (``--cloud aws``), EKS's figure: ENIs x (IPs per ENI - 1) + 2.
 """
 
