@@ -19,9 +19,10 @@ lint:
 	$(VPY) -m ruff check .
 	$(VPY) -m mypy
 
-## Run eniway on the embedded cloud emulator with a real local control plane.
+## Run eniway on the embedded cloud emulator with a real local control plane
+## (CLOUD=aws: on its EC2 API, through boto3 and IMDSv2).
 demo: deps
-	$(VPY) hack/demo.py
+	$(VPY) hack/demo.py $(if $(CLOUD),--cloud $(CLOUD))
 
 ## Print the benchmark figures (CNI ADD/DEL and pod startup on real nodes vs ptp+host-local,
 ## operator calls, warm-pool latency against idle IPs, agent watch traffic, cloud API).

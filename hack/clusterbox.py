@@ -42,6 +42,8 @@ from realnode import RealNode
 
 REGION = "cn-hangzhou"
 ZONE = "cn-hangzhou-i"
+AWS_REGION = "us-east-1"
+AWS_ZONE = "us-east-1a"
 NAMESPACE = "eniway-system"
 CONFIGMAP = "eniway-config"
 
@@ -62,6 +64,7 @@ class Node:
     agent: subprocess.Popen[bytes] | None = None
     real: RealNode | None = None
     metrics_port: int = 0
+    metadata_url: str = ""  # the instance's metadata service (the agent checks its ENIs)
 
     @property
     def name(self) -> str:
@@ -79,6 +82,7 @@ class ClusterBox:
     agent_args: tuple[str, ...] = ("--gc-interval", "5", "--gc-grace", "10",
                                    "--heartbeat-interval", "5", "--cooldown", "0")
     log: Callable[[str], None] = lambda msg: None
+    cloud_name: str = "aliyun"  # "aws": the EC2 dialect, boto3 and IMDSv2 throughout
     cluster: LocalCluster | None = None
     cloud: SimHandle | None = None
     operator: subprocess.Popen[bytes] | None = None
@@ -109,17 +113,22 @@ class ClusterBox:
         self.log("starting eniway-cloudsim with its VPC network")
         self.cloud = testing.with_provider(start_subprocess([
             "--network", "--teardown-on-exit", "--netns-prefix", f"{self.cluster_id}-",
-            "--state", str(self.workdir / "cloud.db"),
+            "--state", str(self.workdir / "cloud.db"), "--aws-region", AWS_REGION,
             "--attach-delay", str(self.attach_delay), "--detach-delay", str(self.attach_delay),
         ], region=REGION))
-        topo = self.cloud.admin.bootstrap({ZONE: list(self.vswitch_cidrs)})
+        if self.aws:
+            topo = self.cloud.admin.bootstrap({self.zone: list(self.vswitch_cidrs)},
+                                              vpc_cidr="10.0.0.0/16", cloud="aws")
+        else:
+            topo = self.cloud.admin.bootstrap({self.zone: list(self.vswitch_cidrs)})
         self.topology = topo
-        self.log(f"  {self.cloud.url}: {topo.vpc_id}, vSwitches "
-                 f"{', '.join(topo.vswitch_ids(ZONE))}, {topo.security_group_id}")
-        self._write_config(topo.vswitch_ids(ZONE), topo.security_group_id)
+        vsws = topo.vswitch_ids(self.zone)
+        self.log(f"  {self.cloud.url} ({'EC2' if self.aws else 'ECS'} API): {topo.vpc_id}, "
+                 f"{'subnets' if self.aws else 'vSwitches'} {', '.join(vsws)}, "
+                 f"{topo.security_group_id}")
+        self._write_config(vsws, topo.security_group_id)
         for i, spec in enumerate(self.nodes):
-            self._start_node(spec, topo.vswitch_ids(ZONE)[i % len(topo.vswitch_ids(ZONE))],
-                             topo.security_group_id)
+            self._start_node(spec, vsws[i % len(vsws)], topo.security_group_id)
         for node in self.node_by_name.values():
             assert node.real is not None
             node.real.wait_ready()
@@ -156,6 +165,30 @@ class ClusterBox:
     # -- pieces --------------------------------------------------------------------------
 
     @property
+    def aws(self) -> bool:
+        return self.cloud_name == "aws"
+
+    @property
+    def region(self) -> str:
+        return AWS_REGION if self.aws else REGION
+
+    @property
+    def zone(self) -> str:
+        return AWS_ZONE if self.aws else ZONE
+
+    def provider(self) -> Any:
+        """The operator's provider for this box's cloud, on the emulator."""
+        assert self.cloud is not None
+        if not self.aws:
+            return self.cloud.provider()
+        import boto3
+
+        from eniway_operator.cloud.aws import AwsProvider
+        return AwsProvider(AWS_REGION, endpoint=self.cloud.url, session=boto3.session.Session(
+            aws_access_key_id=self.cloud.access_key_id,
+            aws_secret_access_key=self.cloud.access_key_secret))
+
+    @property
     def kube(self) -> LocalCluster:
         assert self.cluster is not None
         return self.cluster
@@ -163,13 +196,15 @@ class ClusterBox:
     def _env(self) -> dict[str, str]:
         return {**os.environ, "PYTHONUNBUFFERED": "1"}
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None
+               ) -> subprocess.Popen[bytes]:
         log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
-        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self._env(),
+        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                env={**self._env(), **(env or {})},
                                 preexec_fn=_die_with_parent)
 
     def _write_config(self, vswitches: list[str], sg: str) -> None:
-        cfg = {"vswitches": {ZONE: vswitches}, "security_group_ids": [sg],
+        cfg = {"vswitches": {self.zone: vswitches}, "security_group_ids": [sg],
                "max_pool_size": 5, "min_pool_size": 2, **self.pool_config}
         self.kube.kubectl("create", "namespace", NAMESPACE, check=False)
         cm = {"apiVersion": "v1", "kind": "ConfigMap",
@@ -190,16 +225,23 @@ class ClusterBox:
         secret = self.workdir / "cloud-secret"
         secret.write_text(self.cloud.access_key_secret)
         self.operator_metrics = free_port()
+        if self.aws:  # boto3's standard chain: here the environment
+            cloud = ["--cloud", "aws", "--cloud-endpoint", self.cloud.url,
+                     "--region", AWS_REGION]
+            env = {"AWS_ACCESS_KEY_ID": self.cloud.access_key_id,
+                   "AWS_SECRET_ACCESS_KEY": self.cloud.access_key_secret}
+        else:
+            cloud = ["--cloud", "cloudsim", "--cloud-endpoint", self.cloud.endpoint,
+                     "--region", REGION, "--access-key-id", self.cloud.access_key_id,
+                     "--access-key-secret-file", str(secret)]
+            env = {}
         self.operator = self._spawn("operator", [
             sys.executable, "-m", "eniway_operator.main", "--kubeconfig",
             str(self.kube.kubeconfig), "--namespace", NAMESPACE, "--configmap", CONFIGMAP,
-            "--cluster-id", self.cluster_id, "--cloud", "cloudsim",
-            "--cloud-endpoint", self.cloud.endpoint, "--region", REGION,
-            "--access-key-id", self.cloud.access_key_id,
-            "--access-key-secret-file", str(secret),
+            "--cluster-id", self.cluster_id, *cloud,
             "--metrics-port", str(self.operator_metrics), "--gc-interval", "10",
             "--gc-grace", "20",
-        ])
+        ], env)
         if self._supervisor is None:
             self._supervisor = threading.Thread(target=self._supervise, daemon=True)
             self._supervisor.start()
@@ -225,7 +267,8 @@ class ClusterBox:
         primary_ip = next(e["primary_ip"] for e in inst["enis"] if e["type"] == "Primary") \
             if "enis" in inst else inst.get("primary_ip", "")
         ndir = self.workdir / spec.name
-        node = Node(spec, inst["instance_id"], netns, primary_ip, ndir)
+        node = Node(spec, inst["instance_id"], netns, primary_ip, ndir,
+                    metadata_url=inst["metadata_url"])
         self.node_by_name[spec.name] = node
         # the project's interpreter, not whatever `eniway` is on PATH (make demo runs
         # .venv/bin/python without the virtual environment activated)
@@ -236,8 +279,9 @@ class ClusterBox:
                         "--state-dir", str(ndir / "state")],
                        check=True, capture_output=True)
         labels = {"node.kubernetes.io/instance-type": spec.instance_type,
-                  "topology.kubernetes.io/zone": ZONE, "topology.kubernetes.io/region": REGION}
-        max_pods = self.cloud.provider().instance_limits(spec.instance_type).max_pods
+                  "topology.kubernetes.io/zone": self.zone,
+                  "topology.kubernetes.io/region": self.region}
+        max_pods = self.provider().instance_limits(spec.instance_type).max_pods
         node.real = RealNode(self.kube, spec.name, netns, ndir, ndir / "bin", ndir / "net.d",
                              max_pods, provider_id=inst["provider_id"], labels=labels,
                              log=self.log).prepare()
@@ -255,7 +299,8 @@ class ClusterBox:
             "--kubeconfig", str(self.kube.kubeconfig),
             "--socket", str(node.dir / "run" / "eniway.sock"),
             "--state-dir", str(node.dir / "state"), "--netns", node.netns,
-            "--metrics-addr", f"127.0.0.1:{node.metrics_port}", *self.agent_args,
+            "--metrics-addr", f"127.0.0.1:{node.metrics_port}",
+            "--metadata-url", node.metadata_url, "--cloud", self.cloud_name, *self.agent_args,
         ])
 
     def stop_agent(self, name: str, sig: int = signal.SIGTERM) -> None:
