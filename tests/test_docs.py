@@ -310,3 +310,36 @@ def test_rate_limit_and_retry_figures_are_the_codes() -> None:
     text = CONFIGURATION.read_text()
     timeout = inspect.signature(AliyunProvider).parameters["limiter_timeout"].default
     assert f"waits for its token up to {timeout:g} s" in " ".join(text.split())
+
+
+def test_ec2_rate_limits_and_iam_actions_are_the_codes() -> None:
+    """The EC2 rate table is aws.EC2_RATES; the IAM list is every EC2 action the provider
+    calls (the client's methods it names), and CreateTags for tagging at creation."""
+    from eniway_operator.cloud import aws
+    from eniway_operator.cloud.ratelimit import Rate
+
+    documented: dict[str, Rate] = {}
+    for cells in _table(CONFIGURATION, "#### Rate limits on EC2"):
+        rate = Rate(float(cells[1]), int(cells[2]))
+        for api in cells[0].split(", "):
+            if api == "anything else":
+                assert rate == aws.EC2_FALLBACK_RATE
+            else:
+                documented[api] = rate
+    assert documented == aws.EC2_RATES
+
+    text = " ".join(CONFIGURATION.read_text().split())
+    start = text.index("**IAM permissions**")
+    listed = set(re.findall(r"`ec2:(\w+)`", text[start:text.index("####", start)]))
+    source = Path(inspect.getfile(aws)).read_text()
+    to_api = boto3_ec2_method_names()
+    called = {to_api[m] for m in re.findall(r"self\._client\.(\w+)", source)}
+    assert listed == called | {"CreateTags"}
+
+
+def boto3_ec2_method_names() -> dict[str, str]:
+    import boto3
+
+    client = boto3.session.Session().client(
+        "ec2", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y")
+    return dict(client.meta.method_to_api_mapping)
