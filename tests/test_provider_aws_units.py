@@ -259,3 +259,32 @@ def test_cli_cloud_aws_region_and_credentials(clean_env: pytest.MonkeyPatch,
     p = operator_main.make_provider(args)
     assert p.limiter.bucket("AssignPrivateIpAddresses").rate == Rate(60, 10)
     assert p.limiter.bucket("CreateNetworkInterface").rate == Rate(300, 100)
+
+
+def test_unreachable_ec2_is_a_server_error_and_limits_fall_back_on_the_table(
+        clean_env: pytest.MonkeyPatch) -> None:
+    import socket
+
+    import boto3
+
+    from eniway_operator.testing import FAST_RETRY
+
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    session = boto3.session.Session(aws_access_key_id="AKIDEXAMPLE",
+                                    aws_secret_access_key="secret")
+    p = aws.AwsProvider("us-east-1", endpoint=f"http://127.0.0.1:{port}", session=session,
+                        retry=FAST_RETRY, connect_timeout=1, read_timeout=1)
+    with pytest.raises(ServerError) as ei:
+        p.describe_enis()
+    assert ei.value.code == "ConnectionError"
+    assert p.calls["DescribeNetworkInterfaces"] == FAST_RETRY.server.max_attempts
+    lim = p.instance_limits("m5.large")  # the API is down: the bundled EC2 table
+    assert (lim.source, lim.max_enis, lim.ips_per_eni, lim.max_pods) == ("table", 3, 10, 29)
+    assert lim.pods_on_primary_eni and lim.ips_per_call == 9
+    over = aws.AwsProvider("us-east-1", endpoint=f"http://127.0.0.1:{port}", session=session,
+                           retry=FAST_RETRY, limits_override={"m5.large": {
+                               "enis": 2, "ipsPerENI": 5}})
+    lim = over.instance_limits("m5.large")  # the override wins, with EC2's rules
+    assert (lim.source, lim.max_pods, lim.ips_per_call) == ("override", 10, 4)
