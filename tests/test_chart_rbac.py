@@ -27,7 +27,10 @@ GROUP = "network.eniway.io"
 # handlers and indexes, leader.py, kubesync.py), independently of the chart's templates.
 OPERATOR_CLUSTER = {
     "nodes": {"get", "list", "watch", "patch"},  # kopf watch, read, max-pods annotation
-    "pods": {"list", "watch"},  # kopf index: pending demand per node
+    "nodes/status": {"patch"},  # exclusive-ENI slots as an extended resource
+    "pods": {"list", "watch"},  # kopf index: pending demand per node, exclusive pods
+    "namespaces": {"list", "watch"},  # kopf index: labels exclusive-ENI policies select by
+    f"exclusiveenipolicies.{GROUP}": {"get", "list", "watch"},  # kopf index: policies
     "events": {"create", "patch"},  # Node events, repeats bump the count
     f"enis.{GROUP}": {"get", "list", "watch", "create", "patch", "delete"},
     f"enipools.{GROUP}": {"get", "list", "watch", "create", "patch", "delete"},

@@ -1,4 +1,4 @@
-"""The three CRDs against the real kube-apiserver."""
+"""The four CRDs against the real kube-apiserver."""
 
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ def _apply(cluster: LocalCluster, obj: dict[str, object],
 
 def test_crds_established_with_short_names(cluster: LocalCluster) -> None:
     out = cluster.kubectl("api-resources", "--api-group=network.eniway.io", "-o", "wide").stdout
-    for kind, short in (("ENI", "eni"), ("PodIP", "pip"), ("ENIPool", "ep")):
+    for kind, short in (("ENI", "eni"), ("PodIP", "pip"), ("ENIPool", "ep"),
+                        ("ExclusiveENIPolicy", "xep")):
         line = next(x for x in out.splitlines() if f" {kind} " in f" {x} ")
         assert short in line.split(), line
 
@@ -49,12 +50,23 @@ def test_eni_columns(cluster: LocalCluster) -> None:
         content_type="application/merge-patch+json")
     assert code == 200, body
     out = cluster.kubectl("get", "enis").stdout.splitlines()
-    assert out[0].split() == ["NAME", "NODE", "PRIMARY", "PHASE", "IPS", "FREE", "VSWITCH",
-                              "AGE"]
+    assert out[0].split() == ["NAME", "NODE", "PRIMARY", "MODE", "PHASE", "IPS", "FREE",
+                              "VSWITCH", "POD", "AGE"]
     row = next(r for r in out if r.startswith(ENI_NAME)).split()
-    assert row[1:7] == ["node-a", "false", "InUse", "5", "3", "vsw-zone1a"]
+    assert row[1:8] == ["node-a", "false", "Shared", "InUse", "5", "3", "vsw-zone1a"]
     wide = cluster.kubectl("get", "eni", ENI_NAME, "-o", "wide").stdout
     assert "00:16:3e:01:02:03" in wide and "10.0.1.10" in wide
+
+
+def test_exclusive_eni_names_its_pod(cluster: LocalCluster) -> None:
+    name = "eni-exclusive01"
+    _apply(cluster, _eni(name, primary=False, mode="Exclusive", claim="shop/db-0",
+                         podNamespace="shop", podName="db-0"))
+    row = next(r for r in cluster.kubectl("get", "enis").stdout.splitlines()
+               if r.startswith(name)).split()
+    assert (row[3], row[-2]) == ("Exclusive", "db-0")  # no status yet: blank columns
+    wide = cluster.kubectl("get", "eni", name, "-o", "wide").stdout.splitlines()
+    assert "POD-NAMESPACE" in wide[0].split() and "shop" in wide[1].split()
 
 
 def test_podip_columns_all_namespaces(cluster: LocalCluster) -> None:
@@ -65,9 +77,58 @@ def test_podip_columns_all_namespaces(cluster: LocalCluster) -> None:
                     "podUID": str(uuid.uuid4()), "allocatedAt": "2026-01-01T00:00:00Z"}}
     _apply(cluster, obj)
     out = cluster.kubectl("get", "podips", "-A").stdout.splitlines()
-    assert out[0].split() == ["NAMESPACE", "NAME", "IP", "ENI", "NODE", "PUBLIC-IP", "AGE"]
+    assert out[0].split() == ["NAMESPACE", "NAME", "IP", "ENI", "NODE", "MODE", "PUBLIC-IP",
+                              "AGE"]
     row = next(r for r in out if " web-1 " in r).split()
-    assert row[:5] == ["default", "web-1", "10.0.1.11", ENI_NAME, "node-a"]
+    assert row[:6] == ["default", "web-1", "10.0.1.11", ENI_NAME, "node-a", "Shared"]
+    obj["metadata"] = {"name": "db-0", "namespace": "default"}
+    obj["spec"]["mode"] = "Exclusive"  # type: ignore[index]
+    _apply(cluster, obj)
+    row = next(r for r in cluster.kubectl("get", "podips", "-A").stdout.splitlines()
+               if " db-0 " in r).split()
+    assert row[5] == "Exclusive"
+    obj["spec"]["mode"] = "Dedicated"  # type: ignore[index]
+    bad = _apply(cluster, obj, check=False)
+    assert bad.returncode != 0 and "spec.mode" in bad.stderr, bad.stderr
+
+
+def _policy(name: str, **spec: object) -> dict[str, object]:
+    base: dict[str, object] = {"selector": {"podSelector": {"matchLabels": {"app": "db"}}},
+                               "securityGroupIDs": ["sg-db000001"]}
+    base.update(spec)
+    return {"apiVersion": "network.eniway.io/v1", "kind": "ExclusiveENIPolicy",
+            "metadata": {"name": name}, "spec": base}
+
+
+def test_exclusive_policy_columns_and_defaults(cluster: LocalCluster) -> None:
+    _apply(cluster, _policy("db-fixed", ipType="Fixed", releaseAfter="10m",
+                            vSwitchIDs=["vsw-zone1a"],
+                            securityGroupIDs=["sg-db000001", "sg-db000002"]))
+    _apply(cluster, _policy("db-elastic"))
+    out = cluster.kubectl("get", "exclusiveenipolicies").stdout.splitlines()
+    assert out[0].split() == ["NAME", "IP-TYPE", "RELEASE-AFTER", "SECURITY-GROUPS",
+                              "VSWITCHES", "AGE"]
+    row = next(r for r in out if r.startswith("db-fixed")).split()
+    assert row[1:3] == ["Fixed", "10m"] and "sg-db000002" in row[3]
+    row = next(r for r in out if r.startswith("db-elastic")).split()
+    assert row[1] == "Elastic", "ipType defaults to Elastic"
+
+
+@pytest.mark.parametrize(("name", "spec", "message"), [
+    ("six-groups", {"securityGroupIDs": [f"sg-g{i}000000" for i in range(6)]},
+     "should have at most 5 items"),
+    ("no-groups", {"securityGroupIDs": []}, "spec.securityGroupIDs"),
+    ("bad-type", {"ipType": "Sticky"}, "spec.ipType"),
+    ("bad-release", {"ipType": "Fixed", "releaseAfter": "ten minutes"}, "spec.releaseAfter"),
+    ("bad-group", {"securityGroupIDs": ["web"]}, "should match"),
+    ("no-selector", {"selector": {}}, "spec.selector"),
+])
+def test_invalid_exclusive_policy_rejected(cluster: LocalCluster, name: str,
+                                           spec: dict[str, object], message: str) -> None:
+    res = _apply(cluster, _policy(name, **spec), check=False)
+    assert res.returncode != 0
+    assert message in res.stderr, res.stderr
+    assert cluster.kubectl("get", "exclusiveenipolicy", name, check=False).returncode != 0
 
 
 def test_enipool_columns(cluster: LocalCluster) -> None:

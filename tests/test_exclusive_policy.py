@@ -102,7 +102,8 @@ def test_cloud_validation() -> None:
 def pod(name: str = "web-0", **kw: Any) -> dict[str, Any]:
     out: dict[str, Any] = {
         "metadata": {"name": name, "namespace": "shop", "uid": f"uid-{name}",
-                     "labels": {"app": "web"}},
+                     "labels": {"app": "web"},
+                     "annotations": {EXCLUSIVE_ANNOTATION: "true"}},
         "spec": {"nodeName": "n1", "containers": [{"name": "c"}]},
         "status": {"phase": "Pending"},
     }
@@ -124,7 +125,10 @@ def test_pod_claims() -> None:
     assert pod_claim(pod(status__phase="Succeeded"), {}, [web])[0] is None
     assert pod_claim(pod(metadata__annotations={EXCLUSIVE_ANNOTATION: "false"}), {},
                      [web])[0] is None
-    assert pod_claim(pod(metadata__labels={"app": "db"}), {}, [web])[0] is None
+    unselected = pod_claim(pod(metadata__labels={"app": "db"}), {}, [web])[0]
+    assert unselected is not None and unselected.settings == Settings()
+    # a policy supplies settings, it does not opt a pod in
+    assert pod_claim(pod(metadata__annotations={}), {}, [web])[0] is None
     # the annotation alone, or the resource alone: the node's settings
     alone, _ = pod_claim(pod(metadata__labels={}, metadata__annotations={
         EXCLUSIVE_ANNOTATION: "true"}), {}, [])

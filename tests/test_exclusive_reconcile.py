@@ -96,7 +96,8 @@ def pod(name: str, node: str, uid: str = "", stateful: bool = False) -> dict[str
     owners = [{"kind": "StatefulSet", "name": "web", "controller": True}] if stateful else []
     return {"metadata": {"name": name, "namespace": "shop", "uid": uid or f"uid-{name}",
                          "labels": {"app": "web"}, "ownerReferences": owners},
-            "spec": {"nodeName": node, "containers": [{"name": "c"}]},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "resources": {
+                "limits": {contract.RESOURCE_EXCLUSIVE_ENI: "1"}}}]},
             "status": {"phase": "Pending"}}
 
 

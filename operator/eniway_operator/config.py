@@ -55,6 +55,7 @@ class PoolConfig:
     # IPs per assign/unassign call, 1..10; the planner caps it by the cloud's own limit
     # (InstanceLimits.ips_per_call: 10 on ECS)
     ips_per_call: int = 10
+    exclusive_enis: int = 0  # secondary-ENI slots kept for exclusive-ENI pods (0: none)
 
     def to_status(self) -> dict[str, Any]:
         """JSON form for ENIPool status.config (the agent reads ip_cooldown from it)."""
@@ -167,6 +168,7 @@ _PARSERS: dict[str, Any] = {
     "ip_cooldown": parse_duration,
     "empty_eni_reclaim_after": parse_duration,
     "ips_per_call": lambda v, k: _int(v, k, 1, 10),
+    "exclusive_enis": lambda v, k: _int(v, k, 0, 64),
 }
 _ALIASES = {"security_groups": "security_group_ids", "security_group": "security_group_ids"}
 

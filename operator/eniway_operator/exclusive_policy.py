@@ -1,12 +1,16 @@
 """Which pods get an exclusive ENI, and with what: policies and the per-pod opt-in, parsed
 and matched without I/O.
 
-A policy (cluster-scoped) selects pods by their namespace's labels and their own labels and
-names the vSwitches, the security groups (1 to 5) and the IP type (``Elastic``, or ``Fixed``
-with ``releaseAfter``) of their ENIs. A pod may also opt in alone with the annotation
-``EXCLUSIVE_ANNOTATION: "true"`` (its ENI then takes the node's vSwitches and security
-groups), or by requesting the extended resource. A StatefulSet pod's IP is fixed whatever
-its policy says: its name, and so its claim, survives re-creation.
+A pod opts in by requesting the extended resource ``EXCLUSIVE_RESOURCE`` (so the
+scheduler places it where a slot is free), usually together with the annotation
+``EXCLUSIVE_ANNOTATION: "true"``; the annotation alone opts in too. A policy
+(cluster-scoped) selects pods by their namespace's labels and their own labels and names
+the vSwitches, the security groups (1 to 5) and the IP type (``Elastic``, or ``Fixed`` with
+``releaseAfter``) of their ENIs: it supplies the settings of the pods that opted in, it
+does not opt a pod in (the node agent, which cannot read policies, must see the same pods
+as exclusive as the operator does). A pod that opted in but no policy selects takes the
+node's vSwitches and security groups. A StatefulSet pod's IP is fixed whatever its policy
+says: its name, and so its claim, survives re-creation.
 
 Bad input raises ``PolicyError`` naming the field; nothing else is read from a bad policy.
 """
@@ -165,14 +169,14 @@ def pick_policy(policies: Sequence[Policy], namespace_labels: Mapping[str, str],
     return hits[0], [p.name for p in hits[1:]]
 
 
+def wants_exclusive(pod: Mapping[str, Any]) -> bool:
+    """Whether the pod opted in (the annotation says true, or it requests a slot)."""
+    return contract.wants_exclusive_eni(dict(pod))
+
+
 def requests_slot(pod: Mapping[str, Any]) -> bool:
     """Whether a container of the pod asks for an exclusive-ENI slot."""
-    for c in (pod.get("spec") or {}).get("containers") or []:
-        res = c.get("resources") or {}
-        for part in ("limits", "requests"):
-            if str((res.get(part) or {}).get(EXCLUSIVE_RESOURCE, "0")) not in ("0", ""):
-                return True
-    return False
+    return contract.requests_exclusive_slot(dict(pod))
 
 
 def pod_claim(pod: Mapping[str, Any], namespace_labels: Mapping[str, str],
@@ -191,9 +195,9 @@ def pod_claim(pod: Mapping[str, Any], namespace_labels: Mapping[str, str],
     if (not spec.get("nodeName") or spec.get("hostNetwork")
             or status.get("phase") in ("Succeeded", "Failed") or opt == "false"):
         return None, problems
-    policy, others = pick_policy(policies, namespace_labels, meta.get("labels") or {})
-    if policy is None and opt != "true" and not requests_slot(pod):
+    if opt != "true" and not requests_slot(pod):
         return None, problems
+    policy, others = pick_policy(policies, namespace_labels, meta.get("labels") or {})
     if others and policy is not None:
         problems.append(f"policies {', '.join([policy.name, *others])} all select the pod: "
                         f"{policy.name} applies (first by name)")

@@ -24,6 +24,9 @@ from cni_plugin import contract
 from eniway_operator.cloud.base import CloudError, CloudProvider, InvalidState, NotFound
 from eniway_operator.cloud.base import NetworkInterface as CloudENI
 from eniway_operator.exclusive_plan import (
+    ATTACHING,
+    CREATING,
+    DETACHING,
     ENI,
     FIXED,
     Attach,
@@ -65,6 +68,8 @@ class ExclusiveReconciler:
         self.cluster_id = cluster_id
         self.clock = clock
         self._nodes: dict[str, Node] = {}  # instance facts never change for a node name
+        self.known = True  # the last round saw exclusive ENIs (at start: not known yet)
+        self.settling = False  # the last round left ENIs creating, attaching or detaching
 
     def tags(self) -> dict[str, str]:
         return {contract.TAG_CREATOR: contract.TAG_CREATOR_VALUE,
@@ -151,6 +156,8 @@ class ExclusiveReconciler:
               policies: Sequence[JSON], nodes: Sequence[NodeFacts]) -> ExclusivePlan:
         state, cloud, records, problems = self.observe(pods, namespace_labels, policies, nodes)
         plan = plan_exclusive(state)
+        self.known = bool(state.enis) or bool(plan.actions)
+        self.settling = any(e.status in (CREATING, ATTACHING, DETACHING) for e in state.enis)
         pod_of = {c.key: c for c in state.claims}
         for action in plan.actions:
             try:
@@ -249,15 +256,14 @@ class ExclusiveReconciler:
     def _capacity(self, node: str, slots: int) -> None:
         """The node's exclusive-ENI slots as an extended resource the scheduler counts."""
         res = contract.RESOURCE_EXCLUSIVE_ENI
-        obj = self.kube.get_node(node)
+        obj = self.kube.node(node)
         if obj is None:
             return
         st = obj.get("status") or {}
         if (st.get("capacity") or {}).get(res) == str(slots) and (
                 st.get("allocatable") or {}).get(res) == str(slots):
             return
-        self.kube.core.patch_node_status(node, {"status": {
-            "capacity": {res: str(slots)}, "allocatable": {res: str(slots)}}})
+        self.kube.publish_node_resource(node, res, str(slots))
 
     def _problem(self, who: str, message: str, uid: str = "") -> None:
         if who.startswith("policy/"):

@@ -8,6 +8,7 @@ and PodIPs, so a round never lists every pod in the cluster. The work itself hap
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -18,7 +19,10 @@ import kopf
 from kubernetes.client import ApiClient
 
 from cni_plugin import contract
+from eniway_operator.exclusive_policy import wants_exclusive
+from eniway_operator.exclusive_reconcile import ExclusiveReconciler, NodeFacts
 from eniway_operator.gc import GarbageCollector
+from eniway_operator.leader import NotLeader
 from eniway_operator.reconcile import Demand, Reconciler
 from eniway_operator.scheduler import Scheduler
 
@@ -37,6 +41,9 @@ class Runtime:
     public_ips: Any = None  # eip_controller.PublicIps, None when public IPs are off
     public_ip_interval: float = 5.0
     debounce: float = 0.3
+    exclusive: ExclusiveReconciler | None = None  # None: exclusive-ENI rounds off
+    exclusive_interval: float = 10.0
+    exclusive_wake: asyncio.Event | None = None
     indices: dict[str, Any] = field(default_factory=dict)
     digests: dict[str, str] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -115,6 +122,104 @@ def pod_ips(spec: kopf.Spec, name: str, namespace: str | None,
     return {node: (spec.get("ip", ""), namespace or "", name, spec.get("podUID", ""))}
 
 
+# Exclusive-ENI pods (those that opted in), namespaces' labels and the policies, for the
+# exclusive rounds (exclusive_reconcile.py): what they read, held as kopf lists them.
+
+def _pod_fields(body: kopf.Body) -> dict[str, Any]:
+    """The parts of a pod an exclusive round reads."""
+    meta, spec = body.get("metadata") or {}, body.get("spec") or {}
+    keep = ("name", "namespace", "uid", "labels", "annotations", "ownerReferences",
+            "deletionTimestamp")
+    return {"metadata": {k: meta[k] for k in keep if k in meta},
+            "spec": {"nodeName": spec.get("nodeName"), "hostNetwork": spec.get("hostNetwork"),
+                     "containers": [{"name": c.get("name"), "resources": c.get("resources")}
+                                    for c in spec.get("containers") or []]},
+            "status": {"phase": (body.get("status") or {}).get("phase")}}
+
+
+@kopf.index("pods")
+def exclusive_pods(body: kopf.Body, spec: kopf.Spec, **_: Any) -> dict[str, Any]:
+    node = spec.get("nodeName")
+    if not node or spec.get("hostNetwork") or not wants_exclusive(body):
+        return {}
+    return {node: _pod_fields(body)}
+
+
+@kopf.index("namespaces")
+def namespace_labels(name: str, labels: kopf.Labels, **_: Any) -> dict[str, Any]:
+    return {name: dict(labels)}
+
+
+@kopf.index(contract.GROUP, contract.VERSION, contract.PLURAL_EXCLUSIVE_POLICY)
+def exclusive_policies(name: str, spec: kopf.Spec, **_: Any) -> dict[str, Any]:
+    return {name: {"metadata": {"name": name}, "spec": dict(spec)}}
+
+
+def exclusive_inputs() -> tuple[list[Any], dict[str, dict[str, str]], list[Any], set[str]]:
+    """Pods, namespace labels, policies and the nodes of the pods, from the indices (event
+    loop thread)."""
+    idx = _rt().indices
+    pods_idx = idx.get("exclusive_pods") or {}
+    pods = [p for node in pods_idx for p in pods_idx[node]]
+    ns_idx = idx.get("namespace_labels") or {}
+    labels = {ns: dict(v) for ns in ns_idx for v in ns_idx[ns]}
+    pol_idx = idx.get("exclusive_policies") or {}
+    policies = [p for name in pol_idx for p in pol_idx[name]]
+    return pods, labels, policies, set(pods_idx)
+
+
+def exclusive_round(rt: Runtime, pods: list[Any], labels: dict[str, dict[str, str]],
+                    policies: list[Any], pod_nodes: set[str]) -> bool:
+    """One exclusive round (reconcile thread pool); True while something is on its way
+    (the next round comes sooner). Nodes take part once their shared round has read their
+    configuration: those with slots, those with exclusive pods, and those that published
+    slots before (so a lowered split reaches the scheduler)."""
+    assert rt.exclusive is not None
+    kube = rt.reconciler.kube
+    facts = []
+    for name, mem in list(rt.reconciler.memory.items()):
+        if mem.info is None:
+            continue
+        node = kube.node(name) if mem.exclusive_split <= 0 and name not in pod_nodes else None
+        published = ((node or {}).get("status") or {}).get("capacity") or {}
+        if mem.exclusive_split > 0 or name in pod_nodes or (
+                contract.RESOURCE_EXCLUSIVE_ENI in published):
+            facts.append(NodeFacts(name, mem.exclusive_split, mem.shared_enis))
+    if not facts and not pods and not rt.exclusive.known:
+        return False  # nothing exclusive anywhere: no cloud call
+    plan = rt.exclusive.round(pods, labels, policies, facts)
+    return bool(plan.actions) or rt.exclusive.settling
+
+
+async def _exclusive_loop(rt: Runtime) -> None:
+    """Exclusive rounds, one at a time: on the events that matter (debounced), every
+    half second while ENIs are on their way, else every ``exclusive_interval``."""
+    loop = asyncio.get_running_loop()
+    wake = rt.exclusive_wake = asyncio.Event()
+    while True:
+        wake.clear()
+        busy = False
+        try:
+            busy = await loop.run_in_executor(rt.scheduler.pool, exclusive_round, rt,
+                                              *exclusive_inputs())
+        except NotLeader as e:
+            log.error("%s", e)
+            if rt.scheduler.on_not_leader:
+                rt.scheduler.on_not_leader()
+            return
+        except Exception:
+            log.exception("exclusive-ENI round failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), 0.5 if busy else rt.exclusive_interval)
+        await asyncio.sleep(rt.debounce)
+
+
+def _exclusive_poke() -> None:
+    wake = _rt().exclusive_wake
+    if wake is not None:
+        wake.set()
+
+
 # -- lifecycle -----------------------------------------------------------------------------
 
 # The Nodes, ENIPools and ENI resources themselves, for the rounds (objects.py): kopf runs
@@ -175,6 +280,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     rt.tasks.append(asyncio.create_task(_gc_loop(rt), name="gc"))
     if rt.public_ips is not None:
         rt.tasks.append(asyncio.create_task(_public_ip_loop(rt), name="public-ips"))
+    if rt.exclusive is not None:
+        rt.tasks.append(asyncio.create_task(_exclusive_loop(rt), name="exclusive-enis"))
 
 
 @kopf.on.cleanup()
@@ -222,7 +329,8 @@ def _capture(kwargs: dict[str, Any]) -> None:
     if cache is not None:
         cache.ready = True
     idx = _rt().indices
-    for key in ("pending_pods", "pod_addrs", "pod_ips"):
+    for key in ("pending_pods", "pod_addrs", "pod_ips", "exclusive_pods", "namespace_labels",
+                "exclusive_policies"):
         if key in kwargs:
             idx[key] = kwargs[key]
 
@@ -238,11 +346,19 @@ async def node_event(name: str, type: str | None, body: kopf.Body, **kw: Any) ->
 
 
 @kopf.on.event("pods")
-async def pod_event(spec: kopf.Spec, **kw: Any) -> None:
+async def pod_event(spec: kopf.Spec, body: kopf.Body, **kw: Any) -> None:
     _capture(kw)
     node = spec.get("nodeName")
     if node and not spec.get("hostNetwork"):
         _rt().scheduler.poke(node, _rt().debounce)
+        if wants_exclusive(body):
+            _exclusive_poke()
+
+
+@kopf.on.event(contract.GROUP, contract.VERSION, contract.PLURAL_EXCLUSIVE_POLICY)
+async def exclusive_policy_event(**kw: Any) -> None:
+    _capture(kw)
+    _exclusive_poke()
 
 
 @kopf.on.event(contract.GROUP, contract.VERSION, contract.PLURAL_PODIP)

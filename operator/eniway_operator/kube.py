@@ -152,6 +152,14 @@ class Kube:
         got = self.core.patch_node(name, {"metadata": {"annotations": dict(annotations)}})
         self._saw("nodes", self.api.sanitize_for_serialization(got))
 
+    def publish_node_resource(self, name: str, resource: str, quantity: str) -> None:
+        """An extended resource in the Node's status capacity and allocatable (what the
+        scheduler counts); the answer refreshes the cache."""
+        self._write(f"node {name} status")
+        node = self.core.patch_node_status(name, {"status": {
+            "capacity": {resource: quantity}, "allocatable": {resource: quantity}}})
+        self._saw("nodes", self.api.sanitize_for_serialization(node))
+
     def node_names(self) -> set[str]:
         return {str(n.metadata.name) for n in self.core.list_node().items if n.metadata}
 

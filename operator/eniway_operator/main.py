@@ -40,6 +40,7 @@ from eniway_operator.cloud.credentials import (
 from eniway_operator.cloud.limits import parse_override
 from eniway_operator.cloud.ratelimit import parse_rates
 from eniway_operator.eip_controller import PublicIps
+from eniway_operator.exclusive_reconcile import ExclusiveReconciler
 from eniway_operator.gc import GarbageCollector
 from eniway_operator.leader import LeaseElector
 from eniway_operator.metrics import LEADER, Health, MeteredProvider, count_attempt, serve
@@ -147,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--public-ip-interval", type=float, default=5.0,
                    help=f"seconds between public-IP rounds (pods annotated "
                         f"{contract.ANNOTATION_PUBLIC_IP}); 0 turns public IPs off")
+    p.add_argument("--exclusive-interval", type=float, default=10.0,
+                   help="seconds between exclusive-ENI rounds when nothing is on its way "
+                        "(pods requesting network.eniway.io/eni; every 0.5 s while ENIs "
+                        "attach or detach); 0 turns exclusive ENIs off")
     p.add_argument("--debounce", type=float, default=0.3,
                    help="pod events are gathered this long before a round (batching)")
     p.add_argument("--agent-timeout", type=float, default=90.0,
@@ -326,11 +331,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     scheduler = Scheduler(reconciler, demand_of, health, workers=args.workers,
                           on_not_leader=not_leader)
+    exclusive = (ExclusiveReconciler(kube, cloud, args.cluster_id)
+                 if args.exclusive_interval > 0 else None)
     handlers.RUNTIME = Runtime(scheduler=scheduler, reconciler=reconciler, api=api,
                                gc=GarbageCollector(kube, cloud, args.cluster_id, args.gc_grace),
                                gc_interval=args.gc_interval, debounce=args.debounce,
                                public_ips=public_ips,
-                               public_ip_interval=args.public_ip_interval)
+                               public_ip_interval=args.public_ip_interval,
+                               exclusive=exclusive,
+                               exclusive_interval=args.exclusive_interval)
     health.ready = True
     try:
         kopf.run(clusterwide=True, standalone=True, stop_flag=stop)

@@ -124,6 +124,8 @@ class NodeMemory:
     last_reconciled_at: float = 0.0
     pool_uid: str = ""  # Events go to the ENIPool too
     exclusive_slots: int = 0  # exclusive-mode ENIs on the instance (as of the last describe)
+    exclusive_split: int = 0  # the node's exclusive_enis setting (read by exclusive rounds)
+    shared_enis: int = 0  # secondary ENIs the shared pool holds (read by exclusive rounds)
 
 
 class RoundErrors:
@@ -320,8 +322,11 @@ class Reconciler:
             pending=demand.pending, vswitches=vswitches,
             default_vswitch=info.vswitch_id, blocked_vswitches=dict(mem.blocked),
             warmed_up=warmed, last_idle_reclaim=mem.last_idle_reclaim,
-            reserved_slots=reserved_slots(0, mem.exclusive_slots))
+            reserved_slots=reserved_slots(cfg.exclusive_enis, mem.exclusive_slots))
         plan = plan_node(state)
+        mem.exclusive_split = cfg.exclusive_enis
+        mem.shared_enis = len([e for e in state.enis if not e.primary
+                               and e.status in (ATTACHING, INUSE, DETACHING)])
         mem.marked_at = {ip: mem.marked_at.get(ip, now) for ip in plan.release}
         if plan.idle_reclaimed:
             mem.last_idle_reclaim = now
