@@ -8,6 +8,8 @@ wire messages) is defined here once.
 
 from __future__ import annotations
 
+from typing import Any
+
 GROUP = "network.eniway.io"
 VERSION = "v1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -19,6 +21,8 @@ KIND_PODIP = "PodIP"
 PLURAL_PODIP = "podips"
 KIND_ENIPOOL = "ENIPool"
 PLURAL_ENIPOOL = "enipools"
+KIND_EXCLUSIVE_POLICY = "ExclusiveENIPolicy"  # cluster-scoped: settings of exclusive pods
+PLURAL_EXCLUSIVE_POLICY = "exclusiveenipolicies"
 
 # ENI phases (status.phase of an ENI resource)
 PHASE_CREATING = "Creating"
@@ -53,6 +57,27 @@ TAG_INSTANCE = "eniway.io/instance"
 TAG_MODE = "eniway.io/mode"
 TAG_MODE_EXCLUSIVE = "exclusive"
 MODE_EXCLUSIVE = "Exclusive"
+MODE_SHARED = "Shared"
+# An exclusive ENI's link parked on the node between pods: this + the MAC's 12 hex digits.
+EXCLUSIVE_PARK_PREFIX = "xe"
+
+
+def requests_exclusive_slot(pod: dict[str, Any]) -> bool:
+    """Whether a container of the pod asks for an exclusive-ENI slot (the resource)."""
+    for c in (pod.get("spec") or {}).get("containers") or []:
+        res = c.get("resources") or {}
+        for part in ("limits", "requests"):
+            if str((res.get(part) or {}).get(RESOURCE_EXCLUSIVE_ENI, "0")) not in ("0", ""):
+                return True
+    return False
+
+
+def wants_exclusive_eni(pod: dict[str, Any]) -> bool:
+    """Whether a pod opted in to its own ENI: the annotation says true, or it requests
+    a slot. The operator and the agent decide by this one test."""
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    return (str(annotations.get(ANNOTATION_EXCLUSIVE_ENI, "")).lower() == "true"
+            or requests_exclusive_slot(pod))
 
 # Node-local paths
 DEFAULT_SOCKET = "/run/eniway/eniway.sock"

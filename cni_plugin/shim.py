@@ -118,13 +118,15 @@ def format_result(version: str, res: dict[str, Any], dns: Any = None) -> dict[st
         pod_if["mac"] = res["podMac"]
     if _vtuple(version) >= (1, 1, 0) and res.get("mtu"):
         host_if["mtu"] = pod_if["mtu"] = int(res["mtu"])
-    ip: dict[str, Any] = {"address": f"{res['ip']}/32", "gateway": res["gateway"],
-                          "interface": 1}
+    # An exclusive ENI is the pod's interface itself: no host side, the vSwitch's prefix.
+    interfaces = [host_if, pod_if] if res["hostVeth"] else [pod_if]
+    ip: dict[str, Any] = {"address": f"{res['ip']}/{int(res.get('prefixLength') or 32)}",
+                          "gateway": res["gateway"], "interface": len(interfaces) - 1}
     if _vtuple(version) < (1, 0, 0):
         ip["version"] = "4"
     out: dict[str, Any] = {
         "cniVersion": version,
-        "interfaces": [host_if, pod_if],
+        "interfaces": interfaces,
         "ips": [ip],
         "routes": [{"dst": "0.0.0.0/0", "gw": res["gateway"]}],
     }
@@ -183,6 +185,42 @@ def _ip_cmd(args: list[str]) -> int:
                     "(iproute2) is missing on this host: cannot clean up without the agent")
 
 
+def _nsenter_ip(netns_path: str, args: list[str]) -> int:
+    """``ip ARGS`` inside the netns at a path (``ip -n`` takes only names)."""
+    import os
+    import shutil
+    import subprocess
+    nsenter = shutil.which("nsenter", path="/usr/bin:/bin:/usr/sbin:/sbin")
+    ip = next((c for c in ("/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip")
+               if os.path.exists(c)), None)
+    if nsenter is None or ip is None:
+        raise ShimError(contract.ERR_TRY_AGAIN, "eniway-agent is down and nsenter or ip is "
+                        "missing on this host: cannot move the pod's ENI back without the agent")
+    return subprocess.run([nsenter, f"--net={netns_path}", ip, *args],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          check=False).returncode
+
+
+def _exclusive_back(rec: dict[str, Any]) -> None:
+    """An exclusive ENI's link from the pod back to the node, down and bare, under its
+    parked name (as the agent's DEL does); the link already gone from the pod is fine.
+    A link that does not move raises "try again later": the runtime retries the DEL."""
+    mac = str(rec["mac"]).lower()
+    park = contract.EXCLUSIVE_PARK_PREFIX + mac.replace(":", "")
+    netns, ifname = str(rec.get("netns") or ""), str(rec.get("ifname") or "")
+    if not netns or not _exists(netns) or not ifname:
+        return  # the netns is gone: the kernel returned the NIC to the node
+    if _nsenter_ip(netns, ["link", "show", "dev", ifname]) != 0:
+        return  # not in the pod any more
+    _nsenter_ip(netns, ["link", "set", "dev", ifname, "down"])
+    _nsenter_ip(netns, ["addr", "flush", "dev", ifname])
+    target = str(rec.get("hostNetns") or "") or "1"  # a named node netns, or PID 1's
+    if (_nsenter_ip(netns, ["link", "set", "dev", ifname, "name", park]) != 0
+            or _nsenter_ip(netns, ["link", "set", "dev", park, "netns", target]) != 0):
+        raise ShimError(contract.ERR_TRY_AGAIN, f"eniway-agent is down and the ENI {mac} "
+                        f"could not be moved out of {netns}; DEL will be retried")
+
+
 def slow_delete(state_dir: str, container_id: str, ifname: str) -> list[str]:
     """Remove the host side of an allocation from the store on disk; returns its IPs."""
     import fcntl
@@ -221,7 +259,9 @@ def slow_delete(state_dir: str, container_id: str, ifname: str) -> list[str]:
                 continue
             ip, ns = rec["ip"], rec.get("hostNetns") or ""
             pre = ["-n", ns] if ns else []
-            if rec.get("veth"):
+            if rec.get("mac"):  # an exclusive ENI: no veth, no route, no rules
+                _exclusive_back(rec)
+            elif rec.get("veth"):
                 _ip_cmd([*pre, "link", "del", rec["veth"]])
             _ip_cmd([*pre, "route", "del", f"{ip}/32", "table", "main"])
             for _ in range(4):  # a rule may be doubled after a crash: delete until gone

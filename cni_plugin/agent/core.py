@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cni_plugin import contract
 from cni_plugin.agent.datapath import Datapath, DatapathError, EniLink
@@ -29,6 +29,9 @@ from cni_plugin.agent.identity import InstanceView, MetadataError
 from cni_plugin.agent.metrics import Metrics
 from cni_plugin.agent.pool import Pool
 from cni_plugin.agent.store import Allocation, AllocationStore
+
+if TYPE_CHECKING:
+    from cni_plugin.agent.exclusive_pods import ExclusivePods
 
 log = logging.getLogger("eniway.agent")
 
@@ -104,6 +107,7 @@ class NodeAgent:
         self.on_unbound: Callable[[Allocation], None] = lambda a: None
         self.on_change: Callable[[], None] = lambda: None
         self.instance: InstanceView | None = None  # --metadata-url: who this node is
+        self.xpods: ExclusivePods | None = None  # exclusive-ENI pods (exclusive_pods.py)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -118,7 +122,8 @@ class NodeAgent:
         with self.lock:
             for rec in records:
                 self._index(rec)
-                self.pool.mark_allocated(rec.ip)
+                if not rec.exclusive:  # an exclusive ENI's IP is not the pool's
+                    self.pool.mark_allocated(rec.ip)
         log.info("loaded %d allocations from %s", len(records), self.store.dir)
         self.datapath.enable_forwarding()
         try:
@@ -154,6 +159,9 @@ class NodeAgent:
     def set_enis(self, enis: Iterable[dict[str, Any]]) -> None:
         """ENI objects of this node (any phase): bring the in-use ones up and serve their IPs."""
         serving: dict[str, EniState] = {}
+        enis = list(enis)
+        if self.xpods is not None:
+            self.xpods.set_enis(enis)
         for obj in enis:
             spec, status = obj.get("spec", {}), obj.get("status") or {}
             name = obj["metadata"]["name"]
@@ -340,7 +348,13 @@ class NodeAgent:
                          stale.containerId[:12])
                 self._release(stale)
             if ip is not None:
-                return self._readd(self.records[ip], netns_path)
+                rec = self.records[ip]
+                if rec.exclusive and self.xpods is not None:
+                    return self.xpods.readd(rec, netns_path)
+                return self._readd(rec, netns_path)
+            if self.xpods is not None and name and self.xpods.wanted(
+                    ns, name, str(req.get("podUID") or "")):
+                return self.xpods.add(req, cid, ifname, netns_path, ns, name)
             return self._add_new(req, cid, ifname, netns_path, ns, name, veth, mtu_req)
         finally:
             with self.lock:
@@ -449,7 +463,14 @@ class NodeAgent:
             if ip is None:
                 return {}  # never set up, or already released: DEL is idempotent
             rec = self.records[ip]
-            self.inflight.add(f"rel:{ip}")
+            exclusive = rec.exclusive and self.xpods is not None
+            self.inflight.add(att_key if exclusive else f"rel:{ip}")
+        if exclusive and self.xpods is not None:
+            try:
+                return self.xpods.delete(rec)
+            finally:
+                with self.lock:
+                    self.inflight.discard(att_key)
         try:
             index = self.datapath.detach_pod(rec.veth, rec.ip, rec.table)
         except DatapathError as e:
@@ -489,6 +510,9 @@ class NodeAgent:
             time.sleep(0.02)
 
     def _release(self, rec: Allocation, cool: bool = True) -> None:
+        if rec.exclusive and self.xpods is not None:
+            self.xpods.release(rec)
+            return
         try:
             self.datapath.teardown_pod(rec.veth, rec.ip)
         except DatapathError as e:
@@ -512,7 +536,11 @@ class NodeAgent:
         if want and want != rec.ip:
             raise CniError(contract.ERR_DATAPATH,
                            f"prevResult says {want}, eniway allocated {rec.ip}")
-        problems = self.datapath.check_pod(rec.netns, rec.ifname, rec.veth, rec.ip, rec.table)
+        if rec.exclusive and self.xpods is not None:
+            problems = self.xpods.check(rec)
+        else:
+            problems = self.datapath.check_pod(rec.netns, rec.ifname, rec.veth, rec.ip,
+                                               rec.table)
         if problems:
             raise CniError(contract.ERR_DATAPATH, f"{rec.ip}: " + "; ".join(problems))
         return {"ip": rec.ip}
@@ -595,6 +623,8 @@ class NodeAgent:
                     released.append(rec.ip)
                 continue
             self._stale_since.pop(rec.ip, None)
+            if rec.exclusive:
+                continue  # no host side to repair: the whole link is the pod's
             eni = self.enis.get(rec.eniId)
             table = eni.link.table if eni else rec.table  # the ENI may have been re-attached
             try:

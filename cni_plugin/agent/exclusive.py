@@ -25,11 +25,12 @@ from dataclasses import dataclass
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from cni_plugin import contract
 from cni_plugin.agent import netns
 from cni_plugin.agent.datapath import Datapath, DatapathError, _ignore
 
 # Links parked in the node namespace after DEL: "xe" + the MAC's 12 hex digits.
-PARK_PREFIX = "xe"
+PARK_PREFIX = contract.EXCLUSIVE_PARK_PREFIX
 
 
 def park_name(mac: str) -> str:
@@ -160,6 +161,34 @@ class ExclusiveDatapath:
                     if r["dst_len"] == 0 and r.get_attr("RTA_GATEWAY") == link.gateway]:
                 problems.append(f"default route via {link.gateway} missing")
             return problems
+
+    def in_netns(self, mac: str, netns_path: str) -> bool:
+        """Whether the ENI's link is in the pod's netns already (ADD again)."""
+        if not netns_path or not os.path.exists(netns_path):
+            return False
+        try:
+            return self._index_in(netns_path, mac) is not None
+        except (NetlinkError, OSError):
+            return False
+
+    def addressing(self, mac: str, netns_path: str, ip: str) -> tuple[int, str]:
+        """The prefix length of ``ip`` and the default gateway the pod's link has now
+        ((32, "") when it has none): what CHECK compares with when the ENI's resource
+        is not known."""
+        prefixlen, gateway = 32, ""
+        if not os.path.exists(netns_path):
+            return prefixlen, gateway
+        with _in(netns_path) as ipr:
+            index = _by_mac(ipr, mac)
+            if index is None:
+                return prefixlen, gateway
+            for a in ipr.get_addr(index=index, family=socket.AF_INET):
+                if a.get_attr("IFA_ADDRESS") == ip:
+                    prefixlen = int(a["prefixlen"])
+            for r in ipr.get_routes(family=socket.AF_INET, table=254):
+                if r["dst_len"] == 0 and r.get_attr("RTA_GATEWAY"):
+                    gateway = str(r.get_attr("RTA_GATEWAY"))
+        return prefixlen, gateway
 
     def _index_in(self, netns_path: str, mac: str) -> int | None:
         with _in(netns_path) as ipr:

@@ -240,7 +240,8 @@ class KubeSync:
             "spec": {"ip": rec.ip, "eniId": rec.eniId, "nodeName": self.node,
                      "podUID": rec.podUID, "containerId": rec.containerId,
                      "interface": rec.ifname, "netns": rec.netns,
-                     "allocatedAt": rec.allocatedAt},
+                     "allocatedAt": rec.allocatedAt,
+                     "mode": contract.MODE_EXCLUSIVE if rec.exclusive else contract.MODE_SHARED},
         }
 
     def _bind(self, rec: Allocation) -> None:
@@ -292,6 +293,27 @@ class KubeSync:
             spec = (have[key].get("spec") or {}) if key in have else {}
             if (spec.get("ip"), spec.get("containerId")) != (rec.ip, rec.containerId):
                 self._writes.put(("bind", rec))
+
+    def pod_wants_exclusive(self, namespace: str, name: str) -> bool:
+        """Whether the pod opted in to its own ENI (ADD of a pod no exclusive ENI is
+        recorded for yet). The API server unreachable: False, the pod gets a shared IP
+        as every pod does while it is down (logged and kept for eniway-agent debug)."""
+        try:
+            pod = self.kube.request("GET", f"/api/v1/namespaces/{namespace}/pods/{name}")
+        except ApiError as e:
+            if e.status == 404:
+                return False
+            self._pod_read_failed(namespace, name, e)
+            return False
+        except Exception as e:
+            self._pod_read_failed(namespace, name, e)
+            return False
+        return contract.wants_exclusive_eni(pod)
+
+    def _pod_read_failed(self, namespace: str, name: str, e: Exception) -> None:
+        self.agent.metrics.kube_errors.labels("get-pod").inc()
+        self.agent.errors.add("kube", f"pod {namespace}/{name}: {e}; ADD as a shared IP")
+        log.warning("reading pod %s/%s: %s (treated as a shared-IP pod)", namespace, name, e)
 
     # -- GC ------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ import threading
 from cni_plugin import contract
 from cni_plugin.agent.core import AgentConfig, NodeAgent
 from cni_plugin.agent.datapath import Datapath
+from cni_plugin.agent.exclusive_pods import DEFAULT_WAIT, ExclusivePods
 from cni_plugin.agent.identity import ALIYUN, AWS, InstanceView, MetadataClient, MetadataError
 from cni_plugin.agent.kube import Kube, load_kubeconfig
 from cni_plugin.agent.kubesync import KubeSync
@@ -64,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store-fsync", action="store_true",
                    help="fsync every allocation record (only matters for power loss, which "
                         "also ends every pod; docs/node.md)")
+    p.add_argument("--exclusive-wait", type=float, default=DEFAULT_WAIT,
+                   help="seconds ADD of an exclusive-ENI pod waits for its ENI to be attached "
+                        "here before answering 'try again later' (CNI code 11; kubelet "
+                        "retries) (default %(default)s)")
     p.add_argument("--workers", type=int, default=16,
                    help="CNI request worker threads (default %(default)s)")
     p.add_argument("--metadata-url", default=os.environ.get("ENIWAY_METADATA_URL", ""),
@@ -128,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     kube = Kube(load_kubeconfig(args.kubeconfig))
     sync = KubeSync(agent, kube)
+    ExclusivePods(agent, args.exclusive_wait, sync.pod_wants_exclusive)
     server = ShimServer(args.socket, agent.handle, args.workers)
     server.bind()
     server.start()

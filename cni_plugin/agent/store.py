@@ -49,6 +49,11 @@ class Allocation:
     mtu: int
     allocatedAt: str
     allocatedAtEpoch: float
+    mac: str = ""  # exclusive mode: the MAC of the pod's own ENI (no veth, no table)
+
+    @property
+    def exclusive(self) -> bool:
+        return bool(self.mac)
 
     @property
     def pod_key(self) -> str:

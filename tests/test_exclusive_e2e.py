@@ -1,0 +1,408 @@
+"""Exclusive ENIs end to end: the real apiserver, the operator process, eniway-cloudsim in
+network mode (an ENI is a veth with the cloud's MAC plugged into its instance's netns),
+two nodes each with a real eniway-agent, and the installed CNI binary run as a runtime
+runs it against real pod netns.
+
+An annotated pod requesting ``network.eniway.io/eni`` gets its own ENI with its policy's
+security groups; its link in the pod's netns has the ENI's IP and MAC and reaches a
+shared-mode pod on the other node through the VPC; ADD before the ENI is there answers
+code 11; DEL returns the link to the node and the Elastic ENI goes. A Fixed pod deleted
+and re-created on the other node gets the same ENI (IP and MAC) moved there, also when
+DEL comes from a restarted agent or from the CNI binary alone (agent down); releaseAfter
+deletes it once unclaimed. One world
+serves the module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+from node_harness import AgentProcess, CniResult, Shim
+
+from cni_plugin import contract
+from cni_plugin.agent.exclusive import park_name
+from eniway_operator import kube as kube_mod
+from eniway_operator.exclusive_plan import Node, node_capacity
+from eniway_operator.exclusive_reconcile import TAG_CLAIM
+from eniway_operator.testing import OperatorProcess, make_node, wait_for, with_provider
+
+pytestmark = [pytest.mark.cluster, pytest.mark.netns]
+ZONE = "cn-hangzhou-i"
+TYPE = "ecs.g6.xlarge"  # 3 ENIs: the primary, one for the shared pool, one exclusive slot
+SPLIT = 1
+NS = "xshop"
+
+
+def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=30, check=check)
+
+
+def links(netns: str) -> dict[str, str]:
+    """MAC -> link name in a netns."""
+    return {str(link.get("address")): str(link["ifname"])
+            for link in json.loads(sh("ip", "-n", netns, "-j", "link", "show").stdout)}
+
+
+def addrs(netns: str, ifname: str) -> list[str]:
+    out = json.loads(sh("ip", "-n", netns, "-j", "-4", "addr", "show", "dev", ifname).stdout)
+    return [f"{a['local']}/{a['prefixlen']}" for i in out for a in i.get("addr_info", [])]
+
+
+def ping(netns: str, dst: str) -> bool:
+    return sh("ip", "netns", "exec", netns, "ping", "-c", "1", "-W", "1", "-n", "-q", dst,
+              check=False).returncode == 0
+
+
+class World:
+    def __init__(self, cluster: Any, tmp: Path) -> None:
+        from eniway_cloudsim.netmode import NetMode
+        from eniway_cloudsim.testing import start_in_process
+
+        self.tag = "cx" + secrets.token_hex(3)
+        self.tmp = tmp
+        self.cluster = cluster
+        self.sim = with_provider(start_in_process(network=NetMode(prefix=self.tag + "-")))
+        self.cloud = self.sim.provider()
+        self.api = kube_mod.load_config(str(cluster.kubeconfig))
+        self.core = client.CoreV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
+        self.cluster_id = f"x-{self.tag}"
+        self.namespace = f"eniway-{self.tag}"
+        self.topo = self.sim.admin.bootstrap({ZONE: ["10.62.0.0/24"]})
+        self.vsw = self.topo.vswitch_ids(ZONE)[0]
+        self.web_sg = self.sim.admin.create_security_group(self.topo.vpc_id)["security_group_id"]
+        self.db_sg = self.sim.admin.create_security_group(self.topo.vpc_id)["security_group_id"]
+        self.nodes: dict[str, str] = {}  # node -> its netns
+        self.agents: dict[str, AgentProcess] = {}
+        self.shims: dict[str, Shim] = {}
+        self.policies: list[str] = []
+        self.pod_netns: list[str] = []
+        for ns in (self.namespace, NS):
+            with contextlib.suppress(ApiException):
+                self.core.create_namespace({"metadata": {"name": ns}})  # type: ignore[arg-type]
+        config = {"security_group_ids": [self.topo.security_group_id],
+                  "vswitches": {ZONE: [self.vsw]}, "ip_cooldown": 0, "min_pool_size": 1,
+                  "max_pool_size": 3, "exclusive_enis": SPLIT}
+        self.core.create_namespaced_config_map(self.namespace, {  # type: ignore[arg-type]
+            "metadata": {"name": "eniway-config"},
+            "data": {"config.yaml": yaml.safe_dump(config)}})
+        for n in ("a", "b"):
+            self.add_node(n)
+        self.operator = OperatorProcess(
+            cluster.kubeconfig, self.cluster_id, self.sim.endpoint, self.sim.region,
+            self.namespace, "eniway-config",
+            (self.sim.access_key_id, self.sim.access_key_secret), tmp / "operator.log",
+            extra=("--standalone", "--exclusive-interval=1", "--debounce=0.1",
+                   "--resync=5")).start()
+        for name in self.nodes:
+            self.start_agent(name)
+
+    def add_node(self, n: str) -> None:
+        name, netns = f"{self.tag}-{n}", f"{self.tag}-node-{n}"
+        inst = self.sim.admin.create_instance(TYPE, self.vsw, [self.topo.security_group_id],
+                                              name=name, netns=netns)
+        make_node(self.api, name, inst["provider_id"], TYPE, ZONE)
+        self.nodes[name] = netns
+        work = self.tmp / name
+        work.mkdir()
+        self.agents[name] = AgentProcess(work, name, self.cluster.kubeconfig, netns,
+                                         extra=["--exclusive-wait", "2"])
+        self.shims[name] = Shim(work, self.agents[name].socket, self.agents[name].state_dir)
+
+    def start_agent(self, name: str) -> None:
+        self.agents[name].start()
+
+    def node(self, i: int) -> str:
+        return sorted(self.nodes)[i]
+
+    def instance(self, node: str) -> str:
+        return str(self.core.read_node(node).spec.provider_id).rsplit(".", 1)[-1]
+
+    # -- objects -------------------------------------------------------------------------
+    def policy(self, name: str, app: str, groups: list[str], **spec: Any) -> None:
+        self.custom.create_cluster_custom_object(
+            contract.GROUP, contract.VERSION, contract.PLURAL_EXCLUSIVE_POLICY,
+            {"apiVersion": contract.API_VERSION, "kind": contract.KIND_EXCLUSIVE_POLICY,
+             "metadata": {"name": f"{name}-{self.tag}"},
+             "spec": {"selector": {"podSelector": {"matchLabels": {"app": app}}},
+                      "securityGroupIDs": groups, **spec}})
+        self.policies.append(f"{name}-{self.tag}")
+
+    def pod(self, name: str, node: str, app: str = "", exclusive: bool = True) -> str:
+        """A pod bound to ``node`` (no kubelet here: the CNI calls below are its runtime's)."""
+        res = {"limits": {contract.RESOURCE_EXCLUSIVE_ENI: "1"}} if exclusive else {}
+        body = {"metadata": {"name": name, "namespace": NS, "labels": {"app": app or name},
+                             "annotations": {contract.ANNOTATION_EXCLUSIVE_ENI: "true"}
+                             if exclusive else {}},
+                "spec": {"nodeName": node, "containers": [
+                    {"name": "c", "image": "busybox", "resources": res}]}}
+        got = self.core.create_namespaced_pod(NS, body)  # type: ignore[arg-type]
+        return str(got.metadata.uid)
+
+    def delete_pod(self, name: str) -> None:
+        with contextlib.suppress(ApiException):
+            self.core.delete_namespaced_pod(name, NS, grace_period_seconds=0)
+
+        def gone() -> bool:
+            try:
+                self.core.read_namespaced_pod(name, NS)
+                return False
+            except ApiException as e:
+                return e.status == 404
+
+        wait_for(gone, 30, f"pod {name} gone")
+
+    def netns(self, name: str) -> str:
+        ns = f"{self.tag}-pod-{name}-{secrets.token_hex(2)}"
+        sh("ip", "netns", "add", ns)
+        self.pod_netns.append(ns)
+        return ns
+
+    def add(self, node: str, cid: str, netns: str, name: str, uid: str) -> CniResult:
+        return self.shims[node].add(cid, netns, pod=(NS, name, uid))
+
+    def add_until_ready(self, node: str, cid: str, netns: str, name: str,
+                        uid: str) -> tuple[CniResult, int]:
+        """ADD as kubelet does: again after code 11, until it succeeds."""
+        tries = 0
+        deadline = time.monotonic() + 60
+        while True:
+            tries += 1
+            r = self.add(node, cid, netns, name, uid)
+            if r.rc == 0:
+                return r, tries
+            assert r.out.get("code") == contract.ERR_TRY_AGAIN, (r.out, r.stderr)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"ADD never succeeded: {r.out}\n"
+                                     f"{self.agents[node].tail()}\n{self.operator_log()}")
+
+    def exclusive_enis(self) -> list[Any]:
+        return [e for e in self.cloud.describe_enis(tags={contract.TAG_CLUSTER: self.cluster_id})
+                if e.tags.get(contract.TAG_MODE) == contract.TAG_MODE_EXCLUSIVE]
+
+    def eni_of(self, claim: str) -> Any:
+        found = [e for e in self.exclusive_enis() if e.tags.get(TAG_CLAIM) == claim]
+        return found[0] if found else None
+
+    def eni_resource(self, eni_id: str) -> dict[str, Any] | None:
+        try:
+            return dict(self.custom.get_cluster_custom_object(
+                contract.GROUP, contract.VERSION, contract.PLURAL_ENI, eni_id))
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def podip(self, name: str) -> dict[str, Any] | None:
+        try:
+            return dict(self.custom.get_namespaced_custom_object(
+                contract.GROUP, contract.VERSION, NS, contract.PLURAL_PODIP, name))
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def operator_log(self) -> str:
+        return "\n".join(Path(self.operator.log_path).read_text(
+            errors="replace").splitlines()[-30:])
+
+    def close(self) -> None:
+        for a in self.agents.values():
+            a.stop()
+        if self.operator.proc is not None:
+            self.operator.proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.operator.proc.wait(15)
+            if self.operator.proc.poll() is None:
+                self.operator.proc.kill()
+        for ns in self.pod_netns:
+            sh("ip", "netns", "del", ns, check=False)
+        for p in self.policies:
+            with contextlib.suppress(ApiException):
+                self.custom.delete_cluster_custom_object(
+                    contract.GROUP, contract.VERSION, contract.PLURAL_EXCLUSIVE_POLICY, p)
+        with contextlib.suppress(ApiException):
+            self.core.delete_collection_namespaced_pod(NS, grace_period_seconds=0)
+        for name in self.nodes:
+            with contextlib.suppress(ApiException):
+                self.core.delete_node(name)
+        with contextlib.suppress(ApiException):
+            self.core.delete_namespace(self.namespace)
+        self.api.close()
+        self.sim.close(teardown_network=True)
+        listed = sh("ip", "netns", "list", check=False).stdout.split()
+        for ns in listed:
+            if ns.startswith(self.tag):
+                sh("ip", "netns", "del", ns, check=False)
+
+
+@pytest.fixture(scope="module")
+def world(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    if os.geteuid() != 0:
+        pytest.fail("exclusive-ENI end-to-end tests need root (network namespaces)")
+    w = World(cluster, tmp_path_factory.mktemp("exclusive"))
+    try:
+        yield w
+    finally:
+        w.close()
+
+
+def test_node_offers_the_planners_slots_as_an_extended_resource(world: World) -> None:
+    limits = world.cloud.instance_limits(TYPE)
+
+    def published() -> dict[str, str]:
+        return {n: (world.core.read_node(n).status.capacity or {}).get(
+            contract.RESOURCE_EXCLUSIVE_ENI, "") for n in world.nodes}
+
+    wait_for(lambda: all(published().values()), 60,
+             f"slots published\n{world.operator_log()}")
+    for node, slots in published().items():
+        shared = [e for e in world.cloud.describe_enis(instance_id=world.instance(node))
+                  if e.type != "Primary" and e.tags.get(contract.TAG_MODE) is None]
+        want = node_capacity(Node(node, world.instance(node), ZONE, limits, split=SPLIT,
+                                  shared_enis=len(shared)))
+        assert slots == str(want.slots) == str(SPLIT), (node, slots, want)
+        alloc = world.core.read_node(node).status.allocatable or {}
+        assert alloc.get(contract.RESOURCE_EXCLUSIVE_ENI) == slots
+
+
+def test_pod_gets_its_own_eni_and_talks_to_a_shared_pod(world: World) -> None:
+    a, b = world.node(0), world.node(1)
+    world.policy("web", "web", [world.web_sg, world.db_sg])
+    # a shared-mode pod on b
+    shared_uid = world.pod("plain", b, exclusive=False)
+    shared_ns = world.netns("plain")
+    wait_for(lambda: world.agents[b].status().get("counts", {}).get("free", 0) >= 1, 60,
+             "b's shared pool warm")
+    shared = world.add(b, "c-plain", shared_ns, "plain", shared_uid)
+    assert shared.rc == 0, shared.out
+    # the exclusive pod on a: with the operator stopped, ADD waits its bounded time and
+    # answers "try again later"
+    assert world.operator.proc is not None
+    world.operator.proc.send_signal(signal.SIGSTOP)
+    try:
+        uid = world.pod("web-1", a, app="web")
+        pod_ns = world.netns("web-1")
+        t0 = time.monotonic()
+        early = world.add(a, "c-web-1", pod_ns, "web-1", uid)
+        waited = time.monotonic() - t0
+        assert early.rc != 0 and early.out.get("code") == contract.ERR_TRY_AGAIN, early.out
+        assert "try again later" in early.out.get("msg", "")
+        assert 1.9 <= waited < 10, waited
+    finally:
+        world.operator.proc.send_signal(signal.SIGCONT)
+    t0 = time.monotonic()
+    res, tries = world.add_until_ready(a, "c-web-1", pod_ns, "web-1", uid)
+    print(f"\nexclusive ADD succeeded {time.monotonic() - t0:.2f} s after the operator "
+          f"resumed ({tries} tries)")
+    eni = world.eni_of(uid)
+    assert eni is not None and eni.instance_id == world.instance(a)
+    assert sorted(eni.security_group_ids) == sorted([world.web_sg, world.db_sg])
+    assert res.ip == eni.primary_ip
+    assert links(pod_ns).get(eni.mac) == "eth0", links(pod_ns)
+    assert addrs(pod_ns, "eth0") == [f"{eni.primary_ip}/24"]
+    assert eni.mac not in links(world.nodes[a]), "the link left the node for the pod"
+    # through the VPC to the shared pod on the other node, and back
+    assert ping(pod_ns, shared.ip), "exclusive pod -> shared pod"
+    assert ping(shared_ns, eni.primary_ip), "shared pod -> exclusive pod"
+    # the records say who and how
+    r = world.eni_resource(eni.eni_id)
+    assert r is not None
+    assert (r["spec"]["mode"], r["spec"]["podNamespace"], r["spec"]["podName"]) == (
+        contract.MODE_EXCLUSIVE, NS, "web-1")
+    wait_for(lambda: (world.podip("web-1") or {}).get("spec", {}).get("mode")
+             == contract.MODE_EXCLUSIVE, 20, "PodIP with the mode")
+    assert world.podip("web-1")["spec"]["ip"] == eni.primary_ip  # type: ignore[index]
+    assert (world.podip("plain") or {}).get("spec", {}).get("mode") == contract.MODE_SHARED
+    out = world.cluster.kubectl("get", "enis", eni.eni_id).stdout.splitlines()
+    assert "Exclusive" in out[1].split() and "web-1" in out[1].split()
+    # CHECK verifies the pod's link
+    check = world.shims[a].run("CHECK", "c-web-1", f"/run/netns/{pod_ns}",
+                               pod=(NS, "web-1", uid),
+                               conf=world.shims[a].conf(prevResult=res.out))
+    assert check.rc == 0, check.out
+    # a non-exclusive pod on the same node still gets a shared IP
+    plain2_uid = world.pod("plain2", a, exclusive=False)
+    plain2 = world.add(a, "c-plain2", world.netns("plain2"), "plain2", plain2_uid)
+    assert plain2.rc == 0 and plain2.ip != eni.primary_ip, plain2.out
+    assert plain2.out["interfaces"][0]["name"].startswith(contract.VETH_PREFIX), "a veth"
+    # DEL: the link back on the node; DEL again is fine; the pod gone takes its ENI
+    assert world.shims[a].delete("c-web-1", pod_ns, pod=(NS, "web-1", uid)).rc == 0
+    assert links(world.nodes[a]).get(eni.mac) == park_name(eni.mac)
+    assert eni.mac not in links(pod_ns)
+    assert world.shims[a].delete("c-web-1", pod_ns, pod=(NS, "web-1", uid)).rc == 0
+    world.delete_pod("web-1")
+    t0 = time.monotonic()
+    wait_for(lambda: world.eni_of(uid) is None, 30, f"Elastic ENI deleted\n{world.operator_log()}")
+    print(f"Elastic ENI detached and deleted {time.monotonic() - t0:.2f} s after its pod")
+    wait_for(lambda: world.eni_resource(eni.eni_id) is None, 20, "its resource gone")
+    for name, cid, ns_ in (("plain", "c-plain", shared_ns),):
+        world.shims[b].delete(cid, ns_, pod=(NS, name, shared_uid))
+    world.shims[a].delete("c-plain2", "", pod=(NS, "plain2", plain2_uid))
+
+
+def test_fixed_ip_follows_its_pod_to_another_node(world: World) -> None:
+    a, b = world.node(0), world.node(1)
+    world.policy("db", "db", [world.db_sg], ipType="Fixed", releaseAfter="3s")
+    uid1 = world.pod("db-0", a, app="db")
+    ns1 = world.netns("db-0")
+    first, _ = world.add_until_ready(a, "c-db-0", ns1, "db-0", uid1)
+    eni = world.eni_of(f"{NS}/db-0")
+    assert eni is not None and first.ip == eni.primary_ip
+    assert list(eni.security_group_ids) == [world.db_sg]
+    # the agent restarts before DEL: its store says which link goes back
+    world.agents[a].stop(signal.SIGKILL)
+    world.start_agent(a)
+    assert world.shims[a].delete("c-db-0", ns1, pod=(NS, "db-0", uid1)).rc == 0
+    assert links(world.nodes[a]).get(eni.mac) == park_name(eni.mac)
+    world.delete_pod("db-0")
+    # re-created on the other node of the zone: the same ENI moves there
+    t0 = time.monotonic()
+    uid2 = world.pod("db-0", b, app="db")
+    ns2 = world.netns("db-0")
+    second, tries = world.add_until_ready(b, "c-db-0b", ns2, "db-0", uid2)
+    print(f"\nfixed-IP ENI moved between nodes and in the new pod in "
+          f"{time.monotonic() - t0:.2f} s ({tries} ADD tries)")
+    moved = world.eni_of(f"{NS}/db-0")
+    assert (moved.eni_id, moved.mac, moved.primary_ip) == (eni.eni_id, eni.mac, eni.primary_ip)
+    assert moved.instance_id == world.instance(b)
+    assert second.ip == eni.primary_ip and links(ns2).get(eni.mac) == "eth0"
+    assert eni.mac not in links(world.nodes[a])
+    r = world.eni_resource(eni.eni_id)
+    assert r is not None and r["spec"]["nodeName"] == b
+    assert r["metadata"]["labels"][contract.LABEL_NODE] == b
+    # DEL with the agent down: the CNI binary's slow path moves the link back itself
+    world.agents[b].stop()
+    assert world.shims[b].delete("c-db-0b", ns2, pod=(NS, "db-0", uid2)).rc == 0
+    assert links(world.nodes[b]).get(eni.mac) == park_name(eni.mac)
+    assert addrs(world.nodes[b], park_name(eni.mac)) == [], "bare on the node"
+    assert eni.mac not in links(ns2)
+    assert not list((Path(world.agents[b].state_dir) / contract.STORE_ALLOC_DIR).glob(
+        eni.primary_ip)), "its record is gone"
+    world.start_agent(b)
+    # gone for good: detached, kept releaseAfter (3 s) unclaimed, then deleted
+    assert world.shims[b].delete("c-db-0b", ns2, pod=(NS, "db-0", uid2)).rc == 0
+    world.delete_pod("db-0")
+    wait_for(lambda: (world.eni_resource(eni.eni_id) or {}).get("status", {}).get(
+        "unclaimedSince"), 30, "unclaimed clock started")
+    assert world.eni_of(f"{NS}/db-0") is not None, "kept while releaseAfter runs"
+    wait_for(lambda: world.eni_of(f"{NS}/db-0") is None, 30, "released after releaseAfter")
+
+
+def test_policy_with_six_security_groups_is_rejected(world: World) -> None:
+    with pytest.raises(ApiException) as err:
+        world.policy("six", "six", [f"sg-six{i:05d}" for i in range(6)])
+    assert err.value.status == 422 and "at most 5 items" in str(err.value.body)
