@@ -281,7 +281,10 @@ class ClusterBox:
         labels = {"node.kubernetes.io/instance-type": spec.instance_type,
                   "topology.kubernetes.io/zone": self.zone,
                   "topology.kubernetes.io/region": self.region}
-        max_pods = self.provider().instance_limits(spec.instance_type).max_pods
+        # The kubelet's maxPods: the pod IPs. The cloud's max-pods figure may add room for
+        # host-network pods (EC2's + 2: the agent's DaemonSet pod and kube-proxy), which
+        # this box does not run (its agents are processes): more would overcommit IPs.
+        max_pods = self.provider().instance_limits(spec.instance_type).pod_ips
         node.real = RealNode(self.kube, spec.name, netns, ndir, ndir / "bin", ndir / "net.d",
                              max_pods, provider_id=inst["provider_id"], labels=labels,
                              log=self.log).prepare()
