@@ -58,6 +58,9 @@ TAG_MODE = "eniway.io/mode"
 TAG_MODE_EXCLUSIVE = "exclusive"
 MODE_EXCLUSIVE = "Exclusive"
 MODE_SHARED = "Shared"
+# A pod condition the operator keeps on exclusive-ENI pods: True once its ENI is attached
+# to its node, else False with the reason (ZoneMismatch, NoExclusiveSlot, ...).
+CONDITION_EXCLUSIVE_ENI = f"{GROUP}/ExclusiveENIReady"
 # An exclusive ENI's link parked on the node between pods: this + the MAC's 12 hex digits.
 EXCLUSIVE_PARK_PREFIX = "xe"
 

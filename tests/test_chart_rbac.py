@@ -29,6 +29,7 @@ OPERATOR_CLUSTER = {
     "nodes": {"get", "list", "watch", "patch"},  # kopf watch, read, max-pods annotation
     "nodes/status": {"patch"},  # exclusive-ENI slots as an extended resource
     "pods": {"list", "watch"},  # kopf index: pending demand per node, exclusive pods
+    "pods/status": {"patch"},  # the ExclusiveENIReady condition
     "namespaces": {"list", "watch"},  # kopf index: labels exclusive-ENI policies select by
     f"exclusiveenipolicies.{GROUP}": {"get", "list", "watch"},  # kopf index: policies
     "events": {"create", "patch"},  # Node events, repeats bump the count

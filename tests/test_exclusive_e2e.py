@@ -327,6 +327,14 @@ def test_pod_gets_its_own_eni_and_talks_to_a_shared_pod(world: World) -> None:
              == contract.MODE_EXCLUSIVE, 20, "PodIP with the mode")
     assert world.podip("web-1")["spec"]["ip"] == eni.primary_ip  # type: ignore[index]
     assert (world.podip("plain") or {}).get("spec", {}).get("mode") == contract.MODE_SHARED
+
+    def condition() -> str:
+        for c in world.core.read_namespaced_pod("web-1", NS).status.conditions or []:
+            if c.type == contract.CONDITION_EXCLUSIVE_ENI:
+                return f"{c.status}/{c.reason}"
+        return ""
+
+    wait_for(lambda: condition() == "True/Attached", 20, "the pod's condition")
     out = world.cluster.kubectl("get", "enis", eni.eni_id).stdout.splitlines()
     assert "Exclusive" in out[1].split() and "web-1" in out[1].split()
     # CHECK verifies the pod's link
@@ -406,3 +414,56 @@ def test_policy_with_six_security_groups_is_rejected(world: World) -> None:
     with pytest.raises(ApiException) as err:
         world.policy("six", "six", [f"sg-six{i:05d}" for i in range(6)])
     assert err.value.status == 422 and "at most 5 items" in str(err.value.body)
+
+
+def test_scheduler_places_exclusive_pods_only_where_a_slot_is_free(world: World) -> None:
+    """The real kube-scheduler counts the published slots: node b set to no exclusive
+    slot, the first pod requesting one goes to a, the next one finds none left."""
+    a, b = world.node(0), world.node(1)
+    world.core.patch_node(b, {"metadata": {"annotations": {
+        contract.ANNOTATION_POOL_OVERRIDE: json.dumps({"exclusive_enis": 0})}}})
+
+    def slots(node: str) -> str:
+        return str((world.core.read_node(node).status.allocatable or {}).get(
+            contract.RESOURCE_EXCLUSIVE_ENI, ""))
+
+    wait_for(lambda: slots(b) == "0" and slots(a) == "1", 30, "b offers no slot")
+    # no kubelet here: the nodes are made schedulable by hand (Ready, room for pods)
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    for n in (a, b):
+        world.core.patch_node_status(n, {"status": {
+            "capacity": {"pods": "110", "cpu": "4", "memory": "8Gi"},
+            "allocatable": {"pods": "110", "cpu": "4", "memory": "8Gi"},
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                            "lastHeartbeatTime": now, "lastTransitionTime": now}]}})
+    wait_for(lambda: not any(world.core.read_node(n).spec.taints for n in (a, b)), 30,
+             "not-ready taints lifted")
+
+    def pending(name: str) -> None:
+        world.core.create_namespaced_pod(NS, {  # type: ignore[arg-type]
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"containers": [{"name": "c", "image": "busybox", "resources": {
+                "limits": {contract.RESOURCE_EXCLUSIVE_ENI: "1"}}}]}})
+
+    def placed(name: str) -> str:
+        return str(world.core.read_namespaced_pod(name, NS).spec.node_name or "")
+
+    def unschedulable(name: str) -> str:
+        for c in world.core.read_namespaced_pod(name, NS).status.conditions or []:
+            if c.type == "PodScheduled" and c.status == "False":
+                return str(c.message)
+        return ""
+
+    try:
+        pending("sched-1")
+        wait_for(lambda: placed("sched-1"), 30, "sched-1 scheduled")
+        assert placed("sched-1") == a
+        pending("sched-2")
+        wait_for(lambda: unschedulable("sched-2"), 30, "sched-2 refused")
+        assert f"Insufficient {contract.RESOURCE_EXCLUSIVE_ENI}" in unschedulable("sched-2")
+        assert placed("sched-2") == ""
+    finally:
+        world.delete_pod("sched-2")
+        world.delete_pod("sched-1")
+        world.core.patch_node(b, {"metadata": {"annotations": {
+            contract.ANNOTATION_POOL_OVERRIDE: None}}})

@@ -39,11 +39,13 @@ class World:
         self.web_sg = sim.admin.create_security_group(self.topo.vpc_id)["security_group_id"]
         self.db_sg = sim.admin.create_security_group(self.topo.vpc_id)["security_group_id"]
 
-    def node(self, instance_type: str = "ecs.g6.xlarge") -> str:
+    def node(self, instance_type: str = "ecs.g6.xlarge", vswitch: str = "",
+             zone: str = ZONE) -> str:
         name = f"x{len(self.nodes)}-{self.tag}"
         inst = self.sim.admin.create_instance(
-            instance_type, self.topo.vswitch_ids(ZONE)[0], [self.topo.security_group_id])
-        make_node(self.api, name, inst["provider_id"], instance_type, ZONE)
+            instance_type, vswitch or self.topo.vswitch_ids(ZONE)[0],
+            [self.topo.security_group_id])
+        make_node(self.api, name, inst["provider_id"], instance_type, zone)
         self.nodes.append(name)
         return name
 
@@ -172,3 +174,46 @@ def test_no_hot_plug_type_offers_no_slot_and_says_why(world: World) -> None:
     assert any(e.involved_object.name == "web-y" and "NoExclusiveSlot" in e.message
                for e in shop)
 
+
+
+def test_fixed_ip_pod_in_another_zone_gets_an_event_and_a_condition(world: World) -> None:
+    """Never a different IP in silence: the pod waits, told why on the pod itself."""
+    other = "cn-hangzhou-j"
+    vsw_j = world.sim.admin.create_vswitch(world.topo.vpc_id, other, "10.0.9.0/24")[
+        "vswitch_id"]
+    a, j = world.node(), world.node(vswitch=vsw_j, zone=other)
+    policies = [world.policy(ipType="Fixed", releaseAfter="1h")]
+    ia = world.instance(a)
+    body = pod("db-z", a)
+    created = world.core.create_namespaced_pod("shop", {  # type: ignore[arg-type]
+        "metadata": {k: v for k, v in body["metadata"].items() if k != "uid"},
+        "spec": {**body["spec"], "containers": [{**body["spec"]["containers"][0],
+                                                 "image": "busybox"}]}})
+    live = dict(body, metadata={**body["metadata"], "uid": created.metadata.uid})
+
+    def condition() -> tuple[str, str, str]:
+        for c in world.core.read_namespaced_pod("db-z", "shop").status.conditions or []:
+            if c.type == contract.CONDITION_EXCLUSIVE_ENI:
+                return str(c.status), str(c.reason), str(c.message)
+        return "", "", ""
+
+    try:
+        world.rounds([live], policies, lambda: any(
+            e.instance_id == ia and e.status == "InUse" for e in world.mine()))
+        world.rounds([live], policies, lambda: condition()[0] == "True")
+        (eni,) = world.mine()
+        assert condition()[1] == "Attached" and eni.eni_id in condition()[2]
+        # the same pod (its name: a fixed IP) comes back on a node of zone j
+        moved = dict(live, spec={**live["spec"], "nodeName": j})
+        world.rounds([moved], policies, lambda: condition()[1] == "ZoneMismatch")
+        status, _, message = condition()
+        assert status == "False" and eni.eni_id in message and ZONE in message
+        (still,) = world.mine()
+        assert (still.eni_id, still.primary_ip, still.zone_id) == (
+            eni.eni_id, eni.primary_ip, ZONE), "no new ENI, no other IP"
+        events = world.core.list_namespaced_event("shop").items
+        assert any(e.involved_object.name == "db-z" and e.reason == "ZoneMismatch"
+                   for e in events)
+    finally:
+        with contextlib.suppress(ApiException):
+            world.core.delete_namespaced_pod("db-z", "shop", grace_period_seconds=0)

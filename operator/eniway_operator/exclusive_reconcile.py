@@ -179,7 +179,38 @@ class ExclusiveReconciler:
                     (p.get("metadata") or {}).get("uid") or "") for p in pods}
         for who, message in problems:
             self._problem(who, message, uids.get(who, ""))
+        self._conditions(pods, state, plan)
         return plan
+
+    def _conditions(self, pods: Sequence[JSON], state: State, plan: ExclusivePlan) -> None:
+        """Each exclusive pod's condition: True once its ENI is attached to its node, else
+        False with why (the planner's problem, or on its way); written when it changes."""
+        why = {p.pod: (p.reason, p.message) for p in plan.problems}
+        have = {}
+        for p in pods:
+            meta = p.get("metadata") or {}
+            for c in (p.get("status") or {}).get("conditions") or []:
+                if c.get("type") == contract.CONDITION_EXCLUSIVE_ENI:
+                    have[f"{meta.get('namespace')}/{meta.get('name')}"] = (
+                        c.get("status"), c.get("reason"), c.get("message"))
+        for c in state.claims:
+            if c.terminating:
+                continue
+            if c.key in plan.ready:
+                want = ("True", "Attached", f"ENI {plan.ready[c.key]} is attached to {c.node}")
+            elif c.pod in why:
+                want = ("False", *why[c.pod])
+            else:
+                want = ("False", "Attaching", "its ENI is being created, moved or attached")
+            if have.get(c.pod) == want:
+                continue
+            cond = {"type": contract.CONDITION_EXCLUSIVE_ENI, "status": want[0],
+                    "reason": want[1], "message": want[2][:1000],
+                    "lastTransitionTime": iso(self.clock())}
+            try:
+                self.kube.set_pod_condition(c.namespace, c.name, cond)
+            except ApiException as err:
+                log.warning("pod %s condition: %s", c.pod, err.reason)
 
     def _do(self, action: Any, state: State, cloud: dict[str, CloudENI],
             records: dict[str, JSON]) -> None:

@@ -134,7 +134,9 @@ def _pod_fields(body: kopf.Body) -> dict[str, Any]:
             "spec": {"nodeName": spec.get("nodeName"), "hostNetwork": spec.get("hostNetwork"),
                      "containers": [{"name": c.get("name"), "resources": c.get("resources")}
                                     for c in spec.get("containers") or []]},
-            "status": {"phase": (body.get("status") or {}).get("phase")}}
+            "status": {"phase": (body.get("status") or {}).get("phase"),
+                       "conditions": [c for c in (body.get("status") or {}).get("conditions")
+                                      or [] if c.get("type") == contract.CONDITION_EXCLUSIVE_ENI]}}
 
 
 @kopf.index("pods")

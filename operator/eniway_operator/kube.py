@@ -160,6 +160,17 @@ class Kube:
             "capacity": {resource: quantity}, "allocatable": {resource: quantity}}})
         self._saw("nodes", self.api.sanitize_for_serialization(node))
 
+    def set_pod_condition(self, namespace: str, name: str, condition: JSON) -> None:
+        """One condition in the pod's status (merged by type; kubelet keeps conditions it
+        does not own). A pod gone meanwhile is fine."""
+        self._write(f"pod {namespace}/{name} status")
+        try:
+            self.core.patch_namespaced_pod_status(name, namespace,
+                                                  {"status": {"conditions": [condition]}})
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
     def node_names(self) -> set[str]:
         return {str(n.metadata.name) for n in self.core.list_node().items if n.metadata}
 
