@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Operator benchmark: cloud calls per 100 pods of churn, time to warm N nodes against
-the time ECS's default rate limits alone would need, and the API server requests the
+the time the cloud's default rate limits alone would need (ECS's, or EC2's with
+``--cloud aws``), and the API server requests the
 operator makes per reconcile round in both phases, and the operator's own CPU time and
 peak RSS apart from the harness's.
 
@@ -9,7 +10,10 @@ default per-API rates (the figures Terway uses, docs/configuration.md), the oper
 process talking to it through the official SDK, and the agent double for the nodes.
 
     python3 hack/bench_operator.py [--nodes 200] [--pods 100] [--attach-delay 1.0]
-                                   [--attach-spread 3.0]
+                                   [--attach-spread 3.0] [--cloud aliyun|aws]
+
+With ``--cloud aws`` the emulator's EC2 dialect is throttled with EC2's documented buckets
+and the operator talks to it through boto3; node types default to EC2's.
 
 Prints figures; passes or fails nothing.
 """
@@ -39,8 +43,8 @@ from kubernetes import client, watch  # noqa: E402
 from cni_plugin import contract  # noqa: E402
 from eniway_cloudsim.testing import start_in_process  # noqa: E402
 from eniway_operator import kube as kube_mod  # noqa: E402
-from eniway_operator.cloud.base import MAX_IPS_AT_CREATE  # noqa: E402
-from eniway_operator.cloud.limits import bundled_table  # noqa: E402
+from eniway_operator.cloud.aws import EC2_RATES  # noqa: E402
+from eniway_operator.cloud.base import InstanceLimits  # noqa: E402
 from eniway_operator.cloud.ratelimit import DEFAULT_RATES  # noqa: E402
 from eniway_operator.testing import (  # noqa: E402
     AgentDouble,
@@ -52,7 +56,10 @@ from eniway_operator.testing import (  # noqa: E402
 )
 from localcluster import LocalCluster  # noqa: E402
 
-ZONE = "cn-hangzhou-i"
+ZONES = {"aliyun": "cn-hangzhou-i", "aws": "us-east-1a"}
+TYPES = {"aliyun": ("ecs.g6.xlarge", "ecs.g6.4xlarge"), "aws": ("m5.xlarge", "m5.4xlarge")}
+ZONE = ZONES["aliyun"]
+RATES = DEFAULT_RATES
 MUTATING = ("CreateNetworkInterface", "AttachNetworkInterface", "AssignPrivateIpAddresses",
             "UnassignPrivateIpAddresses", "DetachNetworkInterface", "DeleteNetworkInterface")
 IP_CALLS = ("CreateNetworkInterface", "AssignPrivateIpAddresses", "UnassignPrivateIpAddresses")
@@ -63,7 +70,7 @@ def rate_bound(calls: dict[str, int]) -> float:
     each starting with a full bucket)."""
     worst = 0.0
     for api, n in calls.items():
-        rate = DEFAULT_RATES.get(api)
+        rate = RATES.get(api)
         if rate is None or n <= rate.burst:
             continue
         worst = max(worst, (n - rate.burst) / rate.per_second)
@@ -170,19 +177,57 @@ def per_round(before: dict[str, float], after: dict[str, float]) -> dict[str, fl
                                                    2)}
 
 
+def provider_limits(sim: Any, aws: bool, instance_type: str) -> InstanceLimits:
+    """The type's limits and the cloud's rules, as the operator's provider states them."""
+    if not aws:
+        from eniway_operator.testing import with_provider
+        return cast(InstanceLimits, with_provider(sim).provider().instance_limits(
+            instance_type))
+    import boto3
+
+    from eniway_operator.cloud.aws import AwsProvider
+    return AwsProvider(sim.aws_region, endpoint=sim.url, session=boto3.session.Session(
+        aws_access_key_id=sim.access_key_id, aws_secret_access_key=sim.access_key_secret)
+    ).instance_limits(instance_type)
+
+
+def necessary_calls(limits: InstanceLimits, nodes: int, warm: int) -> dict[str, int]:
+    """The calls warming ``nodes`` nodes to ``warm`` free IPs cannot do without: where the
+    primary ENI serves pods (EC2) one assign per node while it has room; else one create
+    (with its IPs, up to the cloud's ips_at_create) and one attach per ENI needed; and
+    the instance describes (100 ids a call)."""
+    out = {"DescribeInstances": math.ceil(nodes / 100)}
+    if limits.pods_on_primary_eni and warm <= limits.ips_per_eni - 1:
+        out["AssignPrivateIpAddresses"] = nodes * math.ceil(warm / limits.ips_per_call)
+        return out
+    cap = min(limits.ips_per_eni - 1, limits.ips_at_create)
+    enis = math.ceil(warm / cap) if warm else 0
+    out["CreateNetworkInterface"] = out["AttachNetworkInterface"] = nodes * enis
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nodes", type=int, default=200)
     ap.add_argument("--pods", type=int, default=100)
     ap.add_argument("--warm", type=int, default=5, help="min_pool_size while warming")
-    ap.add_argument("--instance-type", default="ecs.g6.xlarge")
+    ap.add_argument("--cloud", choices=sorted(ZONES), default="aliyun",
+                    help="the emulator's API and the operator's provider")
+    ap.add_argument("--instance-type", default="",
+                    help="type of the warmed nodes (default ecs.g6.xlarge, on aws m5.xlarge)")
     ap.add_argument("--attach-delay", type=float, default=1.0,
                     help="seconds the emulator takes at least to attach an ENI")
     ap.add_argument("--attach-spread", type=float, default=3.0,
                     help="each attach takes up to this many times --attach-delay")
     ap.add_argument("--workers", type=int, default=16)
     args = ap.parse_args()
+    global ZONE, RATES
+    ZONE = ZONES[args.cloud]
+    RATES = EC2_RATES if args.cloud == "aws" else DEFAULT_RATES
+    aws = args.cloud == "aws"
+    args.instance_type = args.instance_type or TYPES[args.cloud][0]
+    churn_type = TYPES[args.cloud][1]
 
     tmp = Path(tempfile.mkdtemp(prefix="eniway-bench-"))
     cluster = LocalCluster().start()
@@ -193,9 +238,14 @@ def main() -> int:
     results: dict[str, Any] = {}
     try:
         sim.admin.set_settings(delay_spread=args.attach_spread)
-        for api_name, rate in DEFAULT_RATES.items():
-            sim.admin.set_throttle(api_name, rate.per_second, burst=rate.burst)
-        topo = sim.admin.bootstrap({ZONE: ["10.0.0.0/16", "10.1.0.0/16"]})
+        if aws:  # the cloud's own documented buckets, as the provider's client side has
+            sim.admin.throttle_preset("ec2")
+            topo = sim.admin.bootstrap({ZONE: ["10.0.0.0/17", "10.0.128.0/17"]},
+                                       vpc_cidr="10.0.0.0/16", cloud="aws")
+        else:
+            for api_name, rate in DEFAULT_RATES.items():
+                sim.admin.set_throttle(api_name, rate.per_second, burst=rate.burst)
+            topo = sim.admin.bootstrap({ZONE: ["10.0.0.0/16", "10.1.0.0/16"]})
         api = kube_mod.load_config(str(cluster.kubeconfig))
         core = client.CoreV1Api(api)
         ns = "eniway-bench"
@@ -227,13 +277,14 @@ def main() -> int:
 
         # --- churn ---------------------------------------------------------------------
         config(min_pool_size=0, max_pool_size=5)
-        inst = sim.admin.create_instance("ecs.g6.4xlarge", topo.vswitch_ids(ZONE)[0],
+        inst = sim.admin.create_instance(churn_type, topo.vswitch_ids(ZONE)[0],
                                          [topo.security_group_id])
-        make_node(api, "churn", inst["provider_id"], "ecs.g6.4xlarge", ZONE)
+        make_node(api, "churn", inst["provider_id"], churn_type, ZONE)
         agent = AgentDouble(api, ["churn"], interval=0.1).start()
-        op = OperatorProcess(cluster.kubeconfig, "bench", sim.endpoint, sim.region, ns,
+        op = OperatorProcess(cluster.kubeconfig, "bench", sim.endpoint,
+                             sim.aws_region if aws else sim.region, ns,
                              "eniway-config", (sim.access_key_id, sim.access_key_secret),
-                             tmp / "operator.log", extra=(
+                             tmp / "operator.log", cloud=args.cloud, extra=(
                                  f"--workers={args.workers}",
                                  # one operator only: a starved machine must not end the run
                                  "--lease-duration=120"))
@@ -257,7 +308,8 @@ def main() -> int:
                  and not node_counts("churn").get("releasing"), 600, "pool shrunk")
         # ...and the ENIs released whole are gone (detached, then deleted)
         wait_for(lambda: not [e for e in sim.admin.state()["enis"]
-                              if e["status"] != "InUse"], 600, "released ENIs deleted")
+                              if e["status"] not in ("InUse", "in-use")], 600,
+                 "released ENIs deleted")
         down = counts()
         kube_churn_per_round = per_round(kube_churn, round_requests(op))
         per = 100.0 / args.pods
@@ -302,16 +354,13 @@ def main() -> int:
         h_cpu, wall = harness_cpu() - h_cpu0, time.monotonic() - t0
         calls = counts()
         kube_warm_per_round = per_round(kube_warm, round_requests(op))
-        # a new ENI takes up to 49 IPs in its creating call: one create per ENI needed
-        cap = bundled_table()[args.instance_type].eni_private_ip_quantity - 1
-        enis_per_node = math.ceil(args.warm / min(cap, MAX_IPS_AT_CREATE)) if args.warm else 0
-        necessary = {"CreateNetworkInterface": args.nodes * enis_per_node,
-                     "AttachNetworkInterface": args.nodes * enis_per_node,
-                     "DescribeInstances": math.ceil(args.nodes / 100)}
+        necessary = necessary_calls(provider_limits(sim, aws, args.instance_type),
+                                    args.nodes, args.warm)
         bound_needed = rate_bound(necessary)
         bound_made = rate_bound(calls)
         results["warm"] = {
-            "nodes": args.nodes, "instance_type": args.instance_type, "min_pool_size": args.warm,
+            "cloud": args.cloud, "nodes": args.nodes, "instance_type": args.instance_type,
+            "min_pool_size": args.warm, "necessary_calls": necessary,
             "attach_delay_s": [args.attach_delay, args.attach_delay * args.attach_spread],
             "node_objects_created_s": round(t_nodes, 2),
             "time_to_warm_s": round(t_warm, 2), "calls": calls,
@@ -332,7 +381,8 @@ def main() -> int:
               f"pods up, {c['ip_calls_per_100_pods_down']} down (one IP per call: 100 each); "
               f"{c['mutating_calls_per_100_pods_churn']} mutating calls, "
               f"{c['all_calls_per_100_pods_churn']} calls with describes per 100 pods up+down")
-        print(f"warm {args.nodes} nodes: {w['time_to_warm_s']} s; ECS default rate limits "
+        print(f"warm {args.nodes} nodes: {w['time_to_warm_s']} s; "
+              f"{'EC2' if aws else 'ECS'} default rate limits "
               f"alone need {w['rate_limit_bound_for_necessary_calls_s']} s for the necessary "
               f"calls (ratio {w['ratio_vs_necessary']}), "
               f"{w['rate_limit_bound_for_calls_made_s']} s for the calls made "

@@ -106,18 +106,26 @@ class OperatorProcess:
 
     def __init__(self, kubeconfig: str | Path, cluster_id: str, endpoint: str, region: str,
                  namespace: str, configmap: str, access_key: tuple[str, str],
-                 log_path: str | Path, extra: Sequence[str] = (), identity: str = "") -> None:
+                 log_path: str | Path, extra: Sequence[str] = (), identity: str = "",
+                 cloud: str = "cloudsim") -> None:
+        """``cloud`` "aws": the EC2 dialect through boto3 (``region`` the EC2 region, the
+        key through boto3's environment chain)."""
         self.metrics_port = free_port()
         self.log_path = Path(log_path)
         self.identity = identity or f"op-{self.metrics_port}"
+        url = endpoint if "://" in endpoint else f"http://{endpoint}"
         self.cmd = [sys.executable, "-m", "eniway_operator.main",
                     f"--kubeconfig={kubeconfig}", f"--cluster-id={cluster_id}",
-                    "--cloud=cloudsim", f"--cloud-endpoint={endpoint}", f"--region={region}",
+                    f"--cloud={cloud}",
+                    f"--cloud-endpoint={url if cloud == 'aws' else endpoint}",
+                    f"--region={region}",
                     f"--namespace={namespace}", f"--configmap={configmap}",
                     f"--metrics-port={self.metrics_port}", "--metrics-host=127.0.0.1",
                     f"--identity={self.identity}", *extra]
-        self.env = {**os.environ, "ALIBABA_CLOUD_ACCESS_KEY_ID": access_key[0],
-                    "ALIBABA_CLOUD_ACCESS_KEY_SECRET": access_key[1]}
+        keys = ({"AWS_ACCESS_KEY_ID": access_key[0], "AWS_SECRET_ACCESS_KEY": access_key[1]}
+                if cloud == "aws" else {"ALIBABA_CLOUD_ACCESS_KEY_ID": access_key[0],
+                                        "ALIBABA_CLOUD_ACCESS_KEY_SECRET": access_key[1]})
+        self.env = {**os.environ, **keys}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> OperatorProcess:
