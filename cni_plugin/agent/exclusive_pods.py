@@ -38,10 +38,11 @@ class ExclusivePods:
     """The node's exclusive ENIs by pod, and the CNI operations on them."""
 
     def __init__(self, agent: NodeAgent, wait: float = DEFAULT_WAIT,
-                 pod_wants: Callable[[str, str], bool] = lambda ns, name: False) -> None:
+                 pod_wants: Callable[[str, str, str], bool] = lambda ns, name, uid: False
+                 ) -> None:
         self.agent = agent
         self.wait = wait
-        self.pod_wants = pod_wants  # asks the API server; False when it cannot tell
+        self.pod_wants = pod_wants  # (namespace, name, uid): the pod opted in
         self.datapath = ExclusiveDatapath(agent.datapath)
         self._cond = threading.Condition()
         self._enis: dict[str, dict[str, Any]] = {}  # "ns/name" -> its ENI resource
@@ -76,7 +77,7 @@ class ExclusivePods:
         with self._cond:
             if self._eni_for(ns, name, uid) is not None:
                 return True
-        return self.pod_wants(ns, name)
+        return self.pod_wants(ns, name, uid)
 
     # -- CNI -----------------------------------------------------------------------------
     def add(self, req: dict[str, Any], cid: str, ifname: str, netns_path: str, ns: str,

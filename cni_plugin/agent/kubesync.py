@@ -60,11 +60,13 @@ class KubeSync:
         agent.on_bound = lambda rec: self._writes.put(("bind", rec))
         agent.on_unbound = lambda rec: self._writes.put(("unbind", rec))
         agent.on_change = self._status_dirty.set
+        self._pods: dict[str, tuple[str, bool]] = {}  # "ns/name" -> (uid, opted in)
+        self._pods_lock = threading.Lock()
 
     def start(self) -> None:
         for name, target in (("watch-enis", self._watch_enis), ("watch-pool", self._watch_pool),
                              ("writer", self._writer), ("status", self._status_loop),
-                             ("gc", self._gc_loop),
+                             ("gc", self._gc_loop), ("watch-pods", self._watch_pods),
                              ("resync", self._resync_loop)):
             threading.Thread(target=target, name=name, daemon=True).start()
 
@@ -125,6 +127,28 @@ class KubeSync:
         # this agent. One that loses the label arrives as DELETED and is not served until
         # the operator puts it back.
         self._watch_forever(ENIS, {"labelSelector": f"{contract.LABEL_NODE}={self.node}"},
+                            on_list, on_event)
+
+    def _watch_pods(self) -> None:
+        """This node's pods, for ADD to tell an exclusive-ENI pod without asking."""
+        def entry(obj: dict[str, Any]) -> tuple[str, tuple[str, bool]]:
+            md = obj.get("metadata") or {}
+            return (f"{md.get('namespace')}/{md.get('name')}",
+                    (str(md.get("uid") or ""), contract.wants_exclusive_eni(obj)))
+
+        def on_list(items: list[dict[str, Any]]) -> None:
+            with self._pods_lock:
+                self._pods = dict(entry(o) for o in items)
+
+        def on_event(kind: str, obj: dict[str, Any]) -> None:
+            key, value = entry(obj)
+            with self._pods_lock:
+                if kind == "DELETED":
+                    self._pods.pop(key, None)
+                else:
+                    self._pods[key] = value
+
+        self._watch_forever("/api/v1/pods", {"fieldSelector": f"spec.nodeName={self.node}"},
                             on_list, on_event)
 
     def _resync_loop(self) -> None:
@@ -294,10 +318,16 @@ class KubeSync:
             if (spec.get("ip"), spec.get("containerId")) != (rec.ip, rec.containerId):
                 self._writes.put(("bind", rec))
 
-    def pod_wants_exclusive(self, namespace: str, name: str) -> bool:
+    def pod_wants_exclusive(self, namespace: str, name: str, uid: str = "") -> bool:
         """Whether the pod opted in to its own ENI (ADD of a pod no exclusive ENI is
-        recorded for yet). The API server unreachable: False, the pod gets a shared IP
-        as every pod does while it is down (logged and kept for eniway-agent debug)."""
+        recorded for yet): from the node's pod watch, else (a pod the watch has not
+        brought yet) from the API server. The API server unreachable: False, the pod
+        gets a shared IP as every pod does while it is down (logged and kept for
+        eniway-agent debug)."""
+        with self._pods_lock:
+            known = self._pods.get(f"{namespace}/{name}")
+        if known is not None and (not uid or known[0] == uid):
+            return known[1]
         try:
             pod = self.kube.request("GET", f"/api/v1/namespaces/{namespace}/pods/{name}")
         except ApiError as e:
