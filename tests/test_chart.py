@@ -341,6 +341,12 @@ def test_rendered_commands_are_accepted_by_the_real_programs(
     assert a.metrics_addr == "0.0.0.0:9901" and a.mtu == values.get("agent", {}).get("mtu")
     cooldown = values.get("pool", {}).get("ip_cooldown", "30s")
     assert a.cooldown == pool_config.parse_duration(cooldown, "ip_cooldown")
+    # the agent checks its ENIs against the cloud's own metadata service (none on cloudsim)
+    provider = values.get("cloud", {}).get("provider", "aliyun")
+    assert a.metadata_url == {"aliyun": "http://100.100.100.200",
+                              "aws": "http://169.254.169.254"}.get(provider, "")
+    if a.metadata_url:
+        assert a.cloud == provider
 
     if ("Deployment", "eniway-cloudsim") in objs:
         sim = objs[("Deployment", "eniway-cloudsim")]["spec"]["template"]["spec"]
@@ -378,6 +384,16 @@ def test_operator_disruption_budget_where_policy_v1_exists() -> None:
     single = render(values={"operator": {"replicas": 1}}, extra=extra)
     assert not [d for d in single if d["kind"] == "PodDisruptionBudget"]
     assert not [d for d in render() if d["kind"] == "PodDisruptionBudget"]  # 1.20: none
+
+
+@pytest.mark.parametrize(("value", "expect"), [
+    ("", None), ("http://10.0.0.9:8080/instances/i-1/s3cret", "http://10.0.0.9:8080/"
+                                                              "instances/i-1/s3cret")])
+def test_agent_metadata_url_off_or_explicit(value: str, expect: str | None) -> None:
+    objs = _by_kind(render(values={"agent": {"metadataURL": value}}))
+    agent = _container(objs[("DaemonSet", "eniway-agent")]["spec"]["template"]["spec"], "agent")
+    urls = [x.split("=", 1)[1] for x in agent["args"] if x.startswith("--metadata-url=")]
+    assert urls == ([expect] if expect else [])
 
 
 def test_cloudsim_admin_token_from_a_secret() -> None:
