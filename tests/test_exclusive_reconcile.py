@@ -217,3 +217,30 @@ def test_fixed_ip_pod_in_another_zone_gets_an_event_and_a_condition(world: World
     finally:
         with contextlib.suppress(ApiException):
             world.core.delete_namespaced_pod("db-z", "shop", grace_period_seconds=0)
+
+
+def test_a_deposed_leaders_round_stops_before_any_cloud_call_or_write(world: World) -> None:
+    """The exclusive rounds share the shared rounds' fence: the Kube client's and the
+    provider's, asked before every write and every cloud attempt."""
+    from eniway_operator.leader import NotLeader
+
+    a = world.node()
+    leading = {"yes": True}
+
+    def fence(what: str = "") -> None:
+        if not leading["yes"]:
+            raise NotLeader(f"not the leader any more; refusing {what}")
+
+    world.rec.cloud = world.sim.provider(fence=fence)
+    world.kube.fence = fence
+    world.rounds([pod("web-f", a)], [world.policy()], lambda: True)  # leading: slots published
+    assert (world.core.read_node(a).status.capacity or {}).get(
+        contract.RESOURCE_EXCLUSIVE_ENI) == "2"
+    leading["yes"] = False
+    with pytest.raises(NotLeader):
+        world.rec.round([pod("web-g", a)], {}, [world.policy()], [NodeFacts(a, 1)])
+    world.kube.fence = None
+    assert not [e for e in world.mine() if e.tags.get(TAG_CLAIM) == "uid-web-g"], \
+        "no ENI created by a deposed leader"
+    assert (world.core.read_node(a).status.capacity or {}).get(
+        contract.RESOURCE_EXCLUSIVE_ENI) == "2", "nor its slots rewritten"
