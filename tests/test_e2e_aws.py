@@ -7,12 +7,14 @@ on. One set of nodes serves the module."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from clusterbox import AWS_ZONE, ClusterBox, NodeSpec, wait_for
+from clusterbox import AWS_REGION, AWS_ZONE, NAMESPACE, ClusterBox, NodeSpec, wait_for
 from cni_plugin import contract
 
 pytestmark = [pytest.mark.cluster, pytest.mark.netns]
@@ -123,3 +125,31 @@ def test_scale_in_returns_ips_to_ec2_through_the_handshake(box: ClusterBox) -> N
     assert calls.get("AssignPrivateIpAddresses", 0) + calls.get("CreateNetworkInterface", 0) >= 1
     box.kube.kubectl("delete", "deployment", APP)
     wait_for(lambda: not box.pods(f"app={APP}"), 120, "pods gone")
+
+
+def test_uninstall_gives_every_ip_and_eni_back_to_ec2(box: ClusterBox) -> None:
+    """Last in the module: ``eniway-operator uninstall --cloud aws`` deletes this cluster's
+    secondary ENIs and unassigns the pool's IPs from the primary ENIs, which stay."""
+    assert box.cloud is not None
+    wait_for(lambda: not box.pods(f"app={APP}"), 120, "no pods left")
+    box.stop_operator()
+    ours = {e["metadata"]["name"]: e["spec"] for e in box.enis()}
+    primaries = {k for k, v in ours.items() if v.get("primary")}
+    assert primaries and any(_ec2_ips(box)[p] for p in primaries), "nothing to give back"
+    out = subprocess.run(
+        [sys.executable, "-m", "eniway_operator.main", "uninstall",
+         f"--kubeconfig={box.kube.kubeconfig}", f"--namespace={NAMESPACE}",
+         f"--cluster-id={box.cluster_id}", "--cloud=aws", f"--cloud-endpoint={box.cloud.url}",
+         f"--region={AWS_REGION}", "--timeout=60"],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "AWS_ACCESS_KEY_ID": box.cloud.access_key_id,
+             "AWS_SECRET_ACCESS_KEY": box.cloud.access_key_secret})
+    assert out.returncode == 0, out.stdout + out.stderr
+    ec2 = box.cloud.ec2_client(max_attempts=3)
+    left = ec2.describe_network_interfaces(Filters=[
+        {"Name": f"tag:{contract.TAG_CLUSTER}", "Values": [box.cluster_id]}])
+    assert left["NetworkInterfaces"] == [], left
+    ips = _ec2_ips(box)
+    for p in primaries:
+        assert p in ips and ips[p] == set(), (p, ips[p])
+    assert box.enis() == [] and box.pools() == {}

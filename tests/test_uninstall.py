@@ -26,7 +26,12 @@ from eniway_operator.testing import (
     make_pods,
     wait_for,
 )
-from eniway_operator.uninstall import EXIT_INCOMPLETE, EXIT_REFUSED, plan_uninstall
+from eniway_operator.uninstall import (
+    EXIT_INCOMPLETE,
+    EXIT_REFUSED,
+    plan_uninstall,
+    primary_pool,
+)
 from localcluster import LocalCluster
 
 pytestmark = pytest.mark.cluster
@@ -53,6 +58,24 @@ def test_plan_keeps_what_pods_use_only_with_force() -> None:
     forced = plan_uninstall([], enis, held, CLUSTER_ID, force=True)
     assert [e.eni_id for e in forced.delete] == ["eni-b"]
     assert forced.keep == {"eni-a": ("default/web",)}
+
+
+def test_plan_gives_back_the_primary_enis_pool_ips_but_held_ones() -> None:
+    """EC2: the primary ENI's pool IPs (listed on its object) go back, except a pod's."""
+    primary = {"eni-p": ["10.0.0.5", "10.0.0.6", "10.0.0.7"]}
+    plan = plan_uninstall(["eni-p"], [], {}, CLUSTER_ID, primary_pool=primary)
+    assert plan.unassign == {"eni-p": ("10.0.0.5", "10.0.0.6", "10.0.0.7")}
+    assert plan.delete == () and plan.keep == {}
+    held = {"10.0.0.6": "default/web"}
+    forced = plan_uninstall(["eni-p"], [], held, CLUSTER_ID, force=True, primary_pool=primary)
+    assert forced.unassign == {"eni-p": ("10.0.0.5", "10.0.0.7")}
+    assert forced.keep == {"eni-p": ("default/web",)}
+    resources = [{"metadata": {"name": "eni-p"}, "spec": {"primary": True},
+                  "status": {"ips": [{"ip": "10.0.0.5"}]}},
+                 {"metadata": {"name": "eni-q"}, "spec": {"primary": True}, "status": {}},
+                 {"metadata": {"name": "eni-s"}, "spec": {},
+                  "status": {"ips": [{"ip": "10.0.0.9"}]}}]
+    assert primary_pool(resources) == {"eni-p": ["10.0.0.5"]}
 
 
 class World:

@@ -13,7 +13,9 @@ command does the operator's last job, in this order:
    made is only disassociated;
    then detaches and deletes, in the cloud, every secondary ENI tagged as this cluster's
    eniway ENI (``eniway.io/creator``, ``eniway.io/cluster``); primary ENIs and ENIs without
-   these tags are never touched;
+   these tags are never detached nor deleted; where the primary ENI served pods (EC2), the
+   secondary IPs its ENI object lists as the pool's are unassigned from it (its own
+   primary IP and IPs eniway never listed stay);
 4. removes the finalizer from every ENI object and deletes it, and deletes every ENIPool.
 
 The Helm chart runs it as a pre-delete hook (``uninstall.hook``); run it by hand with the
@@ -54,6 +56,7 @@ class UninstallPlan:
     delete: tuple[NetworkInterface, ...] = ()  # secondary ENIs of this cluster: detach, delete
     keep: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # ENI -> pods using it
     objects: tuple[str, ...] = ()  # ENI objects whose finalizer goes, then the object
+    unassign: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # primary ENI -> IPs
 
 
 def is_ours(eni: NetworkInterface, cluster_id: str) -> bool:
@@ -63,10 +66,15 @@ def is_ours(eni: NetworkInterface, cluster_id: str) -> bool:
 
 def plan_uninstall(objects: Iterable[str], tagged: Iterable[NetworkInterface],
                    holders: Mapping[str, str], cluster_id: str,
-                   force: bool = False) -> UninstallPlan:
+                   force: bool = False,
+                   primary_pool: Mapping[str, Sequence[str]] | None = None) -> UninstallPlan:
     """``tagged``: the cloud's ENIs carrying this cluster's tags (checked again here: a filter
     is the provider's); ``holders``: IP -> pod still using it. An ENI carrying a held IP is
-    kept with ``force`` (the pod keeps its network); without it the caller refuses."""
+    kept with ``force`` (the pod keeps its network); without it the caller refuses.
+    ``primary_pool``: primary ENI -> the pool IPs its ENI object lists (EC2); those no pod
+    holds are unassigned, the held ones stay with ``force``."""
+    unassign = {eni_id: tuple(sorted(ip for ip in ips if ip not in holders))
+                for eni_id, ips in sorted((primary_pool or {}).items())}
     delete: list[NetworkInterface] = []
     keep: dict[str, tuple[str, ...]] = {}
     for eni in sorted(tagged, key=lambda e: e.eni_id):
@@ -77,7 +85,24 @@ def plan_uninstall(objects: Iterable[str], tagged: Iterable[NetworkInterface],
             keep[eni.eni_id] = pods
         elif not pods:
             delete.append(eni)
-    return UninstallPlan(tuple(delete), keep, tuple(sorted(set(objects))))
+    for eni_id, ips in (primary_pool or {}).items():
+        pods = tuple(sorted({holders[ip] for ip in ips if ip in holders}))
+        if pods and force:
+            keep[eni_id] = pods
+    return UninstallPlan(tuple(delete), keep, tuple(sorted(set(objects))),
+                         {k: v for k, v in unassign.items() if v})
+
+
+def primary_pool(resources: Iterable[JSON]) -> dict[str, list[str]]:
+    """Primary ENI -> the pool IPs its ENI object lists (only where the primary serves
+    pods, EC2; on ECS its object lists none)."""
+    out: dict[str, list[str]] = {}
+    for r in resources:
+        if (r.get("spec") or {}).get("primary"):
+            ips = [str(e["ip"]) for e in (r.get("status") or {}).get("ips") or [] if e.get("ip")]
+            if ips:
+                out[r["metadata"]["name"]] = ips
+    return out
 
 
 def holders(kube: Kube) -> dict[str, str]:
@@ -120,8 +145,10 @@ class Uninstaller:
 
     def plan(self, force: bool) -> tuple[UninstallPlan, dict[str, str]]:
         held = holders(self.kube)
-        objects = [r["metadata"]["name"] for r in self.kube.list_enis()]
-        return plan_uninstall(objects, self.tagged(), held, self.cluster_id, force), held
+        resources = self.kube.list_enis()
+        objects = [r["metadata"]["name"] for r in resources]
+        return plan_uninstall(objects, self.tagged(), held, self.cluster_id, force,
+                              primary_pool(resources)), held
 
     def refuse_message(self, held: Mapping[str, str]) -> str:
         pods = sorted(set(held.values()))
@@ -196,6 +223,23 @@ class Uninstaller:
             found = {p.allocation_id: p
                      for p in self.cloud.describe_public_ips(sorted(left))}
             left &= set(found)
+
+    def free_primary_ips(self, unassign: Mapping[str, Sequence[str]],
+                         per_call: int = 10) -> list[str]:
+        """Unassign the pool's IPs from primary ENIs (those the cloud still has there).
+        Returns the ENIs where some could not be unassigned."""
+        left = []
+        for eni_id, ips in sorted(unassign.items()):
+            try:
+                found = self.cloud.describe_enis(eni_ids=[eni_id])
+                there = sorted(set(ips) & set(found[0].private_ips)) if found else []
+                for i in range(0, len(there), per_call):
+                    self.cloud.unassign_ips(eni_id, there[i:i + per_call])
+                self.say(f"  unassigned {len(there)} pool IP(s) from primary ENI {eni_id}")
+            except CloudError as err:
+                log.warning("%s: %s", eni_id, err)
+                left.append(eni_id)
+        return left
 
     def remove_objects(self, names: Sequence[str]) -> int:
         for name in names:
@@ -316,6 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "delete; primary ENIs and untagged ENIs are left alone")
         left = u.free_public_ips(plan.delete)
         left += u.free_cloud(plan.delete)
+        left += u.free_primary_ips(plan.unassign)  # held IPs are not in it
         for eni_id, pods in sorted(plan.keep.items()):
             u.say(f"  kept {eni_id}: still used by {', '.join(pods)} (--force)")
         pools = u.remove_objects(plan.objects)
