@@ -222,12 +222,9 @@ class World:
     def close(self) -> None:
         for a in self.agents.values():
             a.stop()
-        if self.operator.proc is not None:
-            self.operator.proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.operator.proc.wait(15)
-            if self.operator.proc.poll() is None:
-                self.operator.proc.kill()
+        if self.operator.proc is not None:  # nothing of it is needed any more
+            self.operator.proc.kill()
+            self.operator.proc.wait(15)
         for ns in self.pod_netns:
             sh("ip", "netns", "del", ns, check=False)
         for p in self.policies:
