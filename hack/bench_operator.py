@@ -284,7 +284,7 @@ def main() -> int:
         op = OperatorProcess(cluster.kubeconfig, "bench", sim.endpoint,
                              sim.aws_region if aws else sim.region, ns,
                              "eniway-config", (sim.access_key_id, sim.access_key_secret),
-                             tmp / "operator.log", cloud=args.cloud, extra=(
+                             tmp / "operator.log", cloud="aws" if aws else "cloudsim", extra=(
                                  f"--workers={args.workers}",
                                  # one operator only: a starved machine must not end the run
                                  "--lease-duration=120"))

@@ -58,10 +58,12 @@ def test_bench_nodes_runs(root: None) -> None:
 
 
 @pytest.mark.cluster
-def test_bench_operator_runs() -> None:
-    out = run("bench_operator.py", "--nodes", "3", "--pods", "12", timeout=900)
+@pytest.mark.parametrize(("cloud", "limits"), [("aliyun", "ECS"), ("aws", "EC2")])
+def test_bench_operator_runs(cloud: str, limits: str) -> None:
+    out = run("bench_operator.py", "--nodes", "3", "--pods", "12", "--cloud", cloud,
+              timeout=900)
     assert re.search(r"churn of 12 pods: \d+(\.\d+)? IP calls per 100 pods up", out), out
-    assert re.search(r"warm 3 nodes: \d+(\.\d+)? s; ECS default rate limits", out), out
+    assert re.search(rf"warm 3 nodes: \d+(\.\d+)? s; {limits} default rate limits", out), out
     assert re.search(r"apiserver requests per round \(churn\): \d+(\.\d+)?, of which", out), out
 
 

@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cloud", default=os.environ.get("ENIWAY_CLOUD_PROVIDER", "aliyun"),
                    choices=["aliyun", "cloudsim", "aws"],
                    help="the metadata layout: Alibaba's, or EC2's IMDSv2 "
-                        "($ENIWAY_CLOUD_PROVIDER; cloudsim means aliyun)")
+                        "($ENIWAY_CLOUD_PROVIDER; cloudsim means aliyun; default "
+                        "%(default)s)")
     p.add_argument("--log-level", default=os.environ.get("ENIWAY_LOG_LEVEL", "INFO"),
                    help="DEBUG, INFO, WARNING or ERROR (default $ENIWAY_LOG_LEVEL, else INFO)")
     return p
