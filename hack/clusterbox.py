@@ -81,6 +81,7 @@ class ClusterBox:
     attach_delay: float = 0.3
     agent_args: tuple[str, ...] = ("--gc-interval", "5", "--gc-grace", "10",
                                    "--heartbeat-interval", "5", "--cooldown", "0")
+    operator_args: tuple[str, ...] = ()  # appended to the operator's command line
     log: Callable[[str], None] = lambda msg: None
     cloud_name: str = "aliyun"  # "aws": the EC2 dialect, boto3 and IMDSv2 throughout
     cluster: LocalCluster | None = None
@@ -240,7 +241,7 @@ class ClusterBox:
             str(self.kube.kubeconfig), "--namespace", NAMESPACE, "--configmap", CONFIGMAP,
             "--cluster-id", self.cluster_id, *cloud,
             "--metrics-port", str(self.operator_metrics), "--gc-interval", "10",
-            "--gc-grace", "20",
+            "--gc-grace", "20", *self.operator_args,
         ], env)
         if self._supervisor is None:
             self._supervisor = threading.Thread(target=self._supervise, daemon=True)
