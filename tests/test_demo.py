@@ -123,8 +123,8 @@ def test_demo_runs_end_to_end_and_cleans_up(root: None) -> None:
                          r"served by hostport$", out, re.M), out[-4000:]
     # the last listing: every ENI attached, no released one still hanging on
     last = out.rsplit("$ kubectl get enis,enipools", 1)[1]
-    phases = re.findall(r"^eni\.network\.eniway\.io/\S+\s+node-\w\s+(?:true|false)\s+(\w+)",
-                        last, re.M)
+    phases = re.findall(r"^eni\.network\.eniway\.io/\S+\s+node-\w\s+(?:true|false)\s+"
+                        r"(?:Shared|Exclusive)\s+(\w+)", last, re.M)
     assert phases and set(phases) == {"InUse"}, last[:2000]
     assert "everything stopped and removed" in out
     # other runs may share the machine: look only for what this run made
