@@ -13,7 +13,7 @@ deps:
 
 ## The whole test suite: lint, types, then every test against the real parts.
 test: deps lint
-	$(VPY) -m pytest -ra $(PYTEST_ARGS)
+	$(VPY) -m pytest -ra --durations=30 $(PYTEST_ARGS)
 
 lint:
 	$(VPY) -m ruff check .

@@ -326,6 +326,14 @@ class ClusterBox:
                 if p["status"].get("phase") == "Running" and p["status"].get("podIP")
                 and not p["metadata"].get("deletionTimestamp")]
 
+    def wait_running(self, app: str, n: int, timeout: float = 240) -> list[dict[str, Any]]:
+        """The ``app=APP`` pods once exactly ``n`` exist and all are Running with an IP."""
+        def ready() -> list[dict[str, Any]] | None:
+            pods = self.running_pods(f"app={app}")
+            return pods if len(pods) == n and len(self.pods(f"app={app}")) == n else None
+        result: list[dict[str, Any]] = wait_for(ready, timeout, f"{n} running pods of {app}")
+        return result
+
     def pools(self) -> dict[str, dict[str, Any]]:
         return {p["metadata"]["name"]: p for p in self.get("enipools")["items"]}
 

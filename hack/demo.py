@@ -89,14 +89,6 @@ def pools_trimmed(box: ClusterBox, pods: list[dict[str, object]]) -> bool:
     return True
 
 
-def wait_running(box: ClusterBox, n: int, timeout: float = 180) -> list[dict[str, object]]:
-    def ready() -> list[dict[str, object]] | None:
-        pods = box.running_pods(f"app={APP}")
-        total = box.pods(f"app={APP}")
-        return pods if len(pods) == n and len(total) == n else None
-    return wait_for(ready, timeout, f"{n} running pods")  # type: ignore[no-any-return]
-
-
 def check_traffic(box: ClusterBox, pods: list[dict[str, object]]) -> None:
     by_node: dict[str, list[dict[str, object]]] = {}
     for p in pods:
@@ -226,7 +218,7 @@ def main() -> int:
 
         title(f"Deployment {APP}: 6 pods spread over 3 nodes")
         box.deployment(APP, 6)
-        pods = wait_running(box, 6)
+        pods = box.wait_running(APP, 6)
         say("6 pods running with VPC addresses")
         show(box, "get", "podips", "-A", "-o", "wide")
 
@@ -244,7 +236,7 @@ def main() -> int:
         title(f"Scale to {BIG}: more pods than one ENI holds on node-b and node-c")
         before = {n.name: eni_count(box, n.name) for n in NODES}
         box.scale(APP, BIG)
-        pods = wait_running(box, BIG, 300)
+        pods = box.wait_running(APP, BIG, 300)
         after = {n.name: eni_count(box, n.name) for n in NODES}
         say(f"secondary ENIs in use per node: before {before}, after {after}")
         show(box, "get", "enis,enipools")
@@ -252,7 +244,7 @@ def main() -> int:
 
         title("Scale back to 3: IPs go back to the cloud through the release handshake")
         box.scale(APP, 3)
-        pods = wait_running(box, 3)
+        pods = box.wait_running(APP, 3)
         say("waiting for the pools to shrink to max_pool_size and released ENIs to go")
         wait_for(lambda: pools_trimmed(box, pods), 240, "pools trimmed to max_pool_size")
         wait_for(lambda: sum(eni_count(box, n.name) for n in NODES) < sum(after.values())

@@ -40,14 +40,6 @@ def box() -> Iterator[ClusterBox]:
         b.stop()
 
 
-def _running(box: ClusterBox, app: str, n: int, timeout: float = 240) -> list[dict[str, Any]]:
-    def ok() -> list[dict[str, Any]] | None:
-        pods = box.running_pods(f"app={app}")
-        return pods if len(pods) == n and len(box.pods(f"app={app}")) == n else None
-    result: list[dict[str, Any]] = wait_for(ok, timeout, f"{n} running pods of {app}")
-    return result
-
-
 def _cloud_ips_by_eni(box: ClusterBox) -> dict[str, set[str]]:
     assert box.cloud is not None
     out: dict[str, set[str]] = {}
@@ -137,7 +129,7 @@ def test_node_capacity_is_enis_max_pods(box: ClusterBox) -> None:
 
 def test_pods_get_node_enis_addresses_and_talk(box: ClusterBox) -> None:
     box.deployment("talk", 6)
-    pods = _running(box, "talk", 6)
+    pods = box.wait_running("talk", 6)
     _assert_consistent(box, pods)
     by_node: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
     for p in pods:
@@ -167,7 +159,7 @@ def test_host_port_answers_clients_on_other_nodes(box: ClusterBox) -> None:
             "metadata": {"name": name, "labels": {"app": "hp"}},
             "spec": {**pod_spec(host_port=port),
                      "nodeSelector": {"kubernetes.io/hostname": node}}}))
-    pods = {p["metadata"]["name"]: p for p in _running(box, "hp", 2)}
+    pods = {p["metadata"]["name"]: p for p in box.wait_running("hp", 2)}
     primary = box.node_by_name[server_node].primary_ip
     assert pods["hp-server"]["status"]["podIP"] != primary
     body = box.fetch(pods["hp-client"], f"http://{primary}:30081/")
@@ -191,7 +183,7 @@ def test_pod_delete_frees_the_ip_and_leaves_nothing(box: ClusterBox) -> None:
     veths = _pod_veths(box, node)
     allocated = box.pools()[node]["status"]["counts"]["allocated"]
     box.kube.kubectl("apply", "-f", "-", input=json.dumps(pod))
-    victim = _running(box, "del", 1)[0]
+    victim = box.wait_running("del", 1)[0]
     ip = victim["status"]["podIP"]
     sandbox = next(pi for pi in box.podips() if pi["spec"]["ip"] == ip)["spec"]["containerId"]
     assert sandbox in _sandboxes(box, node)
@@ -210,7 +202,7 @@ def test_pod_delete_frees_the_ip_and_leaves_nothing(box: ClusterBox) -> None:
 def test_kubelet_and_containerd_restart_keep_pods(box: ClusterBox) -> None:
     victim = "e2e-b"
     box.deployment("keep", 6)
-    pods = _running(box, "keep", 6)
+    pods = box.wait_running("keep", 6)
     mine = [p for p in pods if p["spec"]["nodeName"] == victim]
     other = next(p for p in pods if p["spec"]["nodeName"] != victim)
     assert mine, "the scheduler should put pods on every node"
@@ -222,14 +214,14 @@ def test_kubelet_and_containerd_restart_keep_pods(box: ClusterBox) -> None:
     real.restart(signal.SIGKILL)
     real.wait_ready()
     # still running, same IPs, same sandboxes (nothing recreated), traffic both ways
-    after = {p["metadata"]["name"]: p["status"]["podIP"] for p in _running(box, "keep", 6)}
+    after = {p["metadata"]["name"]: p["status"]["podIP"] for p in box.wait_running("keep", 6)}
     assert after == before
     assert _sandboxes(box, victim) == sandboxes
     for p in mine:
         _talk(box, other, p)
         _talk(box, p, other)
     assert _pod_veths(box, victim) == veths
-    _assert_consistent(box, _running(box, "keep", 6))
+    _assert_consistent(box, box.wait_running("keep", 6))
     _gone(box, "keep")
     wait_for(lambda: not _pod_veths(box, victim), 60, f"{victim} veths gone")
     for name, ip in before.items():
@@ -242,7 +234,7 @@ def test_kubelet_and_containerd_restart_keep_pods(box: ClusterBox) -> None:
 
 def test_scale_past_one_eni_and_back(box: ClusterBox) -> None:
     box.deployment("scale", 30)
-    pods = _running(box, "scale", 30, 300)
+    pods = box.wait_running("scale", 30, 300)
     _assert_consistent(box, pods)
     enis = box.enis()
     for node in NODES:  # limits never exceeded
@@ -256,7 +248,7 @@ def test_scale_past_one_eni_and_back(box: ClusterBox) -> None:
     assert any(sum(1 for e in enis if e["spec"]["nodeName"] == n and not e["spec"].get(
         "primary")) > 1 for n in per_node), "30 pods should need a second ENI on some node"
     box.scale("scale", 2)
-    _running(box, "scale", 2)
+    box.wait_running("scale", 2)
     wait_for(lambda: all(p.get("status", {}).get("counts", {}).get("free", 99) <= 5
                          for p in box.pools().values()), 180, "pools trimmed to max_pool_size")
     _gone(box, "scale")
@@ -270,7 +262,7 @@ def test_operator_and_agent_killed_and_restarted_lose_nothing(box: ClusterBox) -
     box.stop_agent(victim, signal.SIGKILL)
     box.start_agent(victim)
     box.start_operator()
-    pods = _running(box, "crash", 12, 300)
+    pods = box.wait_running("crash", 12, 300)
     _assert_consistent(box, pods)
     _gone(box, "crash")
 
@@ -322,7 +314,7 @@ def test_pod_reached_from_the_internet_at_its_eip(box: ClusterBox) -> None:
         "metadata": {"name": "pub-0", "labels": {"app": "pub"},
                      "annotations": {contract.ANNOTATION_PUBLIC_IP: "true"}},
         "spec": {**spec, "nodeSelector": {"kubernetes.io/hostname": "e2e-c"}}}))
-    pod = _running(box, "pub", 1)[0]
+    pod = box.wait_running("pub", 1)[0]
     running = time.monotonic()
 
     def public_ip() -> str | None:

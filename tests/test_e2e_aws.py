@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -39,14 +38,6 @@ def box() -> Iterator[ClusterBox]:
         yield b
     finally:
         b.stop()
-
-
-def _running(box: ClusterBox, n: int, timeout: float = 240) -> list[dict[str, Any]]:
-    def ok() -> list[dict[str, Any]] | None:
-        pods = box.running_pods(f"app={APP}")
-        return pods if len(pods) == n and len(box.pods(f"app={APP}")) == n else None
-    result: list[dict[str, Any]] = wait_for(ok, timeout, f"{n} running pods")
-    return result
 
 
 def _ec2_ips(box: ClusterBox) -> dict[str, set[str]]:
@@ -79,7 +70,7 @@ def test_nodes_are_ec2_instances_with_eks_max_pods(box: ClusterBox) -> None:
 
 def test_pods_on_primary_and_secondary_enis_talk_across_nodes(box: ClusterBox) -> None:
     box.deployment(APP, 12)  # more than t3.small's primary ENI holds (3)
-    pods = _running(box, 12)
+    pods = box.wait_running(APP, 12)
     enis = {e["metadata"]["name"]: e for e in box.enis()}
     podips = {pi["metadata"]["name"]: pi["spec"] for pi in box.podips()}
     cloud = _ec2_ips(box)
@@ -107,9 +98,9 @@ def test_pods_on_primary_and_secondary_enis_talk_across_nodes(box: ClusterBox) -
 
 def test_scale_in_returns_ips_to_ec2_through_the_handshake(box: ClusterBox) -> None:
     box.deployment(APP, 12)
-    _running(box, 12)
+    box.wait_running(APP, 12)
     box.scale(APP, 2)
-    _running(box, 2)
+    box.wait_running(APP, 2)
     assert box.cloud is not None
 
     def trimmed() -> bool:

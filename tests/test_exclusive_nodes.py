@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from test_e2e import _running, _talk
+from test_e2e import _talk
 
 from clusterbox import ClusterBox, NodeSpec, pod_spec, wait_for
 from cni_plugin import contract
@@ -52,7 +52,7 @@ def box() -> Iterator[ClusterBox]:
             for p in b.pools().values()), 120, "warm pools")
         # a shared-mode peer on each node, for traffic to and from the exclusive pods
         _apply(b, *(_pod(f"peer-{n}", "peer", exclusive=False, node=n) for n in (A, B)))
-        _running(b, "peer", 2)
+        b.wait_running("peer", 2)
         yield b
     finally:
         b.stop()
@@ -136,7 +136,7 @@ def _move(box: ClusterBox, pod: dict[str, Any], dst: str, kill_operator: bool = 
 
 def test_exclusive_pod_owns_its_eni_through_kubelet_and_talks(box: ClusterBox) -> None:
     _apply(box, _pod("own-0", "own", exclusive=True, node=A))
-    own = _running(box, "own", 1, 120)[0]
+    own = box.wait_running("own", 1, 120)[0]
     eni = _eni_of(box, own["metadata"]["uid"])
     assert eni is not None and eni.instance_id == box.node_by_name[A].instance_id
     _sees_its_eni(box, own, eni)
@@ -170,7 +170,7 @@ def _statefulset(box: ClusterBox) -> None:
 
 def test_fixed_ip_follows_its_pod_to_the_other_node(box: ClusterBox) -> None:
     _statefulset(box)
-    pod = _running(box, FIXED, 1, 120)[0]
+    pod = box.wait_running(FIXED, 1, 120)[0]
     eni = _eni_of(box, CLAIM)
     assert eni is not None
     _sees_its_eni(box, pod, eni)
@@ -191,7 +191,7 @@ def test_fixed_ip_follows_its_pod_to_the_other_node(box: ClusterBox) -> None:
 
 
 def test_operator_killed_while_the_fixed_eni_moves_converges(box: ClusterBox) -> None:
-    pod = _running(box, FIXED, 1)[0]
+    pod = box.wait_running(FIXED, 1)[0]
     eni = _eni_of(box, CLAIM)
     assert eni is not None
     src = pod["spec"]["nodeName"]
