@@ -70,10 +70,11 @@ def test_defaults_render_what_a_cluster_needs() -> None:
     objs = _by_kind(docs)
     kinds = sorted({d["kind"] for d in docs})
     assert kinds == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet", "Deployment",
-                     "Job", "Role", "RoleBinding", "ServiceAccount"]
+                     "Job", "MutatingWebhookConfiguration", "Role", "RoleBinding", "Service",
+                     "ServiceAccount"]
     assert all(d["metadata"].get("namespace") == "eniway-system" for d in docs
                if d["kind"] in ("ConfigMap", "DaemonSet", "Deployment", "Role", "RoleBinding",
-                                "ServiceAccount"))
+                                "Service", "ServiceAccount"))
     app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
     image = f"ghcr.io/eniway/eniway:{app_version}"
 
@@ -135,7 +136,53 @@ def test_defaults_render_what_a_cluster_needs() -> None:
     mounts = {m["mountPath"] for m in init["volumeMounts"]}
     assert mounts == {"/opt/cni/bin", "/etc/cni/net.d", "/opt/eniway"}
     assert init["securityContext"]["capabilities"] == {"drop": ["ALL"]}
-    assert not any(d["kind"] == "Service" for d in docs), "cloudsim is off by default"
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "Service"] == [
+        "eniway-webhook"], "cloudsim is off by default"
+
+
+def test_admission_webhook_never_blocks_the_system_and_turns_off() -> None:
+    objs = _by_kind(render())
+    svc = objs[("Service", "eniway-webhook")]
+    dep = objs[("Deployment", "eniway-operator")]
+    op = _container(dep["spec"]["template"]["spec"], "operator")
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    assert svc["spec"]["ports"] == [{"name": "webhook", "port": 443, "targetPort": "webhook",
+                                     "protocol": "TCP"}]
+    assert {"name": "webhook", "containerPort": 9443, "protocol": "TCP"} in op["ports"]
+    assert {"--webhook-port=9443", "--webhook-names=eniway-webhook.eniway-system.svc",
+            "--webhook-config=eniway-webhook"} <= set(op["args"])
+    hook = objs[("MutatingWebhookConfiguration", "eniway-webhook")]["webhooks"][0]
+    assert hook["clientConfig"] == {"service": {
+        "name": "eniway-webhook", "namespace": "eniway-system", "path": "/mutate-pods",
+        "port": 443}}, "no caBundle: each replica adds its own CA"
+    assert (hook["failurePolicy"], hook["timeoutSeconds"], hook["sideEffects"]) == (
+        "Ignore", 5, "None")
+    assert hook["rules"] == [{"apiGroups": [""], "apiVersions": ["v1"],
+                              "operations": ["CREATE"], "resources": ["pods"],
+                              "scope": "Namespaced"}]
+    assert hook["namespaceSelector"]["matchExpressions"] == [{
+        "key": "kubernetes.io/metadata.name", "operator": "NotIn",
+        "values": ["kube-system", "eniway-system"]}]
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert hook["objectSelector"]["matchExpressions"] == [{
+        "key": "app.kubernetes.io/name", "operator": "NotIn",
+        "values": [pod_labels["app.kubernetes.io/name"]]}], "eniway's own pods skip it"
+    role = objs[("ClusterRole", "eniway-operator")]
+    assert {"apiGroups": ["admissionregistration.k8s.io"],
+            "resources": ["mutatingwebhookconfigurations"],
+            "resourceNames": ["eniway-webhook"], "verbs": ["get", "update"]} in role["rules"]
+
+    off = render(values={"admissionWebhook": {"enabled": False}})
+    assert not [d for d in off if d["kind"] in ("Service", "MutatingWebhookConfiguration")]
+    off_objs = _by_kind(off)
+    op = _container(off_objs[("Deployment", "eniway-operator")]["spec"]["template"]["spec"],
+                    "operator")
+    assert not [a for a in op["args"] if a.startswith("--webhook")]
+    assert not [p for p in op["ports"] if p["name"] == "webhook"]
+    rules = off_objs[("ClusterRole", "eniway-operator")]["rules"]
+    assert not [r for r in rules if "mutatingwebhookconfigurations" in r["resources"]]
+    assert next(r for r in rules if r["resources"] == ["namespaces"])["verbs"] == [
+        "list", "watch"]
 
 
 def test_other_values_render_cloudsim_credentials_and_paths() -> None:
@@ -243,6 +290,8 @@ def test_every_pool_knob_in_values_is_known_to_the_operator() -> None:
     (["--set", "agent.updateStrategy.maxUnavailable=0"], "maxUnavailable"),
     (["--set", "agent.installCNI.binDir=relative/bin"], "binDir"),
     (["--set", "image.digest=latest"], "image.digest"),
+    (["--set", "admissionWebhook.failurePolicy=Maybe"], "failurePolicy"),
+    (["--set", "admissionWebhook.timeoutSeconds=31"], "timeoutSeconds"),
 ])
 def test_schema_rejects_bad_values(flags: list[str], message: str) -> None:
     out = subprocess.run([str(BIN / "helm"), "template", "x",
@@ -322,6 +371,7 @@ def test_rendered_commands_are_accepted_by_the_real_programs(
     assert args.namespace == "eniway-system" and args.configmap == "eniway-config"
     assert args.cluster_id == "eniway" and args.identity == "op-0"
     assert args.health_port == 9441 and args.metrics_port == 9442
+    assert (args.webhook_port, args.webhook_config) == (9443, "eniway-webhook")
     assert args.cloud == values.get("cloud", {}).get("provider", "aliyun")
     assert args.standalone == ("operator" in values)
     if args.cloud == "cloudsim":

@@ -30,7 +30,11 @@ OPERATOR_CLUSTER = {
     "nodes/status": {"patch"},  # exclusive-ENI slots as an extended resource
     "pods": {"list", "watch"},  # kopf index: pending demand per node, exclusive pods
     "pods/status": {"patch"},  # the ExclusiveENIReady condition
-    "namespaces": {"list", "watch"},  # kopf index: labels exclusive-ENI policies select by
+    # kopf index: labels exclusive-ENI policies select by; the webhook reads one namespace
+    "namespaces": {"get", "list", "watch"},
+    # the webhook: each replica adds its CA to the caBundle
+    "mutatingwebhookconfigurations.admissionregistration.k8s.io[eniway-rbac-webhook]": {
+        "get", "update"},
     f"exclusiveenipolicies.{GROUP}": {"get", "list", "watch"},  # kopf index: policies
     "events": {"create", "patch"},  # Node events, repeats bump the count
     f"enis.{GROUP}": {"get", "list", "watch", "create", "patch", "delete"},

@@ -9,8 +9,10 @@ shared-mode pod on the other node through the VPC; ADD before the ENI is there a
 code 11; DEL returns the link to the node and the Elastic ENI goes. A Fixed pod deleted
 and re-created on the other node gets the same ENI (IP and MAC) moved there, also when
 DEL comes from a restarted agent or from the CNI binary alone (agent down); releaseAfter
-deletes it once unclaimed. One world
-serves the module.
+deletes it once unclaimed. The operator's admission webhook, called by the API server,
+opts in a pod only a policy selects (the resource request and the annotation added), leaves
+other pods alone, refuses malformed reviews cleanly, and when it hangs, pods are still
+created. One world serves the module.
 """
 
 from __future__ import annotations
@@ -20,14 +22,18 @@ import json
 import os
 import secrets
 import signal
+import ssl
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from chart_rbac import render
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 from node_harness import AgentProcess, CniResult, Shim
@@ -37,7 +43,13 @@ from cni_plugin.agent.exclusive import park_name
 from eniway_operator import kube as kube_mod
 from eniway_operator.exclusive_plan import Node, node_capacity
 from eniway_operator.exclusive_reconcile import TAG_CLAIM
-from eniway_operator.testing import OperatorProcess, make_node, wait_for, with_provider
+from eniway_operator.testing import (
+    OperatorProcess,
+    free_port,
+    make_node,
+    wait_for,
+    with_provider,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.netns]
 ZONE = "cn-hangzhou-i"
@@ -101,14 +113,50 @@ class World:
             "data": {"config.yaml": yaml.safe_dump(config)}})
         for n in ("a", "b"):
             self.add_node(n)
+        self.webhook_port = free_port()
+        self.webhook = self.webhook_configuration()
         self.operator = OperatorProcess(
             cluster.kubeconfig, self.cluster_id, self.sim.endpoint, self.sim.region,
             self.namespace, "eniway-config",
             (self.sim.access_key_id, self.sim.access_key_secret), tmp / "operator.log",
             extra=("--standalone", "--exclusive-interval=1", "--debounce=0.1",
-                   "--resync=5")).start()
+                   "--resync=5", f"--webhook-port={self.webhook_port}",
+                   "--webhook-host=127.0.0.1", "--webhook-names=127.0.0.1",
+                   f"--webhook-config={self.webhook}")).start()
         for name in self.nodes:
             self.start_agent(name)
+
+    def webhook_configuration(self) -> str:
+        """The chart's MutatingWebhookConfiguration, calling the operator on loopback (no
+        Service here) and only for namespaces labelled with this world's tag (the API
+        server is shared with other tests)."""
+        doc = next(d for d in render(values={"admissionWebhook": {"timeoutSeconds": 2}},
+                                     show_only=("templates/admission-webhook.yaml",))
+                   if d["kind"] == "MutatingWebhookConfiguration")
+        doc["metadata"] = {"name": f"eniway-webhook-{self.tag}"}
+        hook = doc["webhooks"][0]
+        hook["clientConfig"] = {"url": f"https://127.0.0.1:{self.webhook_port}/mutate-pods"}
+        hook["namespaceSelector"]["matchLabels"] = {"eniway-webhook": self.tag}
+        client.AdmissionregistrationV1Api(self.api).create_mutating_webhook_configuration(doc)
+        return str(doc["metadata"]["name"])
+
+    def webhook_ca(self) -> bytes:
+        """The caBundle the operator put into the configuration."""
+        import base64
+
+        cfg = client.AdmissionregistrationV1Api(self.api).read_mutating_webhook_configuration(
+            self.webhook)
+        return base64.b64decode(cfg.webhooks[0].client_config.ca_bundle or "")
+
+    @contextlib.contextmanager
+    def admitted(self) -> Iterator[None]:
+        """The webhook on for the test namespace while the block runs."""
+        wait_for(self.webhook_ca, 30, f"caBundle injected\n{self.operator_log()}")
+        self.core.patch_namespace(NS, {"metadata": {"labels": {"eniway-webhook": self.tag}}})
+        try:
+            yield
+        finally:
+            self.core.patch_namespace(NS, {"metadata": {"labels": {"eniway-webhook": None}}})
 
     def add_node(self, n: str) -> None:
         name, netns = f"{self.tag}-{n}", f"{self.tag}-node-{n}"
@@ -236,6 +284,9 @@ class World:
         for name in self.nodes:
             with contextlib.suppress(ApiException):
                 self.core.delete_node(name)
+        with contextlib.suppress(ApiException):
+            client.AdmissionregistrationV1Api(self.api).delete_mutating_webhook_configuration(
+                self.webhook)
         with contextlib.suppress(ApiException):
             self.core.delete_namespace(self.namespace)
         self.api.close()
@@ -405,6 +456,100 @@ def test_fixed_ip_follows_its_pod_to_another_node(world: World) -> None:
         "unclaimedSince"), 30, "unclaimed clock started")
     assert world.eni_of(f"{NS}/db-0") is not None, "kept while releaseAfter runs"
     wait_for(lambda: world.eni_of(f"{NS}/db-0") is None, 30, "released after releaseAfter")
+
+
+def _opted_in(pod: Any) -> bool:
+    limits = pod.spec.containers[0].resources.limits or {}
+    requests = pod.spec.containers[0].resources.requests or {}
+    return ((pod.metadata.annotations or {}).get(contract.ANNOTATION_EXCLUSIVE_ENI) == "true"
+            and limits.get(contract.RESOURCE_EXCLUSIVE_ENI) == "1"
+            and requests.get(contract.RESOURCE_EXCLUSIVE_ENI) == "1")
+
+
+def _post_review(world: World, body: bytes) -> tuple[int, dict[str, Any]]:
+    """A request straight to the operator's webhook, trusting the caBundle it published."""
+    ctx = ssl.create_default_context(cadata=world.webhook_ca().decode())
+    req = urllib.request.Request(f"https://127.0.0.1:{world.webhook_port}/mutate-pods",
+                                 data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_webhook_opts_in_a_pod_only_a_policy_selects(world: World) -> None:
+    a = world.node(0)
+    world.policy("cache", "cache", [world.web_sg])
+    with world.admitted():
+        uid = world.pod("cache-1", a, app="cache", exclusive=False)
+        other_uid = world.pod("other-1", a, app="other", exclusive=False)
+    try:
+        pod = world.core.read_namespaced_pod("cache-1", NS)
+        assert _opted_in(pod), (pod.metadata.annotations, pod.spec.containers[0].resources)
+        assert not pod.spec.containers[0].resources.limits.keys() - {
+            contract.RESOURCE_EXCLUSIVE_ENI}, "only the slot was added"
+        other = world.core.read_namespaced_pod("other-1", NS)
+        assert not other.metadata.annotations, "a pod no policy selects is unchanged"
+        assert not other.spec.containers[0].resources.limits
+        assert not other.spec.containers[0].resources.requests
+        # the operator and the agent take it as exclusive: its own ENI, the policy's group
+        netns = world.netns("cache-1")
+        res, _ = world.add_until_ready(a, "c-cache-1", netns, "cache-1", uid)
+        eni = world.eni_of(uid)
+        assert eni is not None and res.ip == eni.primary_ip
+        assert list(eni.security_group_ids) == [world.web_sg]
+        assert links(netns).get(eni.mac) == "eth0"
+        assert world.shims[a].delete("c-cache-1", netns, pod=(NS, "cache-1", uid)).rc == 0
+    finally:
+        world.delete_pod("cache-1")
+        world.delete_pod("other-1")
+    wait_for(lambda: world.eni_of(uid) is None, 30, "its Elastic ENI deleted")
+    assert world.eni_of(other_uid) is None
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (b"\x00 not json", "not JSON"),
+    (json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}).encode(),
+     "the AdmissionReview has no request"),
+    (json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": "u-1", "operation": "CREATE", "resource": {"group": "", "resource": "pods"},
+        "object": {"kind": "Pod", "spec": {}}}}).encode(), "spec.containers is missing"),
+])
+def test_webhook_refuses_malformed_reviews_cleanly(world: World, body: bytes,
+                                                   message: str) -> None:
+    code, out = _post_review(world, body)
+    assert code == 400 and message in out["error"], out
+    code, out = _post_review(world, json.dumps({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+            "uid": "u-2", "operation": "DELETE", "namespace": NS,
+            "resource": {"group": "", "resource": "pods"}}}).encode())
+    assert (code, out["response"]) == (200, {"uid": "u-2", "allowed": True})
+
+
+def test_pods_are_created_while_the_webhook_hangs(world: World) -> None:
+    """failurePolicy Ignore: the API server waits the webhook's timeout (2 s here), then
+    creates the pod as asked, even one a policy selects (it runs in shared mode)."""
+    assert world.operator.proc is not None
+    world.policy("late", "late", [world.web_sg])
+    with world.admitted():
+        world.operator.proc.send_signal(signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            world.pod("late-1", world.node(0), app="late", exclusive=False)
+            world.pod("plain-3", world.node(0), app="plain3", exclusive=False)
+            took = time.monotonic() - t0
+        finally:
+            world.operator.proc.send_signal(signal.SIGCONT)
+    try:
+        print(f"\ntwo pods created in {took:.2f} s with the webhook hanging")
+        assert took < 15, took
+        for name in ("late-1", "plain-3"):
+            pod = world.core.read_namespaced_pod(name, NS)
+            assert not pod.metadata.annotations and not pod.spec.containers[0].resources.limits
+    finally:
+        world.delete_pod("late-1")
+        world.delete_pod("plain-3")
 
 
 def test_policy_with_six_security_groups_is_rejected(world: World) -> None:

@@ -6,11 +6,13 @@ scheduler places it where a slot is free), usually together with the annotation
 ``EXCLUSIVE_ANNOTATION: "true"``; the annotation alone opts in too. A policy
 (cluster-scoped) selects pods by their namespace's labels and their own labels and names
 the vSwitches, the security groups (1 to 5) and the IP type (``Elastic``, or ``Fixed`` with
-``releaseAfter``) of their ENIs: it supplies the settings of the pods that opted in, it
-does not opt a pod in (the node agent, which cannot read policies, must see the same pods
-as exclusive as the operator does). A pod that opted in but no policy selects takes the
-node's vSwitches and security groups. A StatefulSet pod's IP is fixed whatever its policy
-says: its name, and so its claim, survives re-creation.
+``releaseAfter``) of their ENIs. The admission webhook (exclusive_admission.py) opts the
+pods a policy selects in when they are created, writing the annotation and the request into
+them; here a policy only supplies the settings of pods that opted in (the node agent, which
+cannot read policies, must see the same pods as exclusive as the operator does). A pod
+that opted in but no policy selects takes the node's vSwitches and security groups. A
+StatefulSet pod's IP is fixed whatever its policy says: its name, and so its claim,
+survives re-creation.
 
 Bad input raises ``PolicyError`` naming the field; nothing else is read from a bad policy.
 """

@@ -20,7 +20,7 @@ import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cni_plugin import contract
 from eniway_operator import kube as kube_mod
@@ -47,6 +47,9 @@ from eniway_operator.metrics import LEADER, Health, MeteredProvider, count_attem
 from eniway_operator.objects import ObjectCache
 from eniway_operator.reconcile import Reconciler, Settings
 from eniway_operator.scheduler import Scheduler
+
+if TYPE_CHECKING:
+    from eniway_operator.webhook import AdmissionWebhook
 
 log = logging.getLogger("eniway_operator")
 T = TypeVar("T")
@@ -152,6 +155,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between exclusive-ENI rounds when nothing is on its way "
                         "(pods requesting network.eniway.io/eni; every 0.5 s while ENIs "
                         "attach or detach); 0 turns exclusive ENIs off")
+    p.add_argument("--webhook-port", type=int, default=0,
+                   help="HTTPS port of the admission webhook that opts pods in to exclusive "
+                        "ENIs (0: no webhook); every replica serves it")
+    p.add_argument("--webhook-host", default="0.0.0.0",
+                   help="address the admission webhook listens on")
+    p.add_argument("--webhook-names", default="localhost,127.0.0.1",
+                   help="comma-separated DNS names and IP addresses of the webhook's "
+                        "certificate (the Service's name, e.g. eniway-webhook.NS.svc)")
+    p.add_argument("--webhook-config", default="",
+                   help="MutatingWebhookConfiguration whose caBundle this replica keeps "
+                        "trusting its CA (empty: none)")
     p.add_argument("--debounce", type=float, default=0.3,
                    help="pod events are gathered this long before a round (batching)")
     p.add_argument("--agent-timeout", type=float, default=90.0,
@@ -176,6 +190,8 @@ def parse_args(argv: Sequence[str] | None = None,
     args = p.parse_args(argv)
     if not args.cluster_id:
         p.error("--cluster-id (or $ENIWAY_CLUSTER_ID) is required: it scopes every cloud tag")
+    if not 0 <= args.webhook_port <= 65535:
+        p.error("--webhook-port must be 0 to 65535")
     for flag in ("limits_ttl", "read_timeout", "connect_timeout", "agent_timeout"):
         if getattr(args, flag) <= 0:
             p.error(f"--{flag.replace('_', '-')} must be > 0")
@@ -250,6 +266,20 @@ def make_provider(args: argparse.Namespace,
                           connect_timeout=args.connect_timeout, **kw)  # type: ignore[arg-type]
 
 
+def start_webhook(args: argparse.Namespace) -> AdmissionWebhook | None:
+    """The admission webhook (with --webhook-port), serving before the leader election:
+    standby replicas answer too."""
+    if not args.webhook_port:
+        return None
+    from eniway_operator.webhook import AdmissionWebhook
+    from eniway_operator.webhook_tls import make_serving_tls
+
+    tls = make_serving_tls(args.webhook_names.split(","))
+    return AdmissionWebhook(kube_mod.load_config(args.kubeconfig), args.webhook_host,
+                            args.webhook_port, tls, {"kube-system", args.namespace},
+                            args.webhook_config).start()
+
+
 COMMANDS = {
     "uninstall": "eniway_operator.uninstall",
     "max-pods": "eniway_operator.maxpods",
@@ -282,6 +312,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.health_port and args.health_port != args.metrics_port:
         serve(args.health_port, health, args.metrics_host)
 
+    try:
+        webhook = start_webhook(args)
+    except (OSError, ValueError) as e:
+        print(f"eniway-operator: admission webhook: {e}", file=sys.stderr)
+        return 2
     stop = threading.Event()
     lost_lease = threading.Event()
     elector: LeaseElector | None = None
@@ -346,6 +381,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if elector is not None:
             elector.release()
+        if webhook is not None:
+            webhook.stop()
         LEADER.set(0)
     if lost_lease.is_set():
         log.error("stopped: leadership lost")

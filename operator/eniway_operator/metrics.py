@@ -54,6 +54,9 @@ LEADER = Gauge("eniway_leader", "1 while this replica holds the leader lease",
 KUBE_REQUESTS = PCounter("eniway_kube_requests", "API server requests of the operator's "
                          "client (kopf's watches apart), by verb and resource",
                          ["verb", "resource"], registry=REGISTRY)
+WEBHOOK_ADMISSIONS = PCounter("eniway_webhook_admissions", "Admission reviews the webhook "
+                              "answered, by result (exclusive, unchanged, bad_request, error)",
+                              ["result"], registry=REGISTRY)
 GC_DELETED = PCounter("eniway_gc_deleted", "Objects removed by garbage collection", ["kind"],
                       registry=REGISTRY)
 

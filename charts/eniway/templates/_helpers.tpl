@@ -132,3 +132,7 @@ the host's resolver, so a cluster DNS name would not resolve before the pod netw
 {{- define "eniway.credentialsDir" -}}
 /etc/eniway/cloud-credentials
 {{- end -}}
+
+{{- define "eniway.webhookName" -}}
+{{- printf "%s-webhook" (include "eniway.fullname" .) -}}
+{{- end -}}
