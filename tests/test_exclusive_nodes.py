@@ -1,13 +1,16 @@
 """Exclusive ENIs on real nodes: the cluster in a box (real control plane and scheduler,
 eniway-cloudsim in network mode with a 1 s attach and detach delay, two ``ecs.g6.xlarge``
-instances made real nodes with containerd and kubelet v1.20.2, their agents, the
-operator), ``exclusive_enis: 1`` so each node offers one slot.
+instances and one ``ecs.t6-c1m2.large`` (a family that cannot attach ENIs while running)
+made real nodes with containerd and kubelet v1.20.2, their agents, the operator),
+``exclusive_enis: 1`` so each node that can offers one slot.
 
 A pod with the annotation and the ``network.eniway.io/eni`` request becomes Running through
 kubelet with its own ENI (IP and MAC inside the container) and talks to a shared-mode pod
 on the other node; a StatefulSet's fixed-IP pod follows its ENI to the other node when its
 node is cordoned and the pod deleted, also with the operator killed right after the delete;
-nothing leaks. Prints create-to-Running figures (exclusive vs shared) and the move times.
+nothing leaks; the t6 node offers no slot, says why in an Event, and an exclusive pod meant
+for it stays Pending with the scheduler's reason. Prints create-to-Running figures
+(exclusive vs shared) and the move times.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ from eniway_operator.exclusive_reconcile import TAG_CLAIM
 
 pytestmark = [pytest.mark.cluster, pytest.mark.netns]
 
-A, B = "xn-a", "xn-b"
-NODES = [NodeSpec(A, "ecs.g6.xlarge"), NodeSpec(B, "ecs.g6.xlarge")]
+A, B, C = "xn-a", "xn-b", "xn-c"
+NO_HOT_PLUG = "ecs.t6-c1m2.large"
+NODES = [NodeSpec(A, "ecs.g6.xlarge"), NodeSpec(B, "ecs.g6.xlarge"), NodeSpec(C, NO_HOT_PLUG)]
 FIXED = "fixed"  # the StatefulSet; its pod is fixed-0, its ENI's claim default/fixed-0
 CLAIM = f"default/{FIXED}-0"
 RELEASE_AFTER = 10
@@ -47,9 +51,9 @@ def box() -> Iterator[ClusterBox]:
     try:
         wait_for(lambda: all(_slots(b, n) == "1" for n in (A, B)), 120,
                  "one exclusive slot published on each node")
-        wait_for(lambda: len(b.pools()) == 2 and all(
-            p.get("status", {}).get("counts", {}).get("free", 0) >= 2
-            for p in b.pools().values()), 120, "warm pools")
+        wait_for(lambda: all(
+            b.pools()[n].get("status", {}).get("counts", {}).get("free", 0) >= 2
+            for n in (A, B)), 120, "warm pools on the nodes that can attach ENIs")
         # a shared-mode peer on each node, for traffic to and from the exclusive pods
         _apply(b, *(_pod(f"peer-{n}", "peer", exclusive=False, node=n) for n in (A, B)))
         b.wait_running("peer", 2)
@@ -149,6 +153,37 @@ def test_exclusive_pod_owns_its_eni_through_kubelet_and_talks(box: ClusterBox) -
     box.kube.kubectl("delete", "pod", "own-0")
     wait_for(lambda: _eni_of(box, own["metadata"]["uid"]) is None, 60,
              "the Elastic ENI deleted with its pod")
+
+
+def _unschedulable(box: ClusterBox, name: str) -> str:
+    for c in box.get("pod", name)["status"].get("conditions") or []:
+        if c["type"] == "PodScheduled" and c["status"] == "False":
+            return str(c.get("message", ""))
+    return ""
+
+
+def test_node_that_cannot_hot_plug_takes_no_exclusive_pod(box: ClusterBox) -> None:
+    """A t6 node offers 0 slots, with a HotSwapUnsupported Event saying why; an exclusive
+    pod meant for it stays Pending, the real scheduler finding no slot there."""
+    wait_for(lambda: _slots(box, C) == "0", 60, f"{C} offers 0 slots")
+
+    def why() -> str:
+        events = box.get("events", "-n", "default", "--field-selector",
+                         f"involvedObject.kind=Node,involvedObject.name={C}")["items"]
+        return next((e["message"] for e in events if e["reason"] == "HotSwapUnsupported"
+                     and "exclusive" in e["message"]), "")
+
+    message = wait_for(why, 60, f"a HotSwapUnsupported Event on {C}")
+    assert NO_HOT_PLUG in message, message
+    _apply(box, _pod("nohot-0", "nohot", exclusive=True, node=C))
+    try:
+        reason = wait_for(lambda: _unschedulable(box, "nohot-0"), 60, "the scheduler's reason")
+        assert f"Insufficient {contract.RESOURCE_EXCLUSIVE_ENI}" in reason, reason
+        pod = box.get("pod", "nohot-0")
+        assert pod["status"]["phase"] == "Pending" and not pod["spec"].get("nodeName")
+        assert _eni_of(box, pod["metadata"]["uid"]) is None, "no ENI made for it"
+    finally:
+        box.kube.kubectl("delete", "pod", "nohot-0", "--wait=false")
 
 
 def _statefulset(box: ClusterBox) -> None:
