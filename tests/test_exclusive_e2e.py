@@ -466,10 +466,10 @@ def _opted_in(pod: Any) -> bool:
             and requests.get(contract.RESOURCE_EXCLUSIVE_ENI) == "1")
 
 
-def _post_review(world: World, body: bytes) -> tuple[int, dict[str, Any]]:
-    """A request straight to the operator's webhook, trusting the caBundle it published."""
+def _post_review(world: World, body: bytes, port: int = 0) -> tuple[int, dict[str, Any]]:
+    """A request straight to an operator's webhook, trusting the published caBundle."""
     ctx = ssl.create_default_context(cadata=world.webhook_ca().decode())
-    req = urllib.request.Request(f"https://127.0.0.1:{world.webhook_port}/mutate-pods",
+    req = urllib.request.Request(f"https://127.0.0.1:{port or world.webhook_port}/mutate-pods",
                                  data=body, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
@@ -525,6 +525,43 @@ def test_webhook_refuses_malformed_reviews_cleanly(world: World, body: bytes,
             "uid": "u-2", "operation": "DELETE", "namespace": NS,
             "resource": {"group": "", "resource": "pods"}}}).encode())
     assert (code, out["response"]) == (200, {"uid": "u-2", "allowed": True})
+
+
+def test_a_standby_replica_serves_the_webhook_with_its_own_ca(world: World) -> None:
+    """A second operator that does not hold the Lease answers reviews too, and adds its CA
+    to the caBundle beside the first one's."""
+    from eniway_operator.leader import LeaseElector
+    from eniway_operator.webhook_tls import split_pem
+
+    lease = f"standby-{world.tag}"
+    holder = LeaseElector(world.api, world.namespace, lease, "someone-else", lease_seconds=120,
+                          renew_deadline=80)
+    assert holder.try_acquire_or_renew()
+    first = split_pem(world.webhook_ca())
+    port = free_port()
+    standby = OperatorProcess(
+        world.cluster.kubeconfig, world.cluster_id, world.sim.endpoint, world.sim.region,
+        world.namespace, "eniway-config", (world.sim.access_key_id, world.sim.access_key_secret),
+        world.tmp / "standby.log", extra=(
+            f"--lease-name={lease}", f"--webhook-port={port}", "--webhook-host=127.0.0.1",
+            "--webhook-names=127.0.0.1", f"--webhook-config={world.webhook}")).start()
+    try:
+        bundle = wait_for(lambda: len(split_pem(world.webhook_ca())) == 2 and world.webhook_ca(),
+                          30, f"the standby's CA added\n{standby.log_path.read_text()}")
+        assert split_pem(bundle)[0] == first[0], "the first replica's CA is kept"
+        review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+            "uid": "u-3", "operation": "CREATE", "namespace": NS,
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "object": {"kind": "Pod", "metadata": {"annotations": {
+                contract.ANNOTATION_EXCLUSIVE_ENI: "true"}},
+                "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}}
+        code, out = _post_review(world, json.dumps(review).encode(), port)
+        assert code == 200 and out["response"]["patchType"] == "JSONPatch", out
+        assert "waiting for the leader lease" in standby.log_path.read_text()
+        assert "leading" not in standby.log_path.read_text()
+    finally:
+        standby.stop()
+        holder.release()
 
 
 def test_pods_are_created_while_the_webhook_hangs(world: World) -> None:
