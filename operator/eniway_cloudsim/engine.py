@@ -310,7 +310,10 @@ class Engine:
             ALIYUN: self.types, AWS: ec2_limits()}
         self.clock = clock
         self.lock = threading.RLock()
-        self._delays = random.Random(0)
+        # Attach and detach delays: the n-th move on the k-th instance created gets the same
+        # draw in every run, so runs that differ only in their callers face the same cloud.
+        self._order: dict[str, int] = {}
+        self._moves: dict[tuple[str, int], int] = {}
         self.vpcs: dict[str, Vpc] = {}
         self.vswitches: dict[str, VSwitch] = {}
         self.sgs: dict[str, SecurityGroup] = {}
@@ -344,6 +347,7 @@ class Engine:
                 inst.metadata_token = secrets.token_urlsafe(18)
                 self._save("instance", inst.instance_id, inst)
             self.instances[inst.instance_id] = inst
+            self._order.setdefault(inst.instance_id, len(self._order))
         for row in self.store.load("eni"):
             eni = Eni(**row)
             self.enis[eni.eni_id] = eni
@@ -360,11 +364,13 @@ class Engine:
         if self.store is not None:
             self.store.delete(kind, oid)
 
-    def _delay(self, base: float) -> float:
+    def _delay(self, base: float, kind: str, instance_id: str) -> float:
         spread = self.settings.delay_spread
         if spread <= 1.0 or base <= 0:
             return base
-        return self._delays.uniform(base, base * spread)
+        key = (kind, self._order.setdefault(instance_id, len(self._order)))
+        n = self._moves[key] = self._moves.get(key, 0) + 1
+        return random.Random(f"{key[0]}:{key[1]}:{n}").uniform(base, base * spread)
 
     def save_settings(self) -> None:
         s = self.settings
@@ -651,6 +657,7 @@ class Engine:
             self.used[vsw.vswitch_id].add(eni.primary_ip)
             self.enis[eni.eni_id] = eni
             self.instances[iid] = inst
+            self._order.setdefault(iid, len(self._order))
             self.net.ensure_instance(inst)
             self.net.plug(eni, inst, vsw)
             self.net.set_ips(eni, inst)
@@ -830,7 +837,8 @@ class Engine:
             eni.attached_at = self.clock()
             eni.instance_id = inst.instance_id
             eni.status = ENI_ATTACHING
-            eni.transition_at = self.clock() + self._delay(self.settings.attach_delay)
+            eni.transition_at = self.clock() + self._delay(
+                self.settings.attach_delay, "attach", inst.instance_id)
             self._save("eni", eni.eni_id, eni)
             if self.settings.attach_delay <= 0:
                 self.tick()
@@ -854,7 +862,8 @@ class Engine:
                                f"The ENI is {eni.status}, not InUse or Detaching.")
             self._check_hot_swap(inst, "detach")
             eni.status = ENI_DETACHING
-            eni.transition_at = self.clock() + self._delay(self.settings.detach_delay)
+            eni.transition_at = self.clock() + self._delay(
+                self.settings.detach_delay, "detach", inst.instance_id)
             self._save("eni", eni.eni_id, eni)
             if self.settings.detach_delay <= 0:
                 self.tick()
