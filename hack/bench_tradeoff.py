@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import random
 import statistics
 import sys
 import threading
@@ -98,6 +99,8 @@ class Snapshot:
     cooling: frozenset[str]
     warmed_up: bool
     last_idle_reclaim: float
+    node: str = ""
+    started: float = 0.0  # when the node joined
 
 
 @dataclass
@@ -181,15 +184,29 @@ def _cleanup(s: Snapshot) -> list[Action]:
     return [DeleteENI(e.eni_id) for e in s.enis if e.status == AVAILABLE and not e.primary]
 
 
+# Terway's pool manager gives back idle IPs above max_pool_size only on its pool sync, which
+# runs when the daemon starts and then every ip_pool_sync_period, at least 2 min, jittered up
+# to twice that (pkg/eni/manager.go: NewManager, wait.JitterUntil(syncPool, period, 1.0)).
+TERWAY_SYNC = 120.0
+
+
 def terway_policy(min_pool: int, max_pool: int) -> Policy:
-    """Terway (shared-ENI mode): keeps min_pool..max_pool idle IPs; a pod that finds none
-    has IPs allocated for the waiting pods (its batch of up to 10 a call); ENIs are kept."""
+    """Terway (shared-ENI mode): a pod that finds no idle IP has one allocated on demand
+    (batches of up to 10 a call); idle IPs above max_pool go back on the pool sync; ENIs are
+    kept. Not modelled, in Terway's favour: its 300 ms wait to gather requests, a new ENI
+    carrying at most one batch, and its per-ENI call rate limit (pkg/eni/local.go)."""
+    next_sync: dict[str, float] = {}
 
     def decide(s: Snapshot) -> Decision:
         free = len(_free(s))
         need = max(min_pool, s.pending) - free
         if need > 0:
             return Decision(_fill(s, need, whole=False))
+        due = next_sync.setdefault(s.node, s.started)
+        if s.now < due:
+            return Decision(_cleanup(s))
+        jitter = random.Random(f"{s.node}:{due}").random()
+        next_sync[s.node] = s.now + TERWAY_SYNC * (1 + jitter)
         if free > max_pool:
             return Decision(_give_back(s, free - max_pool) + _cleanup(s))
         return Decision(_cleanup(s))
@@ -197,17 +214,44 @@ def terway_policy(min_pool: int, max_pool: int) -> Policy:
     return Policy(f"Terway min {min_pool} / max {max_pool}", "modelled", decide, 0.0)
 
 
+# The AWS VPC CNI's ipamd checks its pool every 5 s (ipPoolMonitorInterval), one step at a
+# time: IPs on an ENI with room, else one new ENI, waiting for it to attach; it gives IPs
+# back at most every 30 s (decreaseIPPoolInterval) and frees one ENI a check
+# (pkg/ipamd/ipamd.go: StartNodeIPPoolManager, updateIPPoolIfRequired).
+AWS_CHECK, AWS_DECREASE = 5.0, 30.0
+
+
+def _aws_tick(checked: dict[str, float], s: Snapshot) -> bool:
+    """Whether ipamd's pool check runs now (never while an ENI it created is attaching)."""
+    if any(e.status == ATTACHING for e in s.enis) or \
+            s.now < checked.setdefault(s.node, s.started):
+        return False
+    checked[s.node] = s.now + AWS_CHECK
+    return True
+
+
+def _one_step(actions: list[Action]) -> list[Action]:
+    """ipamd's increase: the assigns on one ENI, or one new ENI."""
+    first = actions[:1]
+    if first and isinstance(first[0], AssignIPs):
+        return [a for a in actions if isinstance(a, AssignIPs) and a.eni_id == first[0].eni_id]
+    return first
+
+
 def aws_eni_policy(warm_eni: int = 1) -> Policy:
     """AWS VPC CNI, WARM_ENI_TARGET: every ENI attached with all its IPs; another ENI is
-    attached while fewer than warm_eni ENIs' worth of IPs are free, and an ENI without pods
-    goes when more than that (and one ENI more) is free."""
+    attached while fewer than warm_eni ENIs' worth of IPs are free (IPs cooling after a pod
+    count as free, as ipamd counts them), and an ENI without pods goes when more than that
+    (and one ENI more) is free."""
+    checked: dict[str, float] = {}
 
     def decide(s: Snapshot) -> Decision:
+        if not _aws_tick(checked, s):
+            return Decision([])
         cap = secondary_capacity(s.limits)
         free = len(_free(s))
-        coming = len([e for e in s.enis if not e.primary and e.status == ATTACHING])
-        if free + coming * cap < max(warm_eni * cap, s.pending):
-            return Decision(_fill(s, max(warm_eni * cap, s.pending) - free, whole=True))
+        if free < warm_eni * cap:  # ipamd sees no pending pods, only its free IPs
+            return Decision(_one_step(_fill(s, warm_eni * cap - free, whole=True)))
         if free - cap >= warm_eni * cap:
             empty = [e for e in _inuse(s) if not set(e.ips) & s.allocated]
             if empty:
@@ -219,16 +263,22 @@ def aws_eni_policy(warm_eni: int = 1) -> Policy:
 
 def aws_ip_policy(warm_ip: int, minimum_ip: int) -> Policy:
     """AWS VPC CNI, WARM_IP_TARGET / MINIMUM_IP_TARGET: at least warm_ip free and
-    minimum_ip in all; free IPs beyond warm_ip (above the minimum) are released."""
+    minimum_ip in all (cooling IPs count as free); free IPs beyond warm_ip (above the
+    minimum) are released, cooling ones excepted."""
+    checked: dict[str, float] = {}
+    decreased: dict[str, float] = {}
 
     def decide(s: Snapshot) -> Decision:
+        if not _aws_tick(checked, s):
+            return Decision([])
         free = len(_free(s))
         total = sum(len(e.ips) for e in _inuse(s))
-        need = max(warm_ip + s.pending - free, minimum_ip - total)
+        need = max(warm_ip - free, minimum_ip - total)
         if need > 0:
-            return Decision(_fill(s, need, whole=False))
+            return Decision(_one_step(_fill(s, need, whole=False)))
         excess = min(free - warm_ip, total - minimum_ip)
-        if excess > 0:
+        if excess > 0 and s.now >= decreased.get(s.node, 0.0):
+            decreased[s.node] = s.now + AWS_DECREASE
             return Decision(_give_back(s, excess) + _cleanup(s))
         return Decision(_cleanup(s))
 
@@ -236,8 +286,9 @@ def aws_ip_policy(warm_ip: int, minimum_ip: int) -> Policy:
                   decide, 30.0)
 
 
+DEFAULT = "eniway defaults"
 POLICIES: dict[str, Policy] = {p.name: p for p in (
-    eniway_policy("eniway defaults"),
+    eniway_policy(DEFAULT),
     eniway_policy("eniway min 5 / max 10", min_pool_size=5, max_pool_size=10),
     eniway_policy("eniway ip_cooldown 0", ip_cooldown=0.0),
     eniway_policy("eniway max 0", max_pool_size=0),
@@ -262,6 +313,7 @@ class Node:
     free_since: dict[str, float] = field(default_factory=dict)
     warmed_up: bool = False
     last_idle_reclaim: float = 0.0
+    started: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
     wake: threading.Event = field(default_factory=threading.Event)
 
@@ -289,7 +341,7 @@ class Run:
     def add_node(self) -> Node:
         inst = self.new_instance()
         view = {e.eni_id: e for e in self.cloud.describe_enis(instance_id=inst)}
-        node = Node(f"n{len(self.nodes)}", inst, self.limits, view)
+        node = Node(f"n{len(self.nodes)}", inst, self.limits, view, started=self.now())
         self.nodes[node.name] = node
         self.idle_samples[node.name] = []
         t = threading.Thread(target=self._drive, args=(node,), daemon=True)
@@ -350,7 +402,7 @@ class Run:
                             if now - t < self.policy.cooldown)
         return Snapshot(now, node.limits, self.vswitch, views, held, len(node.waiting),
                         node.release, dict(node.marked_at), dict(node.free_since), cooling,
-                        node.warmed_up, node.last_idle_reclaim)
+                        node.warmed_up, node.last_idle_reclaim, node.name, node.started)
 
     def _drive(self, node: Node) -> None:
         try:
@@ -362,6 +414,7 @@ class Run:
     def _drive_loop(self, node: Node) -> None:
         while not self.stop.is_set():
             with node.lock:
+                self._serve(node)  # an IP whose cooldown ended serves a waiting pod
                 snap = self._snapshot(node)
                 d = self.policy.decide(snap)
                 node.marked_at = {ip: node.marked_at.get(ip, snap.now) for ip in d.release}
@@ -388,7 +441,7 @@ class Run:
                         if i in found:
                             node.view[i] = found[i]
                     self._serve(node)
-            node.wake.wait(0.2 if (moving or d.actions) else 1.0)
+            node.wake.wait(0.2 if (moving or d.actions) else 0.5)
             node.wake.clear()
 
     def _do(self, node: Node, a: Action) -> None:
@@ -548,15 +601,28 @@ def run_policy(policy: Policy, nodes: int, scale: float, burst: int) -> dict[str
         sim.close()
 
 
+def dominates(o: dict[str, Any], r: dict[str, Any]) -> bool:
+    """``o`` is at least as good as ``r`` on idle IPs (average) and p99, better on one."""
+    return (o["idle_avg"] <= r["idle_avg"] and o["p99_s"] <= r["p99_s"]
+            and (o["idle_avg"] < r["idle_avg"] or o["p99_s"] < r["p99_s"]))
+
+
 def frontier(rows: list[dict[str, Any]]) -> set[str]:
     """Policies no other one beats on both idle IPs (average) and p99 latency."""
-    out = set()
-    for r in rows:
-        if not any(o is not r and o["idle_avg"] <= r["idle_avg"] and o["p99_s"] <= r["p99_s"]
-                   and (o["idle_avg"] < r["idle_avg"] or o["p99_s"] < r["p99_s"])
-                   for o in rows):
-            out.add(r["policy"])
-    return out
+    return {r["policy"] for r in rows if not any(dominates(o, r) for o in rows if o is not r)}
+
+
+def verdict(rows: list[dict[str, Any]], name: str = DEFAULT) -> str:
+    """Whether ``name`` is on the frontier, which policies beat it and which it beats."""
+    me = next((r for r in rows if r["policy"] == name), None)
+    if me is None:
+        return f"{name}: not run"
+    beaten_by = [o["policy"] for o in rows if o is not me and dominates(o, me)]
+    beats = [o["policy"] for o in rows if o is not me and dominates(me, o)]
+    if beaten_by:
+        return f"{name}: NOT on the frontier; beaten by {', '.join(beaten_by)}"
+    return (f"{name}: on the frontier; beats " + (", ".join(beats) if beats else "none")
+            + f" ({len(beats)} of {len(rows) - 1})")
 
 
 def table(rows: list[dict[str, Any]], front: set[str]) -> str:
@@ -622,8 +688,10 @@ def main() -> int:
     text = table(rows, front)
     print()
     print(text)
+    print()
+    print(verdict(rows))
     if args.table:
-        Path(args.table).write_text(text + "\n")
+        Path(args.table).write_text(text + "\n\n" + verdict(rows) + "\n")
     if args.plot:
         plot(rows, front, Path(args.plot))
         print(f"plot: {args.plot}")
