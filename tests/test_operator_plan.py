@@ -64,11 +64,12 @@ def kinds(plan: object) -> list[str]:
     ((PRIMARY,), 0, CFG, []),
     # new node, min pool 3: one ENI created with the 3 IPs at once on the freest vSwitch
     ((PRIMARY,), 0, replace(CFG, min_pool_size=3), [CreateENI("vsw-aaaa0001", 3)]),
-    # pending pods surge past the ENI's room: two ENIs, each create carrying a full batch
-    ((PRIMARY,), 12, CFG, [CreateENI("vsw-aaaa0001", 9), CreateENI("vsw-aaaa0001", 9)]),
-    # room on an InUse ENI: assign there (2 free already; pods arriving: a full call)
+    # pending pods surge past the ENI's room: two ENIs, the creates carrying the 12 pods'
+    # IPs, no more (nothing idle or to give back once they hold them)
+    ((PRIMARY,), 12, CFG, [CreateENI("vsw-aaaa0001", 9), CreateENI("vsw-aaaa0001", 3)]),
+    # room on an InUse ENI: assign there (2 free already: the 2 more the pods need)
     ((PRIMARY, ENIView("eni-a1", INUSE, "vsw-aaaa0001", ips("10.0.0", 2))), 4, CFG,
-     [AssignIPs("eni-a1", 7)]),
+     [AssignIPs("eni-a1", 2)]),
     # an ENI attaching counts as coming: nothing more
     ((PRIMARY, ENIView("eni-a1", ATTACHING, "vsw-aaaa0001")), 4, CFG, []),
     # an Available ENI of ours is attached before anything is created
@@ -77,7 +78,7 @@ def kinds(plan: object) -> list[str]:
     ((PRIMARY,), 5, replace(CFG, surge_pending=False), []),
     # unmanaged ENIs are never filled
     ((PRIMARY, ENIView("eni-x", INUSE, "vsw-aaaa0001", managed=False)), 2, CFG,
-     [CreateENI("vsw-aaaa0001", 9)]),
+     [CreateENI("vsw-aaaa0001", 2)]),
     # the same without pods waiting (min_pool_size): exactly what is missing
     ((PRIMARY, ENIView("eni-a1", INUSE, "vsw-aaaa0001", ips("10.0.0", 2))), 0,
      replace(CFG, min_pool_size=4), [AssignIPs("eni-a1", 2)]),
@@ -92,9 +93,9 @@ def test_assign_batches_of_ten() -> None:
     plan = plan_node(state(limits=BIG, enis=(PRIMARY, e), pending=19))
     assert plan.actions == [AssignIPs("eni-b1", 10), AssignIPs("eni-b1", 9)]
     plan = plan_node(state(limits=BIG, enis=(PRIMARY, e), pending=25))
-    # a new ENI is filled by its creating call (ECS takes up to 49 IPs there)
+    # a new ENI gets its IPs in its creating call (ECS takes up to 49 there): the 6 pods'
     assert plan.actions == [AssignIPs("eni-b1", 10), AssignIPs("eni-b1", 9),
-                            CreateENI("vsw-aaaa0001", 19)]
+                            CreateENI("vsw-aaaa0001", 6)]
     plan = plan_node(state(limits=BIG, enis=(PRIMARY, e), config=replace(CFG, min_pool_size=25)))
     assert plan.actions == [AssignIPs("eni-b1", 10), AssignIPs("eni-b1", 9),
                             CreateENI("vsw-aaaa0001", 6)]
@@ -112,15 +113,35 @@ def test_ips_at_creation_is_the_providers_rule() -> None:
     assert plan.actions == [CreateENI("vsw-aaaa0001", 0)]
 
 
-def test_surge_asks_in_whole_batches_and_keeps_them() -> None:
+def test_surge_asks_for_the_pods_and_keeps_what_is_free() -> None:
     e = ENIView("eni-b1", INUSE, "vsw-aaaa0001", ips("10.0.0", 3))
     plan = plan_node(state(limits=BIG, enis=(PRIMARY, e), pending=4))
-    assert plan.actions == [AssignIPs("eni-b1", 10)]  # 1 missing, a whole call asked
+    assert plan.actions == [AssignIPs("eni-b1", 1)]  # 1 missing: 1 asked, no batch ahead
     full = ENIView("eni-b1", INUSE, "vsw-aaaa0001", ips("10.0.0", 13))
     plan = plan_node(state(limits=BIG, enis=(PRIMARY, full), pending=4))
     assert plan.actions == [] and plan.release == frozenset()  # kept while pods arrive
     plan = plan_node(state(limits=BIG, enis=(PRIMARY, full), pending=0))
     assert len(plan.release) == 8  # surge over: back to max_pool_size
+
+
+def test_surge_leaves_nothing_idle() -> None:
+    # Whatever the burst and the pool's bounds, once the waiting pods hold their IPs nothing
+    # the surge asked for is left free: no IP idles after it, none is given back.
+    for pending, room in itertools.product((1, 4, 9, 12, 19, 25, 40, 60, 200), (0, 5, 19)):
+        e = ENIView("eni-b1", INUSE, "vsw-aaaa0001", ips("10.0.0", 19 - room))  # all held
+        for cfg in (CFG, replace(CFG, max_pool_size=0), replace(CFG, max_pool_size=12)):
+            plan = plan_node(state(limits=BIG, enis=(PRIMARY, e), pending=pending,
+                                   config=cfg, allocated=frozenset(e.ips)))
+            got = sum(a.count if isinstance(a, AssignIPs) else a.ip_count
+                      for a in plan.actions if isinstance(a, AssignIPs | CreateENI))
+            assert got == min(pending, 7 * 19 - len(e.ips)), (pending, room, cfg)
+            if got < pending:  # short only where the instance is full
+                assert plan.conditions[COND_LIMIT].status, (pending, room)
+    # the free target is min_pool_size or the pods, whichever is more, as without a surge
+    e = ENIView("eni-b1", INUSE, "vsw-aaaa0001", ips("10.0.0", 5))
+    plan = plan_node(state(limits=BIG, enis=(PRIMARY, e), pending=4, allocated=frozenset(
+        e.ips), config=replace(CFG, min_pool_size=3, max_pool_size=12)))
+    assert plan.actions == [AssignIPs("eni-b1", 4)]
 
 
 def test_warm_up_once() -> None:
@@ -219,7 +240,9 @@ def test_random_states_never_exceed_limits(limits: InstanceLimits) -> None:
 def test_ips_per_call_is_capped_by_the_clouds() -> None:
     e = ENIView("eni-b1", INUSE, "vsw-aaaa0001")
     plan = plan_node(state(limits=replace(BIG, ips_per_call=4), enis=(PRIMARY, e), pending=9))
-    assert plan.actions == [AssignIPs("eni-b1", 4)] * 3  # surge: whole calls of the cloud's 4
+    # the 9 the pods need, in calls of the cloud's 4 at most
+    assert plan.actions == [AssignIPs("eni-b1", 4), AssignIPs("eni-b1", 4),
+                            AssignIPs("eni-b1", 1)]
     plan = plan_node(state(limits=BIG, enis=(PRIMARY, e), pending=9,
                            config=replace(CFG, ips_per_call=3)))
     assert plan.actions == [AssignIPs("eni-b1", 3)] * 3  # the pool's own setting is lower
@@ -238,10 +261,10 @@ def _primary_with(n: int) -> ENIView:
 def test_pods_on_the_primary_eni_fill_it_before_creating() -> None:
     # ECS: the primary ENI carries the node; its secondary IPs are never the pool's
     plan = plan_node(state(enis=(_primary_with(3),), pending=2))
-    assert plan.actions == [CreateENI("vsw-aaaa0001", 9)] and plan.counts["total"] == 0
-    # EC2: the primary ENI is filled first (pods arriving: a whole call, 9 fit)
+    assert plan.actions == [CreateENI("vsw-aaaa0001", 2)] and plan.counts["total"] == 0
+    # EC2: the primary ENI is filled first
     plan = plan_node(state(limits=M5, pending=2))
-    assert plan.actions == [AssignIPs(PRIMARY.eni_id, 9)]
+    assert plan.actions == [AssignIPs(PRIMARY.eni_id, 2)]
     plan = plan_node(state(limits=M5, config=replace(CFG, min_pool_size=3)))
     assert plan.actions == [AssignIPs(PRIMARY.eni_id, 3)]
     # ...ahead of a fuller secondary ENI: it never leaves, the secondary may empty
@@ -252,7 +275,7 @@ def test_pods_on_the_primary_eni_fill_it_before_creating() -> None:
     # the primary full: a secondary ENI is created, no more than max_enis - 1 of them
     held = frozenset(ips("10.0.9", 9))
     plan = plan_node(state(limits=M5, enis=(_primary_with(9),), allocated=held, pending=1))
-    assert plan.actions == [CreateENI("vsw-aaaa0001", 9)]
+    assert plan.actions == [CreateENI("vsw-aaaa0001", 1)]
     full = (_primary_with(9), ENIView("eni-a1", INUSE, "vsw-aaaa0001", ips("10.0.0", 9)),
             ENIView("eni-a2", INUSE, "vsw-aaaa0001", ips("10.0.1", 9)))
     every = held | frozenset(ips("10.0.0", 9) + ips("10.0.1", 9))
@@ -262,7 +285,7 @@ def test_pods_on_the_primary_eni_fill_it_before_creating() -> None:
     assert plan.counts["total"] == 27 and plan.warmed_up
     # a blocked vSwitch is not asked for more, the primary's no more than any
     plan = plan_node(state(limits=M5, pending=1, blocked_vswitches={"vsw-aaaa0001": 2000.0}))
-    assert plan.actions == [CreateENI("vsw-bbbb0002", 9)]
+    assert plan.actions == [CreateENI("vsw-bbbb0002", 1)]
 
 
 def test_pods_on_the_primary_eni_released_through_the_handshake() -> None:

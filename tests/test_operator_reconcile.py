@@ -386,16 +386,17 @@ def test_pods_on_the_primary_eni_filled_first_kept_attached_released_by_handshak
         return {e.type: e for e in world.cloud.inner.describe_enis(instance_id=inst)}
 
     primary = enis()["Primary"]
-    # the primary ENI's room first: no ENI created, its IPs listed on its resource
+    # the primary ENI's room first (the 4 IPs the pods need): no ENI created, its IPs
+    # listed on its resource
     assert world.cloud.calls["CreateNetworkInterface"] == 0
-    assert len(primary.private_ips) == 9 and set(enis()) == {"Primary"}
+    assert len(primary.private_ips) == 4 and set(enis()) == {"Primary"}
     record = world.kube.get_eni(primary.eni_id)
     assert record is not None and record["spec"]["primary"] is True
     assert record["spec"]["gatewayIP"] == "10.0.0.253"
     assert {i["ip"] for i in record["status"]["ips"]} == set(primary.private_ips)
     assert {i["state"] for i in record["status"]["ips"]} == {contract.IP_FREE}
     counts = _counts(world, node)
-    assert (counts["enis"], counts["total"]) == (0, 9)
+    assert (counts["enis"], counts["total"]) == (0, 4)
     pool = world.pool(node)
     assert pool["status"]["limits"]["maxPods"] == 3 * 9 + 2
     assert world.core.read_node(node).metadata.annotations[
@@ -404,7 +405,8 @@ def test_pods_on_the_primary_eni_filled_first_kept_attached_released_by_handshak
     # more than it holds: a secondary ENI, the primary full
     world.rounds(node, Demand(pending=12), lambda: _counts(world, node).get("free", 0) >= 12)
     assert world.cloud.calls["CreateNetworkInterface"] == 1
-    assert len(enis()["Primary"].private_ips) == 9
+    primary = enis()["Primary"]
+    assert len(primary.private_ips) == 9
 
     # scale down to nothing: every free IP is marked, none goes before the agent acks
     world.config({"max_pool_size": 0, "empty_eni_reclaim_after": 0})

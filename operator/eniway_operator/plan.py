@@ -246,7 +246,10 @@ def plan_node(state: NodeState) -> Plan:
     # An ENI still attaching is filled once it is InUse: count its room as coming.
     headroom = max(max_total - len(all_ips) - sum(len(e.ips) for e in attaching), 0)
     deficit = want_free - len(warm) - cap * len(attaching)
-    # Pods are arriving: a call carries a whole batch, the next pods take the rest.
+    # Pods are arriving. The calls ask for their IPs, no more: a whole batch or a whole ENI
+    # ahead would be free in the same call, but what the pods leave over stays idle (up to
+    # max_pool_size) or costs an unassign call after the surge; the pool fills up to
+    # max_pool_size only from IPs pods give back, as Terway's does.
     surge = pending > 0
 
     # 1. Take back IPs marked for release before asking the cloud for new ones.
@@ -264,8 +267,7 @@ def plan_node(state: NodeState) -> Plan:
                 break
             if not (e.managed or e is primary) or e.vswitch_id in blocked:
                 continue
-            want = math.ceil(deficit / per_call) * per_call if surge else deficit
-            room = min(cap - len(e.ips), headroom, want)
+            room = min(cap - len(e.ips), headroom, deficit)
             for n in chunks(room, per_call):
                 plan.actions.append(AssignIPs(e.eni_id, n))
             deficit -= max(room, 0)
@@ -295,9 +297,8 @@ def plan_node(state: NodeState) -> Plan:
             else:
                 for _ in range(n_create):
                     # The cloud fills a new ENI with up to ips_at_create IPs (49 on ECS) in
-                    # the creating call itself. With pods arriving it is filled whole: the
-                    # call costs the same, and what the pods leave over is released later.
-                    take = min(cap if surge else max(deficit, 0), cap, limits.ips_at_create)
+                    # the creating call itself.
+                    take = min(max(deficit, 0), cap, limits.ips_at_create)
                     plan.actions.append(CreateENI(vsw, take))
                     deficit -= cap
                     slots_used += 1
@@ -315,7 +316,7 @@ def plan_node(state: NodeState) -> Plan:
     marked_now: set[str] = set()
     if deficit <= 0:
         ceiling = max(cfg.max_pool_size, want_free)
-        if surge:  # what a whole-batch call brought beyond the pods stays for the next
+        if surge:  # while pods arrive, a batch beyond them is not given back: more may come
             ceiling = max(ceiling, want_free + per_call)
         unmarked = warm - release
         excess = len(unmarked) - ceiling
