@@ -612,17 +612,24 @@ def frontier(rows: list[dict[str, Any]]) -> set[str]:
     return {r["policy"] for r in rows if not any(dominates(o, r) for o in rows if o is not r)}
 
 
-def verdict(rows: list[dict[str, Any]], name: str = DEFAULT) -> str:
-    """Whether ``name`` is on the frontier, which policies beat it and which it beats."""
+def verdict(rows: list[dict[str, Any]], name: str = DEFAULT, peers_only: bool = False) -> str:
+    """Whether ``name`` is on the frontier (of every policy run, or of it and the modelled
+    peers only), which policies beat it and which it beats."""
     me = next((r for r in rows if r["policy"] == name), None)
     if me is None:
         return f"{name}: not run"
-    beaten_by = [o["policy"] for o in rows if o is not me and dominates(o, me)]
-    beats = [o["policy"] for o in rows if o is not me and dominates(me, o)]
+    others = [o for o in rows if o is not me and (o["label"] == "modelled" or not peers_only)]
+    beaten_by = [o["policy"] for o in others if dominates(o, me)]
+    beats = [o["policy"] for o in others if dominates(me, o)]
+    scope = "against the modelled peers" if peers_only else "against every policy run"
     if beaten_by:
-        return f"{name}: NOT on the frontier; beaten by {', '.join(beaten_by)}"
-    return (f"{name}: on the frontier; beats " + (", ".join(beats) if beats else "none")
-            + f" ({len(beats)} of {len(rows) - 1})")
+        return f"{name} {scope}: NOT on the frontier; beaten by {', '.join(beaten_by)}"
+    return (f"{name} {scope}: on the frontier; beats "
+            + (", ".join(beats) if beats else "none") + f" ({len(beats)} of {len(others)})")
+
+
+def verdicts(rows: list[dict[str, Any]]) -> str:
+    return "\n".join(verdict(rows, peers_only=p) for p in (True, False))
 
 
 def table(rows: list[dict[str, Any]], front: set[str]) -> str:
@@ -689,9 +696,9 @@ def main() -> int:
     print()
     print(text)
     print()
-    print(verdict(rows))
+    print(verdicts(rows))
     if args.table:
-        Path(args.table).write_text(text + "\n\n" + verdict(rows) + "\n")
+        Path(args.table).write_text(text + "\n\n" + verdicts(rows) + "\n")
     if args.plot:
         plot(rows, front, Path(args.plot))
         print(f"plot: {args.plot}")

@@ -91,11 +91,12 @@ def test_bench_tradeoff_runs(tmp_path: Path) -> None:
         assert int(calls) >= 3, out  # at least create, attach and a describe
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| eniway defaults | eniway | 24 |" in md.read_text()
-    # the verdict on eniway's defaults is computed and printed, in the table file too
-    verdict = re.search(r"^eniway defaults: (on the frontier; beats .+|NOT on the frontier; "
-                        r"beaten by .+)$", out, re.M)
-    assert verdict, out
-    assert verdict.group(0) in md.read_text()
+    # the verdicts on eniway's defaults are computed and printed, in the table file too
+    for scope in ("against the modelled peers", "against every policy run"):
+        verdict = re.search(rf"^eniway defaults {scope}: (on the frontier; beats .+|NOT on "
+                            r"the frontier; beaten by .+)$", out, re.M)
+        assert verdict, out
+        assert verdict.group(0) in md.read_text()
 
 
 def test_tradeoff_frontier_verdict() -> None:
@@ -104,15 +105,22 @@ def test_tradeoff_frontier_verdict() -> None:
     sys.path.insert(0, str(REPO / "hack"))
     import bench_tradeoff as bt
 
-    def row(name: str, idle: float, p99: float) -> dict[str, object]:
-        return {"policy": name, "idle_avg": idle, "p99_s": p99}
+    def row(name: str, idle: float, p99: float, label: str = "modelled") -> dict[str, object]:
+        return {"policy": name, "idle_avg": idle, "p99_s": p99, "label": label}
 
-    rows = [row("eniway defaults", 5.0, 4.0), row("a", 6.0, 4.0), row("b", 5.0, 3.0),
+    every, peers = "eniway defaults against every policy run", \
+        "eniway defaults against the modelled peers"
+    rows = [row("eniway defaults", 5.0, 4.0, "eniway"), row("a", 6.0, 4.0), row("b", 5.0, 3.0),
             row("c", 9.0, 9.0)]
     assert bt.frontier(rows) == {"b"}
-    assert bt.verdict(rows) == "eniway defaults: NOT on the frontier; beaten by b"
+    assert bt.verdict(rows) == f"{every}: NOT on the frontier; beaten by b"
     rows[2] = row("b", 4.0, 5.0)  # fewer idle IPs but a higher p99: a trade, not a win
     assert bt.frontier(rows) == {"eniway defaults", "b"}
-    assert bt.verdict(rows) == "eniway defaults: on the frontier; beats a, c (2 of 3)"
+    assert bt.verdict(rows) == f"{every}: on the frontier; beats a, c (2 of 3)"
     assert bt.verdict([row("eniway defaults", 5.0, 4.0), row("twin", 5.0, 4.0)]) == (
-        "eniway defaults: on the frontier; beats none (0 of 1)")
+        f"{every}: on the frontier; beats none (0 of 1)")
+    # another setting of eniway's own counts against every policy, not against the peers
+    rows.append(row("eniway max 0", 4.0, 4.0, "eniway"))
+    assert bt.verdicts(rows).splitlines() == [
+        f"{peers}: on the frontier; beats a, c (2 of 3)",
+        f"{every}: NOT on the frontier; beaten by eniway max 0"]
