@@ -191,8 +191,9 @@ def test_other_values_render_cloudsim_credentials_and_paths() -> None:
                   "credentials": {"existingSecret": "ecs-ak"}},
         "operator": {"replicas": 3, "hostNetwork": False,
                      "leaderElection": {"enabled": False, "leaseName": "x"}},
-        "agent": {"mtu": 1400, "hostPID": True, "cniChain": [{"type": "bandwidth", "capabilities": {
-                  "bandwidth": True}}], "updateStrategy": {"maxUnavailable": "20%"},
+        "agent": {"mtu": 1400, "hostPID": True, "stateDir": "/var/lib/net",
+                  "cniChain": [{"type": "bandwidth", "capabilities": {"bandwidth": True}}],
+                  "updateStrategy": {"maxUnavailable": "20%"},
                   "installCNI": {"enabled": True, "binDir": "/home/kubernetes/bin",
                                  "confDir": "/etc/cni/net.d", "libDir": "/opt/eniway"}},
         "image": {"repository": "registry.example/eniway", "digest": "sha256:" + "a" * 64},
@@ -239,6 +240,9 @@ def test_other_values_render_cloudsim_credentials_and_paths() -> None:
     assert agent_pod["hostPID"] is True
     script = _container(agent_pod, "install-cni", init=True)["args"][0]
     assert "--bin-dir /home/kubernetes/bin" in script and "--mtu 1400" in script
+    # the CNI binary's DEL reads the agent's store when the agent is down
+    assert "--state-dir /var/lib/net" in script
+    assert "--state-dir=/var/lib/net" in _container(agent_pod, "agent")["args"]
     assert """--chain '[{"capabilities":{"bandwidth":true},"type":"bandwidth"}]'""" in script
     assert {v["hostPath"]["path"] for v in agent_pod["volumes"] if "hostPath" in v} >= {
         "/home/kubernetes/bin"}
@@ -434,6 +438,23 @@ def test_operator_disruption_budget_where_policy_v1_exists() -> None:
     single = render(values={"operator": {"replicas": 1}}, extra=extra)
     assert not [d for d in single if d["kind"] == "PodDisruptionBudget"]
     assert not [d for d in render() if d["kind"] == "PodDisruptionBudget"]  # 1.20: none
+
+
+def test_api_server_address_for_every_eniway_pod() -> None:
+    """apiServer.host/port: every eniway container (operator, agent, uninstall hook) reaches
+    the API there instead of through the kubernetes Service's ClusterIP; unset: nothing."""
+    def envs(values: dict[str, Any]) -> list[dict[str, Any]]:
+        objs = _by_kind(render(values=values))
+        pods = [objs[("Deployment", "eniway-operator")], objs[("DaemonSet", "eniway-agent")],
+                objs[("Job", "eniway-uninstall")]]
+        return [_env(c) for p in pods for c in p["spec"]["template"]["spec"]["containers"]]
+    for env in envs({"apiServer": {"host": "127.0.0.1", "port": 6443}}):
+        assert (env["KUBERNETES_SERVICE_HOST"], env["KUBERNETES_SERVICE_PORT"]) == (
+            "127.0.0.1", "6443")
+    assert not any("KUBERNETES_SERVICE_HOST" in env for env in envs({}))
+    out = subprocess.run([str(BIN / "helm"), "template", "x", str(CHART), "--set",
+                          "apiServer.host=10.0.0.1"], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "apiServer.port is required" in out.stderr, out.stderr
 
 
 @pytest.mark.parametrize(("value", "expect"), [

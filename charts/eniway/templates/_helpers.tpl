@@ -115,6 +115,15 @@ the host's resolver, so a cluster DNS name would not resolve before the pod netw
   valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
 - name: NODE_NAME
   valueFrom: {fieldRef: {fieldPath: spec.nodeName}}
+{{- with .Values.apiServer }}
+{{- if .host }}
+# Declared here, these win over the ones kubelet injects from the kubernetes Service.
+- name: KUBERNETES_SERVICE_HOST
+  value: {{ .host | quote }}
+- name: KUBERNETES_SERVICE_PORT
+  value: {{ required "apiServer.port is required with apiServer.host" .port | toString | quote }}
+{{- end }}
+{{- end }}
 {{- end -}}
 
 {{/* Seconds from a duration as the operator reads it: a number, or 250ms / 30s / 5m / 1h. */}}
