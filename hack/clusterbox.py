@@ -130,13 +130,16 @@ class ClusterBox:
         self._write_config(vsws, topo.security_group_id)
         for i, spec in enumerate(self.nodes):
             self._start_node(spec, vsws[i % len(vsws)], topo.security_group_id)
+        self._wait_nodes()
+        self.start_operator()
+        self.log(f"system up in {time.monotonic() - t0:.1f}s")
+
+    def _wait_nodes(self) -> None:
         for node in self.node_by_name.values():
             assert node.real is not None
             node.real.wait_ready()
             self.log(f"  node {node.name} Ready in "
                      f"{node.real.timings['start_to_ready_s']:.1f}s")
-        self.start_operator()
-        self.log(f"system up in {time.monotonic() - t0:.1f}s")
 
     def stop(self) -> None:
         """Stop everything in reverse order; pods' networks are torn down by their DEL."""
@@ -204,9 +207,13 @@ class ClusterBox:
                                 env={**self._env(), **(env or {})},
                                 preexec_fn=_die_with_parent)
 
+    def pool_settings(self, vswitches: list[str], sg: str) -> dict[str, Any]:
+        """The pool configuration: the box's VPC and the test's ``pool_config``."""
+        return {"vswitches": {self.zone: vswitches}, "security_group_ids": [sg],
+                "max_pool_size": 5, "min_pool_size": 2, **self.pool_config}
+
     def _write_config(self, vswitches: list[str], sg: str) -> None:
-        cfg = {"vswitches": {self.zone: vswitches}, "security_group_ids": [sg],
-               "max_pool_size": 5, "min_pool_size": 2, **self.pool_config}
+        cfg = self.pool_settings(vswitches, sg)
         self.kube.kubectl("create", "namespace", NAMESPACE, check=False)
         cm = {"apiVersion": "v1", "kind": "ConfigMap",
               "metadata": {"name": CONFIGMAP, "namespace": NAMESPACE},
@@ -260,17 +267,38 @@ class ClusterBox:
         proc, self.operator = self.operator, None
         _stop(proc, sig)
 
-    def _start_node(self, spec: NodeSpec, vswitch: str, sg: str) -> None:
+    def _create_node(self, spec: NodeSpec, vswitch: str, sg: str) -> tuple[Node, dict[str, Any]]:
+        """The node's instance in the emulator (its network namespace); the instance."""
         assert self.cloud is not None
         netns = f"{self.cluster_id}-{spec.name}"
         inst = self.cloud.admin.create_instance(spec.instance_type, vswitch, [sg],
                                                 name=spec.name, netns=netns)
         primary_ip = next(e["primary_ip"] for e in inst["enis"] if e["type"] == "Primary") \
             if "enis" in inst else inst.get("primary_ip", "")
-        ndir = self.workdir / spec.name
-        node = Node(spec, inst["instance_id"], netns, primary_ip, ndir,
+        node = Node(spec, inst["instance_id"], netns, primary_ip, self.workdir / spec.name,
                     metadata_url=inst["metadata_url"])
         self.node_by_name[spec.name] = node
+        return node, inst
+
+    def _real_node(self, node: Node, inst: dict[str, Any], cni_bin_dir: Path,
+                   cni_conf_dir: Path, host_network_pods: int = 0, **kwargs: Any) -> RealNode:
+        """The instance made a real node (prepared, not started yet)."""
+        labels = {"node.kubernetes.io/instance-type": node.spec.instance_type,
+                  "topology.kubernetes.io/zone": self.zone,
+                  "topology.kubernetes.io/region": self.region}
+        # The kubelet's maxPods: the pod IPs plus the host-network pods the node runs. The
+        # cloud's max-pods figure may add a guess of those (EC2's + 2: the agent's DaemonSet
+        # pod and kube-proxy); a box whose agents are processes runs none, and more would
+        # overcommit IPs.
+        max_pods = self.provider().instance_limits(node.spec.instance_type).pod_ips \
+            + host_network_pods
+        return RealNode(self.kube, node.name, node.netns, node.dir, cni_bin_dir, cni_conf_dir,
+                        max_pods, provider_id=inst["provider_id"], labels=labels,
+                        log=self.log, **kwargs).prepare()
+
+    def _start_node(self, spec: NodeSpec, vswitch: str, sg: str) -> None:
+        node, inst = self._create_node(spec, vswitch, sg)
+        ndir = node.dir
         # the project's interpreter, not whatever `eniway` is on PATH (make demo runs
         # .venv/bin/python without the virtual environment activated)
         subprocess.run([sys.executable, "-m", "cni_plugin.cli", "install-cni",
@@ -279,20 +307,15 @@ class ClusterBox:
                         "--socket", str(ndir / "run" / "eniway.sock"),
                         "--state-dir", str(ndir / "state")],
                        check=True, capture_output=True)
-        labels = {"node.kubernetes.io/instance-type": spec.instance_type,
-                  "topology.kubernetes.io/zone": self.zone,
-                  "topology.kubernetes.io/region": self.region}
-        # The kubelet's maxPods: the pod IPs. The cloud's max-pods figure may add room for
-        # host-network pods (EC2's + 2: the agent's DaemonSet pod and kube-proxy), which
-        # this box does not run (its agents are processes): more would overcommit IPs.
-        max_pods = self.provider().instance_limits(spec.instance_type).pod_ips
-        node.real = RealNode(self.kube, spec.name, netns, ndir, ndir / "bin", ndir / "net.d",
-                             max_pods, provider_id=inst["provider_id"], labels=labels,
-                             log=self.log).prepare()
+        node.real = self._real_node(node, inst, ndir / "bin", ndir / "net.d")
         self.start_agent(spec.name)
         node.real.start()
-        self.log(f"  node {spec.name}: {spec.instance_type}, {inst['instance_id']}, "
-                 f"netns {netns}, {primary_ip}, max pods {max_pods}")
+        self._started(node)
+
+    def _started(self, node: Node) -> None:
+        assert node.real is not None
+        self.log(f"  node {node.name}: {node.spec.instance_type}, {node.instance_id}, "
+                 f"netns {node.netns}, {node.primary_ip}, max pods {node.real.max_pods}")
 
     def start_agent(self, name: str) -> None:
         node = self.node_by_name[name]
@@ -382,12 +405,14 @@ class ClusterBox:
                              capture_output=True, text=True, timeout=30)
         return res.stdout if res.returncode == 0 else None
 
-    def deployment(self, name: str, replicas: int, spread: bool = True) -> None:
+    def deployment(self, name: str, replicas: int, spread: bool = True,
+                   even: bool = False) -> None:
+        """busybox pods spread over the nodes (``even``: never more than one apart)."""
         spec = pod_spec()
         if spread:
             spec["topologySpreadConstraints"] = [{
                 "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
-                "whenUnsatisfiable": "ScheduleAnyway",
+                "whenUnsatisfiable": "DoNotSchedule" if even else "ScheduleAnyway",
                 "labelSelector": {"matchLabels": {"app": name}}}]
         dep = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
                "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},

@@ -15,13 +15,24 @@ makes it a node the way a cloud image does:
 - kubelet in the host network (it reaches the apiserver on loopback) with a node
   client certificate, its own cgroup root, ports and ``maxPods``;
 - a relay from the host's loopback to containerd's streaming server in the node's
-  network, so ``kubectl exec`` works.
+  network, so ``kubectl exec`` works; and, for pods on the node's host network, relays
+  from the node's loopback to services on the host's (``loopback_ports``: the apiserver,
+  the emulator), as a node-local load balancer in front of the API server would.
+
+Where a node runs eniway from its chart, ``host_paths`` are the directories the chart's
+pods use on the host (``/opt/cni/bin``, ``/etc/cni/net.d``, ...): each node gets its own,
+and containerd reads the CNI plugins and conflist from the node's ``/opt/cni/bin`` and
+``/etc/cni/net.d`` as on a real node (the system plugins are linked into it). With
+``kubelet_in_node`` kubelet runs in the node's network too, so its probes of host-network
+pods reach them on the node's loopback, as on a real node: its address (the host's, which
+the apiserver dials) is added to the node's loopback and relayed to from the host's.
 
 Every process runs in the node's ``pids`` cgroup (``/<cgroup root>/runtime``), so
 ``stop()`` finds and ends containers, shims, containerd and kubelet alike, then
 removes the cgroups, mounts (with the namespace) and files: nothing is left.
 
-    python3 hack/realnode.py relay HOST_PORT NETNS TARGET_PORT   # internal
+    python3 hack/realnode.py relay HOST_PORT NETNS TARGET_PORT [ADDRESS]   # internal
+    python3 hack/realnode.py relay-to-host NETNS PORT            # internal
 """
 
 from __future__ import annotations
@@ -93,10 +104,16 @@ class RealNode:
     provider_id: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     log: Callable[[str], None] = lambda msg: None
+    host_paths: tuple[str, ...] = ()  # more host directories of the node's own
+    images: tuple[Path, ...] = ()  # more image archives imported into containerd
+    loopback_ports: tuple[int, ...] = ()  # host loopback ports the node's loopback reaches
+    kubelet_in_node: bool = False  # kubelet in the node's network namespace too
     holder: subprocess.Popen[bytes] | None = None
     containerd: subprocess.Popen[bytes] | None = None
     kubelet: subprocess.Popen[bytes] | None = None
     relay: subprocess.Popen[bytes] | None = None
+    relays_in: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    kubelet_relay: subprocess.Popen[bytes] | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -109,6 +126,15 @@ class RealNode:
     @property
     def socket(self) -> Path:
         return self.dir / "containerd" / "containerd.sock"
+
+    def node_path(self, path: str | Path) -> Path:
+        """The host directory bound at ``path`` (a NODE_PATHS or host_paths entry) in the
+        node's mount namespace."""
+        return self.dir / "root" / str(path).strip("/").replace("/", "-")
+
+    @property
+    def bound_paths(self) -> tuple[str, ...]:
+        return (*NODE_PATHS, *self.host_paths)
 
     @property
     def mount_ns(self) -> str:
@@ -137,7 +163,7 @@ class RealNode:
     def prepare(self) -> RealNode:
         """The node's mount namespace and cgroups: what its agent also runs in."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        for path in NODE_PATHS:  # mount points; a node image has them
+        for path in self.bound_paths:  # mount points; a node image has them
             Path(path).mkdir(parents=True, exist_ok=True)
         self._cgroups()
         self._start_holder()
@@ -148,6 +174,10 @@ class RealNode:
         self._t0 = time.monotonic()
         self.start_containerd()
         self._import_images()
+        for port in self.loopback_ports:
+            self.relays_in.append(self._spawn(f"relay-to-host-{port}", [
+                sys.executable, str(Path(__file__).resolve()), "relay-to-host", self.netns,
+                str(port)]))
         self.start_kubelet()
         return self
 
@@ -156,7 +186,7 @@ class RealNode:
         self.timings.setdefault("start_to_ready_s", time.monotonic() - self._t0)
 
     def stop(self) -> None:
-        for proc in (self.kubelet, self.relay):
+        for proc in (self.kubelet, self.relay, self.kubelet_relay, *self.relays_in):
             _end(proc)
         self._kill_cgroup_tree()
         for proc in (self.containerd, self.holder):
@@ -170,8 +200,8 @@ class RealNode:
     def _start_holder(self) -> None:
         root = self.dir / "root"
         script = ["set -e", "mount --make-rprivate /"]
-        for path in NODE_PATHS:
-            src = root / path.strip("/").replace("/", "-")
+        for path in self.bound_paths:
+            src = self.node_path(path)
             src.mkdir(parents=True, exist_ok=True)
             script.append(f"mount --bind {src} {path}")
         sysctl = root / "proc-sys"
@@ -187,6 +217,9 @@ class RealNode:
         script += [f"mount --bind /run/netns/{self.netns} {netns / self.netns}",
                    f"mount --rbind {netns} /run/netns",
                    f"touch {root / 'ready'}", "exec sleep infinity"]
+        if self.host_paths:  # as under systemd: a pod's HostToContainer mount (the chart's
+            # agent's /var/run/netns, for the netns made later) needs a shared mount
+            script.insert(-2, "mount --make-rshared /")
         (root / "ready").unlink(missing_ok=True)
         self.holder = self._spawn("holder", ["unshare", "--mount", "--propagation", "private",
                                              "sh", "-c", "\n".join(script)])
@@ -247,10 +280,15 @@ class RealNode:
 
     def _containerd_config(self) -> Path:
         base = self.dir / "containerd"
-        bin_dir = self.dir / "cni-bin"  # the node's /opt/cni/bin: eniway + system plugins
-        bin_dir.mkdir(parents=True, exist_ok=True)
-        for p in [*SYSTEM_CNI_BIN.iterdir(), *self.cni_bin_dir.iterdir()]:
-            link = bin_dir / p.name
+        if str(self.cni_bin_dir) in self.host_paths:  # the node's own, filled by a pod
+            bin_dir, plugins = self.cni_bin_dir, list(SYSTEM_CNI_BIN.iterdir())
+            links = self.node_path(bin_dir)
+        else:  # eniway + system plugins
+            bin_dir = links = self.dir / "cni-bin"
+            plugins = [*SYSTEM_CNI_BIN.iterdir(), *self.cni_bin_dir.iterdir()]
+        links.mkdir(parents=True, exist_ok=True)
+        for p in plugins:
+            link = links / p.name
             link.unlink(missing_ok=True)
             link.symlink_to(p)
         cri = 'plugins."io.containerd.grpc.v1.cri"'
@@ -303,7 +341,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                 str(self.ports["stream"]), self.netns, str(self.ports["stream"])])
 
     def _import_images(self) -> None:
-        for image in IMAGES:
+        for image in (*IMAGES, *self.images):
             if not image.exists():
                 raise RuntimeError(f"{image} missing: run make deps")
             res = self.ctr("images", "import", str(image))
@@ -351,7 +389,20 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             args.append(f"--provider-id={self.provider_id}")
         if labels:
             args.append(f"--node-labels={labels}")
-        self.kubelet = self._spawn("kubelet", [*self.enter(), *args])
+        if self.kubelet_in_node:
+            self._kubelet_address_in_node()
+        self.kubelet = self._spawn("kubelet", [*self.enter(net=self.kubelet_in_node), *args])
+
+    def _kubelet_address_in_node(self) -> None:
+        """kubelet's address on the node's loopback (kubelet wants its node IP on one of
+        its interfaces), reached from the host's at the same address through a relay."""
+        subprocess.run(["ip", "-n", self.netns, "addr", "replace", f"{self.node_ip}/32",
+                        "dev", "lo"], check=True, capture_output=True)
+        if self.kubelet_relay is None or self.kubelet_relay.poll() is not None:
+            port = str(self.ports["kubelet"])
+            self.kubelet_relay = self._spawn("kubelet-relay", [
+                sys.executable, str(Path(__file__).resolve()), "relay", port, self.netns, port,
+                self.node_ip])
 
     def restart(self, sig: int = signal.SIGKILL) -> None:
         """Kill kubelet and containerd (pods' shims and containers keep running), then
@@ -434,18 +485,27 @@ def _pipe(src: socket.socket, dst: socket.socket) -> None:
         dst.shutdown(socket.SHUT_WR)
 
 
-def relay(listen_port: int, netns: str, target_port: int) -> None:
-    """Listen on the host's loopback, then move into the node's network: every
-    connection accepted is forwarded to the same port on the node's loopback."""
-    listener = socket.create_server(("127.0.0.1", listen_port), reuse_port=False)
+def _setns(path: str) -> None:
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    with open(f"/run/netns/{netns}") as f:
+    with open(path) as f:
         if libc.setns(f.fileno(), _CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {netns}")
+            raise OSError(ctypes.get_errno(), f"setns {path}")
+
+
+def relay(listen_port: int, netns: str, target_port: int, to_host: bool = False,
+          address: str = "127.0.0.1") -> None:
+    """Listen on the host's ``address`` (loopback), then move into the node's network:
+    every connection accepted is forwarded to ``target_port`` at the same address there.
+    ``to_host``: the other way, from the node's to the host's."""
+    if to_host:
+        host_fd = os.open("/proc/self/ns/net", os.O_RDONLY)
+        _setns(f"/run/netns/{netns}")
+    listener = socket.create_server((address, listen_port), reuse_port=False)
+    _setns(f"/proc/self/fd/{host_fd}" if to_host else f"/run/netns/{netns}")
     while True:
         conn, _ = listener.accept()
         try:
-            upstream = socket.create_connection(("127.0.0.1", target_port), timeout=5)
+            upstream = socket.create_connection((address, target_port), timeout=5)
         except OSError:
             conn.close()
             continue
@@ -455,8 +515,11 @@ def relay(listen_port: int, netns: str, target_port: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) == 4 and argv[0] == "relay":
-        relay(int(argv[1]), argv[2], int(argv[3]))
+    if len(argv) in (4, 5) and argv[0] == "relay":
+        relay(int(argv[1]), argv[2], int(argv[3]), address=(argv[4:] or ["127.0.0.1"])[0])
+        return 0
+    if len(argv) == 3 and argv[0] == "relay-to-host":
+        relay(int(argv[2]), argv[1], int(argv[2]), to_host=True)
         return 0
     print(__doc__)
     return 2
