@@ -35,7 +35,9 @@ NOT_HERE = {
     "make test": "the whole suite itself",
     "docker build": "no container engine here; tests/test_chart_image.py checks the Dockerfile",
     "docker push": "no registry",
-    "kubectl -n kube-system rollout status": "no kubelet runs the agent pods here",
+    "kubectl -n kube-system rollout status": "the release of test_chart_install has no "
+                                             "kubelet; test_chart_nodes waits for the agent "
+                                             "pods on real nodes",
     "kubectl describe enipool NODE": "needs a node of a running install (test_operator_e2e)",
     "kubectl delete crd": "the CRDs are shared by the whole test session",
     "rm -rf": "host paths of a real node",
