@@ -94,6 +94,9 @@ class ChartBox(ClusterBox):
             "cloud": {"provider": "cloudsim", "region": self.region,
                       "endpoint": self.cloud.url},
             "cloudsim": {"deploy": False},
+            # The apiserver (on the host) cannot reach the operator replicas in the nodes'
+            # networks: the exclusive-ENI webhook would only add its timeout to every pod.
+            "admissionWebhook": {"enabled": False},
             "pool": pool,
             **overrides,
         }

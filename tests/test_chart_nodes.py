@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from test_e2e import _running, _talk
+from test_e2e import _talk
 
 from chartbox import ChartBox, image_sizes
 from clusterbox import NodeSpec, wait_for
@@ -107,7 +107,7 @@ def test_install_runs_eniway_from_its_chart(box: ChartBox) -> None:
     holder = wait_for(lambda: _lease_holder(box), 60, "the operator's Lease held")
     assert holder in {p["metadata"]["name"] for p in operators}
     wait_for(lambda: _warm(box), 180, "each node's pool warm")
-    pods = _running(box, APP, 4)
+    pods = box.wait_running(APP, 4)
     assert first[0]["status"]["podIP"] in {p["status"]["podIP"] for p in pods}
     podips = {pi["spec"]["ip"]: pi for pi in box.podips()}
     for p in pods:
@@ -162,7 +162,7 @@ def test_upgrade_rolls_the_agents_under_traffic(box: ChartBox) -> None:
     assert {p["metadata"]["uid"] for p in _pair(box)} == {a["metadata"]["uid"],
                                                           b["metadata"]["uid"]}
     box.scale(APP, 8)
-    pods = _running(box, APP, 8)
+    pods = box.wait_running(APP, 8)
     fresh = [p for p in pods if p["metadata"]["uid"] not in {a["metadata"]["uid"],
                                                              b["metadata"]["uid"]}]
     new_a = next(p for p in fresh if p["spec"]["nodeName"] == A)
