@@ -167,9 +167,20 @@ def test_upgrade_rolls_the_agents_under_traffic(box: ChartBox) -> None:
                                                              b["metadata"]["uid"]}]
     new_a = next(p for p in fresh if p["spec"]["nodeName"] == A)
     _talk(box, new_a, b)
-    wait_for(lambda: len([p for p in box.component("operator")
-                          if p["spec"]["containers"][0]["image"] == new_image and _ready(p)])
-             >= 1, 180, "an operator replica on the new image")
+    # The operator Deployment rolled too: two replicas on the new image, one leading.
+    wait_for(lambda: sorted(_ready(p) and p["spec"]["containers"][0]["image"] == new_image
+                            for p in box.component("operator")) == [True, True], 240,
+             "both operator replicas on the new image")
+    assert _lease_holder(box) in {p["metadata"]["name"] for p in box.component("operator")}
+
+
+def _who(obj: dict[str, Any]) -> str:
+    """An object's name, when it was made and deleted, and who wrote it when."""
+    meta = obj["metadata"]
+    writes = [(f.get("manager"), f.get("operation"), f.get("time"))
+              for f in meta.get("managedFields", [])]
+    return (f"{meta['name']} created {meta.get('creationTimestamp')} deleted "
+            f"{meta.get('deletionTimestamp')} by {writes}")
 
 
 def test_uninstall_leaves_nothing_stuck(box: ChartBox) -> None:
@@ -177,12 +188,17 @@ def test_uninstall_leaves_nothing_stuck(box: ChartBox) -> None:
     wait_for(lambda: not box.pods(f"app={APP}") and not box.podips(), 180,
              "application pods and their PodIPs gone")
     t0 = time.monotonic()
-    box.uninstall("--timeout=5m")
+    try:
+        box.uninstall("--timeout=5m")
+    except RuntimeError as e:  # a failed hook keeps its Job's pods: their log says why
+        logs = box.kube.kubectl("logs", "-n", box.namespace, "-l",
+                                "app.kubernetes.io/component=uninstall", "--tail=-1",
+                                "--prefix", check=False)
+        raise AssertionError(f"{e}\nthe hook's log:\n{logs.stdout}{logs.stderr}") from e
     took = time.monotonic() - t0
     assert box.release not in box.helm("list", "-A", "-q").split()
     for kind in ("enis", "podips", "enipools"):
-        stuck = [o["metadata"]["name"] for o in box.get(kind, "-A")["items"]
-                 if o["metadata"].get("finalizers")]
+        stuck = [_who(o) for o in box.get(kind, "-A")["items"] if o["metadata"].get("finalizers")]
         assert not stuck, f"{kind} with finalizers left: {stuck}"
     assert box.cloud is not None
     left = [e.eni_id for e in box.cloud.provider().describe_enis(
