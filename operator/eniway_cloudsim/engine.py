@@ -541,9 +541,9 @@ class Engine:
     def tick(self) -> None:
         now = self.clock()
         with self.lock:
-            for eni in sorted(self.enis.values(), key=lambda e: e.seq):
-                if eni.transition_at is None or eni.transition_at > now:
-                    continue
+            due = [e for e in self.enis.values()
+                   if e.transition_at is not None and e.transition_at <= now]
+            for eni in sorted(due, key=lambda e: e.seq):  # sorting only what moves
                 inst = self.instances.get(eni.instance_id)
                 if eni.status == ENI_ATTACHING:
                     eni.status = ENI_INUSE
@@ -995,10 +995,12 @@ class Engine:
                 raise EcsError(400, "InvalidParameter.NetworkInterfaceIds",
                                "At most 100 NetworkInterfaceId.N per call.")
             tags = tag_list(p)
+            priv = set(repeat_list(p, "PrivateIpAddress"))
+            # by id: only those (a cluster's describes by id must not cost a region's scan)
+            candidates = [self.enis[i] for i in ids if i in self.enis] if ids else \
+                self.enis.values()
             out = []
-            for eni in sorted(self.enis.values(), key=lambda e: e.seq):
-                if ids and eni.eni_id not in ids:
-                    continue
+            for eni in sorted(candidates, key=lambda e: e.seq):
                 if self.cloud_of(eni.vpc_id) != ALIYUN:
                     continue
                 if p.get("InstanceId") and eni.instance_id != p["InstanceId"]:
@@ -1018,7 +1020,6 @@ class Engine:
                     continue
                 if p.get("NetworkInterfaceName") and eni.name != p["NetworkInterfaceName"]:
                     continue
-                priv = set(repeat_list(p, "PrivateIpAddress"))
                 if priv and not priv & set(eni.all_ips):
                     continue
                 if any(eni.tags.get(k) != v for k, v in tags.items()):
