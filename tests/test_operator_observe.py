@@ -11,7 +11,7 @@ import pytest
 
 from eniway_operator.cloud.backoff import NO_RETRY
 from eniway_operator.cloud.base import NotFound, Throttled
-from eniway_operator.observe import PAGE, Batcher, Observer, next_batch
+from eniway_operator.observe import PAGE, Batcher, Observer, call_at, next_batch
 
 ZONE = "cn-hangzhou-i"
 
@@ -26,6 +26,33 @@ ZONE = "cn-hangzhou-i"
 def test_next_batch_oldest_first_a_page_at_most(pending: list[str], size: int,
                                                  want: list[str]) -> None:
     assert next_batch(pending, size) == want
+
+
+@pytest.mark.parametrize(("asked", "last", "pending", "want"), [
+    (10.0, -1e9, 1, 10.05),  # the first call waits for others to join it
+    (10.0, 9.9, 1, 10.15),  # and a call follows the previous one by the spacing
+    (10.0, 9.0, 3, 10.05),
+    (10.0, 9.9, PAGE, 9.9),  # a full page goes at once
+    (10.0, 9.9, PAGE + 7, 9.9),
+])
+def test_call_at_lingers_spaces_and_sends_a_full_page_at_once(
+        asked: float, last: float, pending: int, want: float) -> None:
+    assert call_at(asked, last, pending, PAGE, linger=0.05, spacing=0.25) == \
+        pytest.approx(want)
+
+
+def test_a_full_page_goes_without_lingering() -> None:
+    """Two askers fill a page of 2: one call carries both, long before the linger."""
+    calls: list[list[str]] = []
+
+    def fetch(keys: list[str]) -> dict[str, str]:
+        calls.append(sorted(keys))
+        return {k: k.upper() for k in keys}
+
+    b: Batcher[str, str] = Batcher(fetch, size=2, linger=600.0, spacing=600.0)
+    got = _ask_together(2, lambda k: b.get([f"id{k}"]))
+    assert got == [{"id0": "ID0"}, {"id1": "ID1"}]
+    assert calls == [["id0", "id1"]]
 
 
 def _instances(sim: Any, n: int) -> list[str]:
@@ -115,3 +142,31 @@ def test_batcher_asks_again_for_an_id_whose_call_failed_unexpectedly() -> None:
     with pytest.raises(RuntimeError):
         b.get(["a"])
     assert b.get(["a", "b"]) == {"a": "A", "b": "B"}
+
+
+def test_provider_describes_enis_by_id_100_a_call_and_lists_by_tag_in_pages(
+        cloudsim: Any) -> None:
+    """What the observer relies on, against the emulator's documented limits: ids go 100
+    to a call (the API refuses more), and a listing by tag follows NextToken to the end."""
+    topo = cloudsim.admin.bootstrap({ZONE: ["10.0.0.0/16"]})
+    cloudsim.admin.set_quota(2 * PAGE)
+    provider = cloudsim.provider()
+    tags = {"eniway.io/test": "paging"}
+    made = [provider.create_eni(topo.vswitch_ids(ZONE)[0], [topo.security_group_id], tags)
+            for _ in range(PAGE + 30)]
+    ids = [e.eni_id for e in made]
+    cloudsim.admin.reset_call_counts()
+    got = provider.describe_enis(eni_ids=ids)
+    assert sorted(e.eni_id for e in got) == sorted(ids)
+    assert cloudsim.admin.call_counts()["calls"]["DescribeNetworkInterfaces"] == 2
+    cloudsim.admin.reset_call_counts()
+    listed = provider.describe_enis(tags=tags)
+    assert sorted(e.eni_id for e in listed) == sorted(ids)
+    # pages of 100 (MaxResults): 130 ENIs take two calls
+    assert cloudsim.admin.call_counts()["calls"]["DescribeNetworkInterfaces"] == 2
+    obs = Observer(provider)
+    cloudsim.admin.reset_call_counts()
+    got_ids = _ask_together(len(ids), lambda k: obs.enis.get([ids[k]]))
+    assert all(g == {ids[k]: g[ids[k]]} for k, g in enumerate(got_ids)), got_ids[:3]
+    # 130 askers at once: a page and the rest (a late asker may need one more)
+    assert cloudsim.admin.call_counts()["calls"]["DescribeNetworkInterfaces"] <= 4

@@ -25,7 +25,7 @@ from eniway_operator.metrics import MeteredProvider
 from eniway_operator.plan import RELEASE_BATCH_WAIT
 from eniway_operator.reconcile import Demand, Reconciler, Settings
 from eniway_operator.skew import skew_problem
-from eniway_operator.testing import make_node
+from eniway_operator.testing import make_node, wait_for
 
 pytestmark = pytest.mark.cluster
 ZONE = "cn-hangzhou-i"
@@ -125,6 +125,43 @@ def world(cluster: Any, cloudsim: Any) -> Iterator[World]:
 
 def _counts(w: World, node: str) -> dict[str, int]:
     return cast(dict[str, int], (w.pool(node).get("status") or {}).get("counts") or {})
+
+
+def test_attaching_enis_of_many_nodes_are_polled_in_one_call(world: World) -> None:
+    """Rounds that created and attached an ENI do not poll their node: one shared describe
+    covers every node's moving ENIs and names the nodes whose ENIs settled; their next
+    round records the ENI InUse with its IPs, one status write for the new ENI's record."""
+    world.sim.admin.set_settings(attach_delay=2.0)
+    world.config({"min_pool_size": 3})
+    nodes = [world.node() for _ in range(3)]
+    for n in nodes:
+        for _ in range(5):
+            delay = world.rec.reconcile(n, Demand())
+            if world.rec.memory[n].polling:
+                break
+        assert world.rec.memory[n].polling, n
+        assert delay == world.rec.settings.poll_fallback  # not a poll of its own
+    polls = {"n": 0}
+
+    def poll() -> set[str]:
+        polls["n"] += 1
+        return world.rec.poll_moving()
+
+    world.sim.admin.reset_call_counts()
+    wait_for(lambda: poll() == set(nodes), 60, "every node's ENI InUse", interval=0.3)
+    # one describe per poll for the three nodes together
+    assert world.sim.admin.call_counts()["calls"]["DescribeNetworkInterfaces"] == polls["n"]
+    for n in nodes:
+        world.rec.reconcile(n, Demand())
+        counts = world.pool(n)["status"]["counts"]
+        assert counts["free"] >= 3 and counts["enis"] == 1, counts
+    assert world.rec.poll_moving() == set()
+    secondary = [e for e in world.custom.list_cluster_custom_object(
+        contract.GROUP, contract.VERSION, contract.PLURAL_ENI)["items"]
+        if e["spec"]["nodeName"] in nodes and not e["spec"]["primary"]]
+    assert len(secondary) == 3
+    assert all(e["status"]["phase"] == contract.PHASE_INUSE and e["status"]["freeCount"] >= 3
+               for e in secondary)
 
 
 def test_withdrawn_ack_between_plan_and_act_stops_the_unassign(world: World) -> None:

@@ -45,7 +45,8 @@ class Runtime:
     exclusive_interval: float = 10.0
     exclusive_wake: asyncio.Event | None = None
     indices: dict[str, Any] = field(default_factory=dict)
-    digests: dict[str, str] = field(default_factory=dict)
+    digests: dict[str, str] = field(default_factory=dict)  # ENIPool: what others write
+    node_digests: dict[str, str] = field(default_factory=dict)  # Node: what a round reads
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -339,12 +340,32 @@ def _capture(kwargs: dict[str, Any]) -> None:
 
 # -- events --------------------------------------------------------------------------------
 
+def node_digest(body: Any) -> str:
+    """What a node's round reads of its Node: spec (providerID), labels, annotations but
+    the max-pods one the round writes itself, deletion. Not status: kubelet rewrites it
+    every few seconds on every node, which would be a round per node each time."""
+    meta = body.get("metadata") or {}
+    notes = {k: v for k, v in (meta.get("annotations") or {}).items()
+             if k != contract.ANNOTATION_MAX_PODS}
+    return hashlib.sha1(json.dumps(
+        [dict(body.get("spec") or {}), dict(meta.get("labels") or {}), notes,
+         meta.get("deletionTimestamp"), meta.get("uid")], sort_keys=True,
+        default=str).encode()).hexdigest()
+
+
 @kopf.on.event("nodes")
 async def node_event(name: str, type: str | None, body: kopf.Body, **kw: Any) -> None:
     _capture(kw)
+    rt = _rt()
     if type == "DELETED":
         _gone("nodes", body)
-    _rt().scheduler.poke(name, 0.0 if type in (None, "DELETED", "ADDED") else 0.1)
+        rt.node_digests.pop(name, None)
+        rt.scheduler.poke(name, 0.0)
+        return
+    digest = node_digest(body)
+    if type in (None, "ADDED") or rt.node_digests.get(name) != digest:
+        rt.node_digests[name] = digest
+        rt.scheduler.poke(name, 0.0 if type in (None, "ADDED") else 0.1)
 
 
 @kopf.on.event("pods")

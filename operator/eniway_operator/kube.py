@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from kubernetes import client, config
+from kubernetes.client import rest
 from kubernetes.client.rest import ApiException
 
 from cni_plugin import contract
@@ -40,14 +41,22 @@ def iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def load_config(kubeconfig: str | None) -> client.ApiClient:
+def load_config(kubeconfig: str | None, connections: int = 0) -> client.ApiClient:
+    """A client for the kubeconfig (else in-cluster, else the default kubeconfig) keeping
+    up to ``connections`` connections open (0: the client's default, 5 per CPU): threads
+    beyond the pool's size open a new TLS connection per request."""
     if kubeconfig:
-        return config.new_client_from_config(config_file=kubeconfig)
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    return client.ApiClient()
+        api = config.new_client_from_config(config_file=kubeconfig)
+    else:
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+        api = client.ApiClient()
+    if connections > (api.configuration.connection_pool_maxsize or 0):
+        api.configuration.connection_pool_maxsize = connections
+        api.rest_client = rest.RESTClientObject(api.configuration)
+    return api
 
 
 def request_kind(method: str, url: str) -> tuple[str, str]:
@@ -127,9 +136,12 @@ class Kube:
         return got if got is not None else self.get_node(name)
 
     def pool(self, name: str) -> JSON | None:
+        """The ENIPool; absent from the complete cache is absent (a new node's: creating
+        it is the next step, and a create that finds one there reads it)."""
         c = self._cached()
-        got = c.get("enipools", name) if c is not None else None
-        return got if got is not None else self.get_pool(name)
+        if c is not None:
+            return c.get("enipools", name)
+        return self.get_pool(name)
 
     def enis_of(self, node: str) -> list[JSON]:
         """The node's ENI resources (by spec.nodeName from the cache; by label from the
@@ -275,7 +287,8 @@ class Kube:
                 return None
             raise
 
-    def create_eni(self, name: str, node: str, spec: JSON, status: JSON) -> JSON:
+    def create_eni(self, name: str, node: str, spec: JSON, status: JSON | None) -> JSON:
+        """Create the record (and write ``status``, unless None: the caller writes it)."""
         self._write("create ENI")
         body = {"apiVersion": contract.API_VERSION, "kind": contract.KIND_ENI,
                 "metadata": {"name": name, "finalizers": [contract.FINALIZER],
@@ -288,7 +301,8 @@ class Kube:
             if e.status != 409:
                 raise
             obj = self.get_eni(name) or {}
-        self.patch_eni_status(name, status)
+        if status is not None:
+            self.patch_eni_status(name, status)
         return obj
 
     def patch_eni_status(self, name: str, status: JSON) -> None:

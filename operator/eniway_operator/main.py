@@ -141,7 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--health-port", type=int, default=0,
                    help="a second port serving the same endpoints (0: none)")
     p.add_argument("--metrics-host", default="0.0.0.0", help="address both ports listen on")
-    p.add_argument("--workers", type=int, default=8, help="nodes reconciled in parallel")
+    p.add_argument("--workers", type=int, default=32,
+                   help="nodes reconciled in parallel (rounds mostly wait: on the API server, "
+                        "batched describes and rate limits)")
     p.add_argument("--resync", type=float, default=300.0,
                    help="full cloud describe of a node at least this often (s)")
     p.add_argument("--gc-interval", type=float, default=60.0,
@@ -305,7 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's login reads it too
-    api = kube_mod.count_requests(kube_mod.load_config(args.kubeconfig))
+    api = kube_mod.count_requests(kube_mod.load_config(
+        args.kubeconfig, connections=args.workers + 8))  # rounds, kopf, the lease
     kube = kube_mod.Kube(api, args.namespace, cache=ObjectCache())
     health = Health()
     serve(args.metrics_port, health, args.metrics_host)

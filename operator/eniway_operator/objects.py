@@ -34,7 +34,21 @@ class ObjectCache:
         self._lock = threading.Lock()
         self._objs: dict[str, dict[str, JSON]] = {k: {} for k in KINDS}
         self._gone: dict[str, float] = {}  # uid of a deleted object -> when
+        self._eni_nodes: dict[str, set[str]] = {}  # node -> its ENI resources' names
         self.ready = False
+
+    def _put(self, kind: str, name: str, obj: JSON | None) -> None:
+        """Store (None: drop) an object, keeping the ENIs-by-node index in step."""
+        if kind == "enis":
+            old = self._objs[kind].get(name)
+            if old is not None:
+                self._eni_nodes.get(_node_of(old), set()).discard(name)
+            if obj is not None:
+                self._eni_nodes.setdefault(_node_of(obj), set()).add(name)
+        if obj is None:
+            self._objs[kind].pop(name, None)
+        else:
+            self._objs[kind][name] = obj
 
     def seen(self, kind: str, obj: JSON) -> None:
         """A version of an object (watch event or write answer): kept if newer."""
@@ -50,7 +64,7 @@ class ObjectCache:
                 new_rv, old_rv = _rv(obj), _rv(old)
                 if new_rv is not None and old_rv is not None and new_rv < old_rv:
                     return
-            self._objs[kind][name] = copy.deepcopy(obj)
+            self._put(kind, name, copy.deepcopy(obj))
 
     def forget(self, kind: str, obj: JSON) -> None:
         """The object is deleted: drop it, and ignore any later version of it."""
@@ -63,7 +77,7 @@ class ObjectCache:
             cur = self._objs[kind].get(meta.get("name") or "")
             if cur is not None and (not meta.get("uid") or (cur.get("metadata") or {}).get(
                     "uid") == meta.get("uid")):
-                del self._objs[kind][meta["name"]]
+                self._put(kind, meta["name"], None)
 
     def get(self, kind: str, name: str) -> JSON | None:
         with self._lock:
@@ -73,5 +87,9 @@ class ObjectCache:
     def enis_of(self, node: str) -> list[JSON]:
         """The node's ENI resources, by ``spec.nodeName`` (labelled or not yet)."""
         with self._lock:
-            return [copy.deepcopy(o) for o in self._objs["enis"].values()
-                    if (o.get("spec") or {}).get("nodeName") == node]
+            enis = self._objs["enis"]
+            return [copy.deepcopy(enis[n]) for n in sorted(self._eni_nodes.get(node, ()))]
+
+
+def _node_of(obj: JSON) -> str:
+    return str((obj.get("spec") or {}).get("nodeName") or "")

@@ -7,14 +7,21 @@ while a call is in flight rides on the next call, which carries up to a page of 
 
 An answer is never older than the question: a round that has just changed the cloud and
 asks again sees its change. Which ids go in the next call is decided by ``next_batch``, a
-pure function (oldest question first, a page at most); ``Batcher`` only does the I/O and
-the waiting.
+pure function (oldest question first, a page at most), and when it may go by ``call_at``;
+``Batcher`` only does the I/O and the waiting.
+
+A call waits ``linger`` after the oldest question it carries and ``spacing`` after the
+previous call started (a full page goes at once): calls come at most every ``spacing``,
+well within the API's rate, so the questions of hundreds of rounds (a scale-out) share
+a few calls instead of each drawing a token, and the bucket keeps room for the calls
+that are not batched.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -33,9 +40,22 @@ V = TypeVar("V")
 PAGE = 100  # ids per DescribeInstances / DescribeNetworkInterfaces call
 
 
+LINGER = 0.05  # seconds a question waits for others to join its call
+SPACING = 0.25  # seconds between the starts of two calls of one kind (4 a second at most)
+
+
 def next_batch(pending: Sequence[K], size: int = PAGE) -> list[K]:
     """The ids the next call carries: the longest-waiting first, at most ``size``."""
     return list(pending[:max(size, 1)])
+
+
+def call_at(oldest_asked: float, last_start: float, pending: int, size: int = PAGE,
+            linger: float = LINGER, spacing: float = SPACING) -> float:
+    """When the next call may start: ``linger`` after its oldest question and ``spacing``
+    after the previous call; at once when a page is full (waiting would only add calls)."""
+    if pending >= size:
+        return last_start
+    return max(oldest_asked + linger, last_start + spacing)
 
 
 @dataclass(frozen=True)
@@ -49,11 +69,15 @@ class Batcher(Generic[K, V]):
     """Answers ``get(ids)`` from calls of ``fetch`` that started after the question, one
     call at a time, each carrying every id then waiting (a page at most)."""
 
-    def __init__(self, fetch: Callable[[list[K]], Mapping[K, V]], size: int = PAGE) -> None:
+    def __init__(self, fetch: Callable[[list[K]], Mapping[K, V]], size: int = PAGE,
+                 linger: float = LINGER, spacing: float = SPACING,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._fetch = fetch
         self._size = size
+        self._linger, self._spacing, self._clock = linger, spacing, clock
+        self._last_start = -1e9
         self._cond = threading.Condition()
-        self._pending: dict[K, None] = {}  # ordered: oldest question first
+        self._pending: dict[K, float] = {}  # ordered: oldest question first; asked at
         self._inflight: set[K] = set()
         self._answers: dict[K, _Answer[V]] = {}
         self._started = 0  # calls started so far
@@ -70,7 +94,7 @@ class Batcher(Generic[K, V]):
         with self._cond:
             asked_at = self._started
             for k in want:
-                self._pending.setdefault(k, None)
+                self._pending.setdefault(k, self._clock())
             while True:
                 missing = []
                 for k in want:
@@ -83,17 +107,24 @@ class Batcher(Generic[K, V]):
                     else:
                         missing.append(k)
                         if k not in self._pending and k not in self._inflight:
-                            self._pending[k] = None  # its answer was dropped: ask again
+                            # its answer was dropped: ask again
+                            self._pending[k] = self._clock()
                 if not missing:
                     return got
                 if self._busy:
                     self._cond.wait()
+                    continue
+                start = call_at(next(iter(self._pending.values())), self._last_start,
+                                len(self._pending), self._size, self._linger, self._spacing)
+                if start > self._clock():  # others may join meanwhile (or start it)
+                    self._cond.wait(start - self._clock())
                     continue
                 batch = next_batch(list(self._pending), self._size)
                 for k in batch:
                     del self._pending[k]
                 self._inflight = set(batch)
                 self._busy = True
+                self._last_start = self._clock()
                 self._started += 1
                 call = self._started
                 answers: dict[K, _Answer[V]] = {}

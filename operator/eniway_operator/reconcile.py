@@ -96,7 +96,8 @@ class Settings:
     group_ttl: float = 300.0  # configured security groups are described again this often
     tagged_ttl: float = 5.0
     config_ttl: float = 5.0
-    poll: float = 1.0  # while an ENI attaches or detaches
+    poll: float = 0.5  # describe of every node's attaching or detaching ENIs, at once
+    poll_fallback: float = 5.0  # a node with ENIs moving comes back this late at the latest
     backoff_base: float = 2.0
     backoff_max: float = 120.0
     idle_requeue: float = 60.0
@@ -239,11 +240,9 @@ class Reconciler:
                                  "aws:///<zone>/<instance-id>: not managed",
                                  uid=node["metadata"].get("uid", ""))
             return 60.0
-        pool = self.kube.pool(name)
-        if pool is None:
-            pool = self.kube.create_pool(name, {"nodeName": name, "instanceId": instance_id},
-                                         node)
-        mem.pool_uid = pool["metadata"].get("uid", "")
+        found_pool = self.kube.pool(name)
+        if found_pool is not None:
+            mem.pool_uid = found_pool["metadata"].get("uid", "")
         errors = RoundErrors()
 
         # Instance and limits (described afresh with the node's ENIs: it lists them)
@@ -252,6 +251,8 @@ class Reconciler:
             info = self._instance(mem, instance_id, now, fresh=refresh)
             limits = self.limits(info.instance_type)
         except CloudError as e:
+            pool = found_pool or self._create_pool(
+                name, mem, node, {"nodeName": name, "instanceId": instance_id})
             self._cloud_failure(name, node, mem, errors, "DescribeInstance", e)
             self._write_pool_status(name, pool, mem, None, None, None, errors, now)
             return self._backoff(mem, errors)
@@ -259,8 +260,12 @@ class Reconciler:
         spec_want = {"nodeName": name, "instanceId": instance_id,
                      "instanceType": info.instance_type, "zoneId": info.zone_id,
                      "vpcId": info.vpc_id}
-        if any(pool["spec"].get(k) != v for k, v in spec_want.items()):
+        if found_pool is None:  # created whole: one write, not a create and a patch
+            pool = self._create_pool(name, mem, node, spec_want)
+        elif any(found_pool["spec"].get(k) != v for k, v in spec_want.items()):
             pool = self.kube.patch_pool(name, {"spec": spec_want})
+        else:
+            pool = found_pool
 
         # Configuration in effect: every problem reported, what is valid used
         try:
@@ -386,9 +391,9 @@ class Reconciler:
             return self._backoff(mem, errors)
         mem.failures = 0
         moving = {e.eni_id for e in mem.view.values() if e.status in (ATTACHING, DETACHING)}
-        if moving:
+        if moving:  # the shared poll (poll_moving) calls the node back once they settle
             mem.polling |= moving
-            return self.settings.poll
+            return self.settings.poll_fallback
         if plan.actions or plan.release != state.release:
             return 0.2  # look again at once: the next step may depend on this one
         if conditions.get(COND_HOTSWAP, Condition(False, "", "")).status:
@@ -396,6 +401,11 @@ class Reconciler:
             return 5.0
         resync_due = mem.view_at + self.settings.resync - self.clock()
         return max(0.5, min(self.settings.idle_requeue, resync_due))
+
+    def _create_pool(self, name: str, mem: NodeMemory, node: JSON, spec: JSON) -> JSON:
+        pool = self.kube.create_pool(name, spec, node)
+        mem.pool_uid = pool["metadata"].get("uid", "")
+        return pool
 
     # -- reading -------------------------------------------------------------------------
     def _instance(self, mem: NodeMemory, instance_id: str, now: float,
@@ -537,6 +547,28 @@ class Reconciler:
             if e is None or e.status not in (ATTACHING, DETACHING):
                 mem.polling.discard(eni_id)
 
+    def poll_moving(self) -> set[str]:
+        """The nodes whose attaching or detaching ENIs have settled (or are gone): one
+        describe by id for every node's moving ENIs together (100 a call), every
+        ``poll`` seconds, in place of a round per node and poll. The node's next round
+        reads them again (batched with the other nodes called back)."""
+        moving = self._moving()
+        if not moving:
+            return set()
+        found = self.observer.enis.get(sorted(moving))
+        return {name for eni_id, name in moving.items()
+                if (e := found.get(eni_id)) is None or e.status not in (ATTACHING, DETACHING)}
+
+    def _moving(self) -> dict[str, str]:
+        """ENI -> node of every node's polled ENIs, read without the nodes' locks (a round
+        changing a set meanwhile makes the copy start over)."""
+        while True:
+            try:
+                return {eni_id: name for name, mem in tuple(self.memory.items())
+                        for eni_id in tuple(mem.polling)}
+            except RuntimeError:  # changed size during the copy
+                continue
+
     def _describe_one(self, eni_id: str) -> NetworkInterface | None:
         return self.observer.enis.get([eni_id]).get(eni_id)
 
@@ -573,9 +605,9 @@ class Reconciler:
             spec["vSwitchCidr"] = vsw.cidr
             spec["gatewayIP"] = vsw.gateway
         spec = {k: v for k, v in spec.items() if v != ""}
-        status = {"phase": PHASE_OF.get(e.status, contract.PHASE_CREATING),
-                  "ipCount": 0, "freeCount": 0, "ips": []}
-        return self.kube.create_eni(e.eni_id, name, spec, status)
+        # No status yet: the round ends by writing every record's status from the cloud
+        # view (one write per ENI and round, not one here and another there).
+        return self.kube.create_eni(e.eni_id, name, spec, None)
 
     def _ip_states(self, mem: NodeMemory, resources: Mapping[str, JSON], allocated: set[str],
                    release: set[str], now: float, on_primary: bool = False,
@@ -779,8 +811,7 @@ class Reconciler:
             resources[eni.eni_id] = self._record(name, instance_id, eni, None)
             self.cloud.attach_eni(eni.eni_id, instance_id)
             mem.view[eni.eni_id] = replace(eni, status=ATTACHING, instance_id=instance_id)
-            self.kube.patch_eni_status(eni.eni_id, {"phase": contract.PHASE_ATTACHING})
-            mem.polling.add(eni.eni_id)
+            mem.polling.add(eni.eni_id)  # its status (Attaching, IPs) is written at the end
         elif isinstance(action, AttachENI):
             self._forget_tagged()
             self.cloud.attach_eni(action.eni_id, instance_id)

@@ -27,6 +27,7 @@ class Scheduler:
         self.demand = demand
         self.health = health
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="reconcile")
+        self._poller = ThreadPoolExecutor(1, thread_name_prefix="poll-moving")
         self.due: dict[str, float] = {}
         self.running: set[str] = set()
         self.again: set[str] = set()
@@ -50,9 +51,37 @@ class Scheduler:
             if self._wakeup is not None:
                 self._wakeup.set()
 
+    async def poll_moving(self) -> None:
+        """Every ``poll`` seconds, one shared describe of the ENIs attaching or detaching on
+        any node (in a thread of its own, not a round's worker); the nodes whose ENIs
+        settled are reconciled at once."""
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            try:
+                settled = await loop.run_in_executor(self._poller,
+                                                     self.reconciler.poll_moving)
+            except NotLeader as e:
+                log.error("%s", e)
+                if self.on_not_leader:
+                    self.on_not_leader()
+                return
+            except Exception as e:  # the fallback delay of each round still applies
+                log.warning("polling moving ENIs: %s", e)
+                settled = set()
+            for node in settled:
+                self.poke(node)
+            await asyncio.sleep(self.reconciler.settings.poll)
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        self._wakeup = asyncio.Event()
+        wakeup = self._wakeup = asyncio.Event()
+        poller = asyncio.create_task(self.poll_moving(), name="poll-moving")
+        try:
+            await self._run(loop, wakeup)
+        finally:
+            poller.cancel()
+
+    async def _run(self, loop: asyncio.AbstractEventLoop, wakeup: asyncio.Event) -> None:
         while not self._stopping:
             self.health.beat()
             now = time.monotonic()
@@ -64,9 +93,9 @@ class Scheduler:
                                                self.demand(node))
                     fut.add_done_callback(partial(self._done, node))
             nxt = min(self.due.values(), default=now + 1.0)
-            self._wakeup.clear()
+            wakeup.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(),
+                await asyncio.wait_for(wakeup.wait(),
                                        timeout=max(0.01, min(1.0, nxt - now)))
 
     def _done(self, node: str, fut: asyncio.Future[float | None]) -> None:
@@ -95,3 +124,4 @@ class Scheduler:
         if self._wakeup is not None:
             self._wakeup.set()
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self._poller.shutdown(wait=True, cancel_futures=True)
