@@ -88,7 +88,12 @@ def round_requests(op: OperatorProcess) -> dict[str, float]:
     reads = sum(v for k, v in reqs.items()
                 if ('verb="get"' in k or 'verb="list"' in k)
                 and any(f'resource="{r}"' in k for r in ("nodes", "enipools", "enis")))
-    return {"rounds": rounds, "requests": sum(reqs.values()), "reads": reads}
+    out = {"rounds": rounds, "requests": sum(reqs.values()), "reads": reads}
+    for k, v in reqs.items():  # by verb and resource: 'verb resource'
+        labels = dict(p.split("=", 1) for p in k[k.index("{") + 1:-1].split(","))
+        key = f'{labels.get("verb", "").strip(chr(34))} {labels.get("resource", "").strip(chr(34))}'
+        out[key] = out.get(key, 0.0) + v
+    return out
 
 
 def proc_usage(pid: int) -> tuple[float, float]:
@@ -169,12 +174,21 @@ class WarmWatch:
         self._stop.set()
 
 
-def per_round(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+def per_round(before: dict[str, float], after: dict[str, float],
+              nodes: int = 0) -> dict[str, Any]:
+    """Requests per round; with ``nodes``, also per node, by verb and resource."""
     rounds = max(1.0, after["rounds"] - before["rounds"])
-    return {"rounds": after["rounds"] - before["rounds"],
-            "requests_per_round": round((after["requests"] - before["requests"]) / rounds, 2),
-            "node_pool_eni_reads_per_round": round((after["reads"] - before["reads"]) / rounds,
-                                                   2)}
+    out: dict[str, Any] = {
+        "rounds": after["rounds"] - before["rounds"],
+        "requests_per_round": round((after["requests"] - before["requests"]) / rounds, 2),
+        "node_pool_eni_reads_per_round": round((after["reads"] - before["reads"]) / rounds, 2)}
+    if nodes:
+        out["rounds_per_node"] = round(out["rounds"] / nodes, 2)
+        out["requests_per_node"] = round((after["requests"] - before["requests"]) / nodes, 2)
+        out["per_node_by_request"] = {
+            k: round((v - before.get(k, 0.0)) / nodes, 2) for k, v in sorted(after.items())
+            if " " in k and v - before.get(k, 0.0) > 0}
+    return out
 
 
 def provider_limits(sim: Any, aws: bool, instance_type: str) -> InstanceLimits:
@@ -220,7 +234,7 @@ def main() -> int:
                     help="seconds the emulator takes at least to attach an ENI")
     ap.add_argument("--attach-spread", type=float, default=3.0,
                     help="each attach takes up to this many times --attach-delay")
-    ap.add_argument("--workers", type=int, default=16)
+    ap.add_argument("--workers", type=int, default=32)
     args = ap.parse_args()
     global ZONE, RATES
     ZONE = ZONES[args.cloud]
@@ -353,7 +367,7 @@ def main() -> int:
         op_cpu, op_rss = proc_usage(op.proc.pid)
         h_cpu, wall = harness_cpu() - h_cpu0, time.monotonic() - t0
         calls = counts()
-        kube_warm_per_round = per_round(kube_warm, round_requests(op))
+        kube_warm_per_round = per_round(kube_warm, round_requests(op), args.nodes)
         necessary = necessary_calls(provider_limits(sim, aws, args.instance_type),
                                     args.nodes, args.warm)
         bound_needed = rate_bound(necessary)
@@ -396,6 +410,10 @@ def main() -> int:
             print(f"apiserver requests per round ({phase}): {k['requests_per_round']}, of "
                   f"which {k['node_pool_eni_reads_per_round']} reads of the node, its pool "
                   f"and its ENIs ({int(k['rounds'])} rounds)")
+        k = w["apiserver"]
+        print(f"warm {args.nodes} nodes: {k['rounds_per_node']} rounds and "
+              f"{k['requests_per_node']} apiserver requests per node: "
+              + ", ".join(f"{n} {r}" for r, n in k["per_node_by_request"].items()))
         return 0
     finally:
         if agent is not None:
