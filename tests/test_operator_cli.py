@@ -71,7 +71,7 @@ def test_help_shows_every_default() -> None:
                          env={**os.environ, "COLUMNS": "200"}).stdout
     options = out.split("options:", 1)[1]
     for flag, default in (("--resync", "300.0"), ("--gc-interval", "60.0"),
-                          ("--gc-grace", "300.0"), ("--workers", "8"), ("--debounce", "0.3"),
+                          ("--gc-grace", "300.0"), ("--workers", "32"), ("--debounce", "0.3"),
                           ("--metrics-port", "9464"), ("--namespace", "kube-system"),
                           ("--read-timeout", "10.0"), ("--connect-timeout", "5.0"),
                           ("--limits-ttl", "3600.0"), ("--lease-duration", "15.0"),
