@@ -112,6 +112,8 @@ def test_exclusive_policy_columns_and_defaults(cluster: LocalCluster) -> None:
     assert row[1:3] == ["Fixed", "10m"] and "sg-db000002" in row[3]
     row = next(r for r in out if r.startswith("db-elastic")).split()
     assert row[1] == "Elastic", "ipType defaults to Elastic"
+    # cluster-scoped and selecting app=db everywhere: gone before other modules run
+    cluster.kubectl("delete", "exclusiveenipolicy", "db-fixed", "db-elastic")
 
 
 @pytest.mark.parametrize(("name", "spec", "message"), [

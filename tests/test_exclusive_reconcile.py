@@ -132,6 +132,26 @@ def test_pod_gets_its_own_eni_with_the_policys_groups(world: World) -> None:
     wait_for(lambda: world.kube.get_eni(eni.eni_id) is None, 10, "record dropped")
 
 
+def test_policy_naming_an_unknown_vswitch_is_its_own_problem(world: World) -> None:
+    """A policy naming a vSwitch the cloud does not have gets a PolicyInvalid Event; the
+    round goes on, and the pods of the other policies get their ENIs."""
+    a = world.node()
+    bad = {"metadata": {"name": f"gone-{world.tag}"}, "spec": {
+        "selector": {"podSelector": {"matchLabels": {"app": f"none-{world.tag}"}}},
+        "securityGroupIDs": [world.db_sg], "vSwitchIDs": ["vsw-gone000000000"]}}
+    inst = world.instance(a)
+    world.rounds([pod("web-y", a)], [bad, world.policy()], lambda: any(
+        e.instance_id == inst and e.status == "InUse" for e in world.mine()))
+
+    def event() -> list[Any]:
+        return [e for e in world.core.list_namespaced_event("default").items
+                if e.involved_object.kind == "ExclusiveENIPolicy"
+                and e.involved_object.name == bad["metadata"]["name"]]
+    (ev,) = wait_for(event, 10, "the policy's Event")
+    assert ev.reason == "PolicyInvalid" and "vsw-gone000000000" in ev.message
+    world.rounds([], [bad, world.policy()], lambda: not world.mine())
+
+
 def test_fixed_ip_moves_with_its_pod_then_is_released(world: World) -> None:
     a, b = world.node(), world.node()
     policies = [world.policy(ipType="Fixed", releaseAfter="2s")]

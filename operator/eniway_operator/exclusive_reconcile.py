@@ -21,7 +21,7 @@ from typing import Any
 from kubernetes.client.rest import ApiException
 
 from cni_plugin import contract
-from eniway_operator.cloud.base import CloudError, CloudProvider, InvalidState, NotFound
+from eniway_operator.cloud.base import CloudError, CloudProvider, InvalidState, NotFound, VSwitch
 from eniway_operator.cloud.base import NetworkInterface as CloudENI
 from eniway_operator.exclusive_plan import (
     ATTACHING,
@@ -39,7 +39,7 @@ from eniway_operator.exclusive_plan import (
     State,
     plan_exclusive,
 )
-from eniway_operator.exclusive_policy import PolicyError, parse_policy, pod_claim
+from eniway_operator.exclusive_policy import Policy, PolicyError, parse_policy, pod_claim
 from eniway_operator.kube import JSON, Kube, iso, parse_time
 from eniway_operator.reconcile import instance_of
 
@@ -116,9 +116,7 @@ class ExclusiveReconciler:
             n = self._node(f)
             if n is not None:
                 by_name[f.name] = n
-        # vSwitches the policies name, described once per round
-        wanted = sorted({v for p in parsed for v in p.settings.vswitch_ids})
-        described = self.cloud.describe_vswitches(wanted) if wanted else []
+        described = self._vswitches(parsed, problems)
         for name, n in by_name.items():
             by_name[name] = Node(n.name, n.instance_id, n.zone_id, n.limits, n.instance_running,
                                  n.split, n.shared_enis, (*n.vswitches, *described),
@@ -150,6 +148,25 @@ class ExclusiveReconciler:
                 deleting=bool((r.get("metadata") or {}).get("deletionTimestamp"))))
         state = State(self.clock(), by_name, tuple(claims), tuple(enis))
         return state, cloud, records, problems
+
+    def _vswitches(self, parsed: Sequence[Policy], problems: list[tuple[str, str]]
+                   ) -> list[VSwitch]:
+        """The vSwitches the policies name, described once per round. One the cloud does not
+        have is the problem of the policies naming it, not the round's: the others are
+        described one by one and their pods still get ENIs."""
+        wanted = sorted({v for p in parsed for v in p.settings.vswitch_ids})
+        if not wanted:
+            return []
+        with contextlib.suppress(NotFound):
+            return list(self.cloud.describe_vswitches(wanted))
+        found: list[VSwitch] = []
+        for vid in wanted:
+            try:
+                found += self.cloud.describe_vswitches([vid])
+            except NotFound as e:
+                problems += [(f"policy/{p.name}", f"vSwitch {vid} does not exist: {e}")
+                             for p in parsed if vid in p.settings.vswitch_ids]
+        return found
 
     # -- one round -----------------------------------------------------------------------
     def round(self, pods: Sequence[JSON], namespace_labels: Mapping[str, Mapping[str, str]],
