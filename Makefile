@@ -20,9 +20,10 @@ lint:
 	$(VPY) -m mypy
 
 ## Run eniway on the embedded cloud emulator with a real local control plane
-## (CLOUD=aws: on its EC2 API, through boto3 and IMDSv2).
+## (CLOUD=aws: on its EC2 API, through boto3 and IMDSv2; CHART=1: installed by helm
+## install from the chart, its image built offline).
 demo: deps
-	$(VPY) hack/demo.py $(if $(CLOUD),--cloud $(CLOUD))
+	$(VPY) hack/demo.py $(if $(CLOUD),--cloud $(CLOUD)) $(if $(CHART),--chart)
 
 ## Print the benchmark figures (CNI ADD/DEL and pod startup on real nodes vs ptp+host-local,
 ## operator calls, warm-pool latency against idle IPs, agent watch traffic, cloud API).

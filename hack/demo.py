@@ -9,8 +9,11 @@ and ENIs (``kubectl exec``), a hostPort answers through portmap, the Deployment 
 past one ENI's capacity and back, a pod annotated for a public IP is reached from the
 emulator's internet at its EIP, and everything is cleaned up.
 
-    make demo            # or: python3 hack/demo.py [--keep | --up] [--cloud aws]
+    make demo            # or: python3 hack/demo.py [--keep | --up] [--cloud aws] [--chart]
     make demo CLOUD=aws  # the same on the emulator's EC2 API (boto3, IMDSv2)
+    make demo CHART=1    # eniway installed by `helm install` from its chart: its image
+                         # (built offline) in each node's containerd, the operator and the
+                         # agents as the chart's pods; `helm uninstall` at the end
 
 Ctrl-C and SIGTERM stop it cleanly at any point. A run killed without its clean-up
 (SIGKILL) leaves namespaces and processes behind: the next run removes them first
@@ -30,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from chartbox import ChartBox, image_sizes
 from clusterbox import ClusterBox, NodeSpec, pod_spec, wait_for
 
 NODES_BY_CLOUD = {
@@ -132,7 +136,12 @@ def check_host_port(box: ClusterBox) -> None:
     box.kube.kubectl("apply", "-f", "-", input=json.dumps(pod))
     wait_for(lambda: box.running_pods("app=hostport"), 120, "hostport pod running")
     for client in (node.name, "node-c"):  # the node itself, and another node's network
-        body = box.node_fetch(client, f"http://{node.primary_ip}:{HOST_PORT}/")
+        # Running is when the container started, not when its httpd listens: poll a while
+        try:
+            body = wait_for(lambda c=client: box.node_fetch(
+                c, f"http://{node.primary_ip}:{HOST_PORT}/"), 30, "the hostPort")
+        except TimeoutError:
+            body = None
         say(f"http {client} (host network) -> {node.primary_ip}:{HOST_PORT} (hostPort): "
             f"{'served by ' + body.strip() if body else 'FAILED'}")
         if not body or body.strip() != "hostport":
@@ -182,6 +191,34 @@ def check_public_ip(box: ClusterBox) -> None:
     say(f"pod deleted: EIP {eip} disassociated and released")
 
 
+def helm_install(box: ChartBox) -> None:
+    """The chart installed on the nodes; its pods up."""
+    tarball, unpacked = image_sizes(box.image)
+    say(f"image {box.image_ref} (built offline, imported into each node's containerd): "
+        f"{tarball / 1e6:.0f} MB archive, {unpacked / 1e6:.0f} MB unpacked")
+    t0 = time.monotonic()
+    print(f"$ helm install {box.release} charts/eniway -n {box.namespace} --create-namespace "
+          f"--values {box.workdir / 'values.json'}", flush=True)
+    box.install()
+    n = len(NODES)
+    wait_for(lambda: sum(p["status"].get("phase") == "Running"
+                         for p in box.component("agent")) == n, 180, "an agent on each node")
+    say(f"the chart's agents Running on {n} nodes {time.monotonic() - t0:.1f}s after helm "
+        "install (their init container installed the CNI binary and conflist)")
+    show(box, "get", "pods", "-n", box.namespace, "-o", "wide")
+
+
+def helm_uninstall(box: ChartBox) -> None:
+    print(f"$ helm uninstall {box.release} -n {box.namespace}", flush=True)
+    t0 = time.monotonic()
+    box.uninstall("--timeout=5m")
+    assert box.cloud is not None
+    left = box.cloud.provider().describe_enis(tags={"eniway.io/cluster": box.cluster_id})
+    say(f"uninstalled in {time.monotonic() - t0:.1f}s (its hook detached and deleted the "
+        f"ENIs): {len(left)} ENIs of the cluster left in the cloud")
+    show(box, "get", "enis,enipools")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -194,7 +231,13 @@ def main() -> int:
                         help="the emulator's API the operator and agents use: aliyun (ECS "
                              "and VPC through Alibaba's SDK) or aws (EC2 through boto3, "
                              "IMDSv2)")
+    parser.add_argument("--chart", action="store_true",
+                        help="install eniway with helm install from charts/eniway (its image "
+                             "built offline and imported into each node's containerd) "
+                             "instead of running it as processes; helm uninstall at the end")
     args = parser.parse_args()
+    if args.chart and args.cloud != "aliyun":
+        parser.error("--chart runs on the emulator's ECS API (cloud.provider cloudsim)")
     global NODES
     NODES = NODES_BY_CLOUD[args.cloud]
     if os.geteuid() != 0:
@@ -203,11 +246,15 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     title(f"Starting eniway on the embedded cloud emulator ({args.cloud})")
-    box = ClusterBox(NODES, log=say, cloud_name=args.cloud, pool_config={
-        "min_pool_size": 2, "max_pool_size": 5, "ip_cooldown": "5s",
-        "empty_eni_reclaim_after": "10s"})
+    box = (ChartBox if args.chart else ClusterBox)(
+        NODES, log=say, cloud_name=args.cloud, pool_config={
+            "min_pool_size": 2, "max_pool_size": 5, "ip_cooldown": "5s",
+            "empty_eni_reclaim_after": "10s"})
     try:
         box.start()
+        if isinstance(box, ChartBox):
+            title("helm install on the nodes")
+            helm_install(box)
         say("waiting for the operator to warm every node's pool")
         wait_for(lambda: pools_warm(box), 180, "warm pools")
         say("pools are warm")
@@ -260,6 +307,9 @@ def main() -> int:
         title("Cleaning up")
         box.kube.kubectl("delete", "deployment", APP)
         wait_for(lambda: not box.pods(f"app={APP}"), 120, "pods gone")
+        if isinstance(box, ChartBox):
+            title("helm uninstall")
+            helm_uninstall(box)
         say("demo finished")
         return 0
     finally:
