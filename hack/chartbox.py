@@ -33,7 +33,10 @@ RELEASE = "eniway"
 BIN_DIR, CONF_DIR = Path("/opt/cni/bin"), Path("/etc/cni/net.d")
 # the chart's host paths (values.yaml: agent.installCNI, agent.socket, agent.stateDir)
 HOST_PATHS = (str(BIN_DIR), str(CONF_DIR), "/opt/eniway", "/run/eniway", "/var/lib/eniway")
-HOST_NETWORK_PODS = 2  # per node: the agent's and an operator replica
+# Host-network pods every node runs: the agent's. A node that also runs an operator replica
+# then offers one pod fewer than its pod IPs; counting it everywhere would let the scheduler
+# put one pod more than its IPs on the nodes without one.
+HOST_NETWORK_PODS = 1
 
 
 @dataclass
