@@ -195,18 +195,18 @@ def terway_policy(min_pool: int, max_pool: int) -> Policy:
     (batches of up to 10 a call); idle IPs above max_pool go back on the pool sync; ENIs are
     kept. Not modelled, in Terway's favour: its 300 ms wait to gather requests, a new ENI
     carrying at most one batch, and its per-ENI call rate limit (pkg/eni/local.go)."""
-    next_sync: dict[str, float] = {}
+    next_sync: dict[str, tuple[float, int]] = {}  # node -> (when, how many syncs so far)
 
     def decide(s: Snapshot) -> Decision:
         free = len(_free(s))
         need = max(min_pool, s.pending) - free
         if need > 0:
             return Decision(_fill(s, need, whole=False))
-        due = next_sync.setdefault(s.node, s.started)
+        due, n = next_sync.setdefault(s.node, (s.started, 0))
         if s.now < due:
             return Decision(_cleanup(s))
-        jitter = random.Random(f"{s.node}:{due}").random()
-        next_sync[s.node] = s.now + TERWAY_SYNC * (1 + jitter)
+        jitter = random.Random(f"{s.node}:{n}").random()  # the same in every run
+        next_sync[s.node] = (s.now + TERWAY_SYNC * (1 + jitter), n + 1)
         if free > max_pool:
             return Decision(_give_back(s, free - max_pool) + _cleanup(s))
         return Decision(_cleanup(s))
