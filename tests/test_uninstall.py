@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -113,7 +114,7 @@ class World:
             extra=("--lease-duration=6", "--resync=5"))
         self.agent = AgentDouble(self.api, self.nodes, interval=0.1)
 
-    def uninstall(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def start_uninstall(self, *args: str) -> subprocess.Popen[str]:
         cmd = [sys.executable, "-m", "eniway_operator.main", "uninstall",
                f"--kubeconfig={self.cluster.kubeconfig}", f"--namespace={NS}",
                f"--cluster-id={CLUSTER_ID}", "--cloud=cloudsim",
@@ -122,10 +123,17 @@ class World:
         env = {"ALIBABA_CLOUD_ACCESS_KEY_ID": self.sim.access_key_id,
                "ALIBABA_CLOUD_ACCESS_KEY_SECRET": self.sim.access_key_secret,
                "PATH": "/usr/bin:/bin"}
-        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-        print(f"$ eniway-operator uninstall {' '.join(args)}  (exit {out.returncode})\n"
-              f"{out.stdout}{out.stderr}")
-        return out
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env)
+
+    @staticmethod
+    def finish(run: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
+        stdout, stderr = run.communicate(timeout=300)
+        print(f"$ {' '.join(map(str, run.args))}  (exit {run.returncode})\n{stdout}{stderr}")
+        return subprocess.CompletedProcess(run.args, run.returncode, stdout, stderr)
+
+    def uninstall(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.finish(self.start_uninstall(*args))
 
     def objects(self, plural: str) -> list[dict[str, Any]]:
         got = cast(dict[str, Any], self.custom.list_cluster_custom_object(
@@ -197,10 +205,28 @@ def test_uninstall_frees_the_cloud_and_unblocks_crd_deletion(world: World) -> No
 
     # The operator stops (what scaling to 0 does to its pods); pods remain on node-a:
     # --force deletes node-b's ENIs, keeps node-a's attached and says so.
+    # A replica still terminating (held by a finalizer here) could write ENI objects after
+    # they are listed: the command waits until the Deployment's pods are gone.
     w.agent.stop()
     w.operator.stop()
     kept = w.secondary("node-a")
-    out = w.uninstall("--force")
+    w.core.create_namespaced_pod(NS, {  # type: ignore[arg-type]
+        "metadata": {"name": "op-terminating", "labels": {"app": "op"},
+                     "finalizers": ["eniway.test/hold"]},
+        "spec": {"automountServiceAccountToken": False,
+                 "containers": [{"name": "o", "image": "x"}]}})
+    w.core.delete_namespaced_pod("op-terminating", NS)
+    secondary_b = w.secondary("node-b")
+    run = w.start_uninstall("--force")
+    wait_for(lambda: w.replicas() == 0, 30, "scaled to 0")
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:  # nothing moves while the replica is there
+        assert run.poll() is None and w.secondary("node-b") == secondary_b
+        assert all(e.status == "InUse" for e in w.cloud("node-b"))
+    w.cluster.kubectl("patch", "pod", "op-terminating", "-n", NS, "--type=merge",
+                      "-p", '{"metadata": {"finalizers": null}}')
+    out = w.finish(run)
+    assert "no pod of eniway-operator left" in out.stdout, out.stdout
     assert out.returncode == 0, out.stdout + out.stderr
     assert w.replicas() == 0
     for eni_id in kept:
@@ -266,6 +292,7 @@ def test_hook_rbac_grants_what_the_command_calls_and_no_more(cluster: LocalClust
                    ("list", "enipools.network.eniway.io"),
                    ("delete", "enipools.network.eniway.io"),
                    ("get", "deployments.apps/eniway-operator", "--subresource=scale", "-n", ns),
+                   ("list", "pods", "-n", ns),
                    ("patch", "deployments.apps/eniway-operator", "--subresource=scale", "-n",
                     ns),
                    ("create", "leases.coordination.k8s.io", "-n", ns),

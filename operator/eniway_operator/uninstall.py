@@ -268,6 +268,22 @@ class Fence:
         self.apps.patch_namespaced_deployment_scale(
             self.deployment, self.namespace, {"spec": {"replicas": replicas}})
 
+    def _wait_pods_gone(self, selector: str) -> None:
+        """A replica still terminating may write ENI objects after they are listed: wait
+        (up to the timeout) until the Deployment's pods are gone. Past it, go on: the Lease
+        taken next still keeps them from any cloud call."""
+        if not selector:
+            return
+        core = client.CoreV1Api(self.api)
+        deadline = time.monotonic() + self.timeout
+        while pods := core.list_namespaced_pod(self.namespace, label_selector=selector).items:
+            if time.monotonic() >= deadline:
+                self.say(f"operator: {len(pods)} pod(s) of {self.deployment} still there after "
+                         f"{self.timeout:.0f}s; going on behind its Lease")
+                return
+            time.sleep(1.0)
+        self.say(f"operator: no pod of {self.deployment} left")
+
     def take(self) -> bool:
         if self.deployment:
             try:
@@ -284,6 +300,7 @@ class Fence:
                 self.say(f"operator: deployment {self.namespace}/{self.deployment} scaled "
                          f"{self.replicas} -> 0" if self.replicas else
                          f"operator: deployment {self.namespace}/{self.deployment} at 0 already")
+                self._wait_pods_gone(str(scale.status.selector or "") if scale.status else "")
         if not self.lease:
             return True
         self.elector = LeaseElector(self.api, self.namespace, self.lease, IDENTITY,
