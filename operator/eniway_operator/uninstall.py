@@ -6,7 +6,8 @@ command does the operator's last job, in this order:
 
 1. refuses, changing nothing, while pods still hold eniway IPs (``--force`` goes on: their
    ENIs stay attached in the cloud and keep serving them, and are reported);
-2. stops the operator from acting: scales its Deployment to 0 (``--scale-down``) and takes
+2. stops the operator from acting: scales its Deployment to 0 (``--scale-down``), waits
+   until its pods are gone, and takes
    its leader Lease, so no replica can make a cloud call meanwhile;
 3. takes every EIP off the ENIs it is about to delete, and releases this cluster's own
    EIPs (same tags) but those on ENIs kept for pods (``--force``); an EIP someone else
