@@ -124,6 +124,30 @@ def test_surge_asks_for_the_pods_and_keeps_what_is_free() -> None:
     assert len(plan.release) == 8  # surge over: back to max_pool_size
 
 
+def test_pods_that_keep_arriving_get_whole_batches_and_whole_enis() -> None:
+    # Pods waited at the last round and more came since: each call carries a whole batch
+    # (the ENI's room permitting) and a new ENI its whole room, not a call a round.
+    e = ENIView("eni-b1", INUSE, "vsw-aaaa0001", ips("10.0.0", 3))
+    plan = plan_node(state(limits=BIG, enis=(PRIMARY, e), pending=4, pending_before=2))
+    assert plan.actions == [AssignIPs("eni-b1", 10)]
+    room = ENIView("eni-b1", INUSE, "vsw-aaaa0001", ips("10.0.0", 13))
+    plan = plan_node(state(limits=BIG, enis=(PRIMARY, room), pending=16, pending_before=9))
+    assert plan.actions == [AssignIPs("eni-b1", 6)]  # the ENI's room, no more
+    plan = plan_node(state(limits=BIG, enis=(PRIMARY,), pending=6, pending_before=1))
+    assert plan.actions == [CreateENI("vsw-aaaa0001", 19)]
+    plan = plan_node(state(limits=BIG, enis=(PRIMARY, e), pending=25, pending_before=20))
+    assert plan.actions == [AssignIPs("eni-b1", 10), AssignIPs("eni-b1", 6),
+                            CreateENI("vsw-aaaa0001", 19)]
+    # a burst (none waited before) or pods no longer coming: their IPs only
+    for before in (0, 6, 9):
+        plan = plan_node(state(limits=BIG, enis=(PRIMARY,), pending=6, pending_before=before))
+        assert plan.actions == [CreateENI("vsw-aaaa0001", 6)], before
+    # surge off: pending pods are ignored, waiting or not
+    plan = plan_node(state(limits=BIG, enis=(PRIMARY,), pending=6, pending_before=1,
+                           config=replace(CFG, surge_pending=False)))
+    assert plan.actions == []
+
+
 def test_surge_leaves_nothing_idle() -> None:
     # Whatever the burst and the pool's bounds, once the waiting pods hold their IPs nothing
     # the surge asked for is left free: no IP idles after it, none is given back.

@@ -469,3 +469,16 @@ def test_pods_on_the_primary_eni_filled_first_kept_attached_released_by_handshak
     record = world.kube.get_eni(primary.eni_id)
     assert record is not None and [i["ip"] for i in record["status"]["ips"]] == [held]
     assert record["status"]["ips"][0]["state"] == contract.IP_ALLOCATED
+
+
+def test_a_burst_gets_its_ips_pods_that_keep_arriving_whole_batches(world: World) -> None:
+    node = world.node("ecs.g6.4xlarge")  # 19 IPs an ENI
+    # a burst (none waited at the last round): the new ENI gets the 2 pods' IPs, no more
+    world.rounds(node, Demand(pending=2), lambda: _counts(world, node).get("free", 0) >= 2)
+    assert _counts(world, node)["total"] == 2
+    before = world.cloud_ips(node)
+    assigns = world.cloud.calls["AssignPrivateIpAddresses"]
+    # 2 waited at that round and 3 more came: the call carries a whole batch of 10
+    world.rec.reconcile(node, Demand(pending=5))
+    assert world.cloud.calls["AssignPrivateIpAddresses"] == assigns + 1
+    assert len(world.cloud_ips(node) - before) == 10

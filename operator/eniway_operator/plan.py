@@ -69,6 +69,7 @@ class NodeState:
     marked_at: Mapping[str, float] = field(default_factory=dict)  # IP -> listed since
     acknowledged: frozenset[str] = frozenset()  # ENIPool status.agent.acknowledged
     pending: int = 0  # pods on the node waiting for an IP
+    pending_before: int = 0  # pending at the node's previous round (0 after a restart)
     vswitches: tuple[VSwitch, ...] = ()  # described candidates (config'd ones for the zone)
     default_vswitch: str = ""  # the instance's own vSwitch, used when none is configured
     blocked_vswitches: Mapping[str, float] = field(default_factory=dict)  # id -> until
@@ -246,11 +247,16 @@ def plan_node(state: NodeState) -> Plan:
     # An ENI still attaching is filled once it is InUse: count its room as coming.
     headroom = max(max_total - len(all_ips) - sum(len(e.ips) for e in attaching), 0)
     deficit = want_free - len(warm) - cap * len(attaching)
-    # Pods are arriving. The calls ask for their IPs, no more: a whole batch or a whole ENI
-    # ahead would be free in the same call, but what the pods leave over stays idle (up to
-    # max_pool_size) or costs an unassign call after the surge; the pool fills up to
-    # max_pool_size only from IPs pods give back, as Terway's does.
+    # Pods are arriving. A burst (no pod waiting at the last round) gets its IPs, no more:
+    # a whole batch or a whole ENI ahead would be free in the same call, but what the pods
+    # leave over stays idle (up to max_pool_size) or costs an unassign call after it.
     surge = pending > 0
+    # Pods waited at the last round and more have come since: they keep arriving, and
+    # asking for each round's newcomers would cost a call a round. Each call then carries a
+    # whole batch, and a new ENI its whole room (the round already counts an attaching
+    # ENI's whole room as coming: filled short, it costs an assign call once InUse).
+    before = state.pending_before if cfg.surge_pending else 0
+    arriving = 0 < before < pending
 
     # 1. Take back IPs marked for release before asking the cloud for new ones.
     if deficit > 0 and release:
@@ -267,7 +273,8 @@ def plan_node(state: NodeState) -> Plan:
                 break
             if not (e.managed or e is primary) or e.vswitch_id in blocked:
                 continue
-            room = min(cap - len(e.ips), headroom, deficit)
+            want = math.ceil(deficit / per_call) * per_call if arriving else deficit
+            room = min(cap - len(e.ips), headroom, want)
             for n in chunks(room, per_call):
                 plan.actions.append(AssignIPs(e.eni_id, n))
             deficit -= max(room, 0)
@@ -298,7 +305,8 @@ def plan_node(state: NodeState) -> Plan:
                 for _ in range(n_create):
                     # The cloud fills a new ENI with up to ips_at_create IPs (49 on ECS) in
                     # the creating call itself.
-                    take = min(max(deficit, 0), cap, limits.ips_at_create)
+                    take = min(cap if arriving else max(deficit, 0), cap,
+                               limits.ips_at_create)
                     plan.actions.append(CreateENI(vsw, take))
                     deficit -= cap
                     slots_used += 1

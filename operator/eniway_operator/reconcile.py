@@ -119,6 +119,7 @@ class NodeMemory:
     freed_at: dict[str, float] = field(default_factory=dict)
     marked_at: dict[str, float] = field(default_factory=dict)  # unknown after a restart: 0
     last_idle_reclaim: float = 0.0
+    pending: int = 0  # pods waiting at the last round (the planner tells a burst from a stream)
     failures: int = 0
     throttled: bool = False
     last_pool_status: JSON = field(default_factory=dict)
@@ -324,7 +325,7 @@ class Reconciler:
             allocated=frozenset(allocated), free_since=free_since, cooling=cooling,
             release=frozenset(self._release(pool)), marked_at=dict(mem.marked_at),
             acknowledged=self._acknowledged(name, pool),
-            pending=demand.pending, vswitches=vswitches,
+            pending=demand.pending, pending_before=mem.pending, vswitches=vswitches,
             default_vswitch=info.vswitch_id, blocked_vswitches=dict(mem.blocked),
             warmed_up=warmed, last_idle_reclaim=mem.last_idle_reclaim,
             reserved_slots=reserved_slots(cfg.exclusive_enis, mem.exclusive_slots))
@@ -333,6 +334,7 @@ class Reconciler:
         mem.shared_enis = len([e for e in state.enis if not e.primary
                                and e.status in (ATTACHING, INUSE, DETACHING)])
         mem.marked_at = {ip: mem.marked_at.get(ip, now) for ip in plan.release}
+        mem.pending = demand.pending
         if plan.idle_reclaimed:
             mem.last_idle_reclaim = now
 
