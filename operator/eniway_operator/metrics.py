@@ -76,6 +76,8 @@ def _export_from_start() -> None:
         GC_DELETED.labels(kind)
     for verb, resource in (("patch", "enipools/status"), ("create", "events")):
         KUBE_REQUESTS.labels(verb, resource)
+    for result in ("exclusive", "unchanged", "bad_request", "error"):
+        WEBHOOK_ADMISSIONS.labels(result)
 
 
 _export_from_start()
