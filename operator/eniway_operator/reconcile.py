@@ -55,6 +55,7 @@ from eniway_operator.plan import (
     COND_WARM,
     DETACHING,
     INUSE,
+    RELEASE_BATCH_WAIT,
     Action,
     AssignIPs,
     AttachENI,
@@ -402,6 +403,8 @@ class Reconciler:
             mem.info_at = 0.0  # watch for the instance to stop
             return 5.0
         resync_due = mem.view_at + self.settings.resync - self.clock()
+        if plan.release:  # listed IPs go once acknowledged and their batch wait is over
+            return max(0.5, min(RELEASE_BATCH_WAIT, resync_due))
         return max(0.5, min(self.settings.idle_requeue, resync_due))
 
     def _create_pool(self, name: str, mem: NodeMemory, node: JSON, spec: JSON) -> JSON:
