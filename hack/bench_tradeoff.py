@@ -102,6 +102,7 @@ class Snapshot:
     node: str = ""
     started: float = 0.0  # when the node joined
     pending_before: int = 0  # pods waiting at the node's previous round
+    allocated_before: int = 0  # IPs pods held at the node's previous round
 
 
 @dataclass
@@ -130,7 +131,8 @@ def eniway_policy(name: str, **knobs: Any) -> Policy:
             allocated=s.allocated, free_since=s.free_since, cooling=s.cooling,
             release=s.release, marked_at=s.marked_at,
             acknowledged=s.release - s.allocated,  # the agent's part: at once
-            pending=s.pending, pending_before=s.pending_before, vswitches=(s.vswitch,),
+            pending=s.pending, pending_before=s.pending_before,
+            allocated_before=s.allocated_before, vswitches=(s.vswitch,),
             default_vswitch=s.vswitch.vswitch_id,
             warmed_up=s.warmed_up, last_idle_reclaim=s.last_idle_reclaim))
         return Decision(plan.actions, plan.release, plan.warmed_up, plan.idle_reclaimed)
@@ -317,6 +319,7 @@ class Node:
     last_idle_reclaim: float = 0.0
     started: float = 0.0
     pending_before: int = 0
+    allocated_before: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     wake: threading.Event = field(default_factory=threading.Event)
 
@@ -406,7 +409,7 @@ class Run:
         return Snapshot(now, node.limits, self.vswitch, views, held, len(node.waiting),
                         node.release, dict(node.marked_at), dict(node.free_since), cooling,
                         node.warmed_up, node.last_idle_reclaim, node.name, node.started,
-                        node.pending_before)
+                        node.pending_before, node.allocated_before)
 
     def _drive(self, node: Node) -> None:
         try:
@@ -425,6 +428,7 @@ class Run:
                 node.release = d.release
                 node.warmed_up = d.warmed_up
                 node.pending_before = snap.pending
+                node.allocated_before = len(snap.allocated)
                 if d.idle_reclaimed:
                     node.last_idle_reclaim = snap.now
             for a in d.actions:

@@ -277,7 +277,7 @@ def test_every_pool_knob_in_values_is_known_to_the_operator() -> None:
 @pytest.mark.parametrize(("flags", "message"), [
     (["--set", "pool.vswitch_selection_policy=random"], "vswitch_selection_policy"),
     (["--set", "pool.max_eni=65"], "max_eni"),
-    (["--set", "pool.ips_per_call=11"], "ips_per_call"),
+    (["--set", "pool.ips_per_call=51"], "ips_per_call"),
     (["--set", "pool.bogus=1"], "bogus"),
     (["--set", "pool.ip_cooldown=soon"], "ip_cooldown"),
     (["--set-json", 'pool.security_group_ids=["sg-1a2b","sg-2a2b","sg-3a2b","sg-4a2b",'

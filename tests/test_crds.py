@@ -220,7 +220,7 @@ def test_serviceaccount_kubeconfig_has_only_granted_rights(cluster: LocalCluster
 @pytest.mark.parametrize("config,needle", [
     ({"min_pool_size": -1}, "spec.config.min_pool_size"),
     ({"max_pool_size": "ten"}, "spec.config.max_pool_size"),
-    ({"ips_per_call": 11}, "spec.config.ips_per_call"),
+    ({"ips_per_call": 51}, "spec.config.ips_per_call"),
     ({"vswitches": {"cn-hangzhou-i": ["vsw_typo"]}}, "spec.config.vswitches"),
     ({"vswitches": {"cn-hangzhou-i": []}}, "spec.config.vswitches"),
     ({"security_group_ids": ["default"]}, "spec.config.security_group_ids"),

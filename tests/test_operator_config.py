@@ -21,7 +21,7 @@ from eniway_operator.config import (
 def test_defaults_are_terways() -> None:
     cfg = merge()
     assert cfg == PoolConfig()
-    assert (cfg.min_pool_size, cfg.max_pool_size, cfg.ips_per_call) == (0, 5, 10)
+    assert (cfg.min_pool_size, cfg.max_pool_size, cfg.ips_per_call) == (0, 5, 0)
 
 
 @pytest.mark.parametrize("text", [
@@ -59,7 +59,7 @@ def test_layers_override_in_order() -> None:
     ({"vswitches": ["vsw-aaaa0001"]}, "map of zone id"),
     ({"idle_ip_reclaim_after": "soon"}, "expected a duration"),
     ({"eni_tags": {"eniway.io/node": "x"}}, "reserved"),
-    ({"ips_per_call": 11}, "between 1 and 10"),
+    ({"ips_per_call": 51}, "between 0 and 50"),
     ({"min_pol_size": 1}, "unknown key 'min_pol_size'"),
     ({"vswitch_selection_policy": "random"}, "expected one of"),
     ({"min_eni": 3, "max_eni": 2}, "min_eni (3) must be <= max_eni (2)"),

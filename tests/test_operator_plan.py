@@ -18,6 +18,8 @@ from eniway_operator.plan import (
     COND_VSW,
     DETACHING,
     INUSE,
+    RELEASE_BATCH_WAIT,
+    WHOLE_ENI_WAIT,
     AssignIPs,
     AttachENI,
     CreateENI,
@@ -138,6 +140,15 @@ def test_pods_that_keep_arriving_get_whole_batches_and_whole_enis() -> None:
     plan = plan_node(state(limits=BIG, enis=(PRIMARY, e), pending=25, pending_before=20))
     assert plan.actions == [AssignIPs("eni-b1", 10), AssignIPs("eni-b1", 6),
                             CreateENI("vsw-aaaa0001", 19)]
+    # pods served as fast as they come: as many wait as at the last round, but more hold
+    # IPs than then, so more came
+    held = ENIView("eni-b1", INUSE, "vsw-aaaa0001", ips("10.0.0", 13))
+    plan = plan_node(state(limits=BIG, enis=(PRIMARY, held), pending=3, pending_before=3,
+                           allocated=frozenset(held.ips), allocated_before=10))
+    assert plan.actions == [AssignIPs("eni-b1", 6)]  # the ENI's room (3 asked for)
+    plan = plan_node(state(limits=BIG, enis=(PRIMARY, held), pending=3, pending_before=3,
+                           allocated=frozenset(held.ips), allocated_before=13))
+    assert plan.actions == [AssignIPs("eni-b1", 3)]  # nothing came: their IPs only
     # a burst (none waited before) or pods no longer coming: their IPs only
     for before in (0, 6, 9):
         plan = plan_node(state(limits=BIG, enis=(PRIMARY,), pending=6, pending_before=before))
@@ -206,7 +217,7 @@ def test_random_states_never_exceed_limits(limits: InstanceLimits) -> None:
     never puts more IPs in a call than the cloud takes."""
     rng = random.Random(limits.instance_type + str(limits.pods_on_primary_eni))
     cap = limits.ips_per_eni - 1
-    per_call = min(10, limits.ips_per_call)
+    per_call = limits.ips_per_call  # the pool sets none: the cloud's own
     counter = itertools.count()
     for _ in range(400):
         allocated: set[str] = set()
@@ -276,6 +287,15 @@ def test_ips_per_call_is_capped_by_the_clouds() -> None:
                            release=rel, acknowledged=rel, marked_at={ip: 0.0 for ip in rel},
                            config=replace(CFG, max_pool_size=2)))
     assert [len(a.ips) for a in plan.actions if isinstance(a, UnassignIPs)] == [4, 3]
+    # no setting (0, the default): as many as the cloud takes, one call for EC2's ENI room
+    ec2 = replace(BIG, pods_on_primary_eni=True, ips_per_call=19, ips_at_create=19)
+    m5 = ENIView("eni-m1", INUSE, "vsw-aaaa0001")
+    plan = plan_node(state(limits=ec2, enis=(_primary_with(19), m5), pending=25,
+                           allocated=frozenset(_primary_with(19).ips)))
+    assert plan.actions == [AssignIPs("eni-m1", 19), CreateENI("vsw-aaaa0001", 6)]
+    plan = plan_node(state(limits=BIG, enis=(PRIMARY, e), pending=25))
+    assert plan.actions == [AssignIPs("eni-b1", 10), AssignIPs("eni-b1", 9),
+                            CreateENI("vsw-aaaa0001", 6)]  # ECS takes 10 a call
 
 
 def _primary_with(n: int) -> ENIView:
@@ -383,6 +403,19 @@ def test_unassign_only_acknowledged() -> None:
     assert plan.release == rel  # forgotten only after the call succeeded
 
 
+def test_what_stays_free_stays_on_the_smallest_idle_eni() -> None:
+    # No pods: what the pool keeps (max_pool_size 5) stays on the ENI holding the fewest
+    # IPs, so the others go whole and the one kept needs no unassign to trim.
+    small = ENIView("eni-z9", INUSE, "vsw-aaaa0001", ips("10.0.0", 5))
+    big = ENIView("eni-b1", INUSE, "vsw-aaaa0001", ips("10.0.1", 19))
+    plan = plan_node(state(limits=BIG, enis=(PRIMARY, small, big)))
+    assert plan.release == frozenset(big.ips)
+    # pods still come first: an ENI a pod uses keeps its free IPs before an idle one
+    plan = plan_node(state(limits=BIG, enis=(PRIMARY, small, big),
+                           allocated=frozenset({"10.0.1.19"})))
+    assert plan.release == frozenset(small.ips) | frozenset(big.ips[:13])
+
+
 def test_an_eni_released_whole_is_detached_not_unassigned() -> None:
     a = ENIView("eni-a1", INUSE, "vsw-aaaa0001", ips("10.0.0", 9))
     b = ENIView("eni-a2", INUSE, "vsw-aaaa0001", ips("10.0.1", 9))
@@ -398,10 +431,22 @@ def test_an_eni_released_whole_is_detached_not_unassigned() -> None:
                            acknowledged=every - {"10.0.2.19"}, marked_at={
                                ip: 999.0 for ip in every}))
     assert plan.actions == []
-    # ...but not for ever: after the batch wait the acknowledged ones are unassigned
+    # ...past the batch wait too, as the ENI is to go whole (unassigning the rest first
+    # would be calls for nothing)...
     plan = plan_node(state(limits=BIG, enis=(PRIMARY, a, big), release=every,
                            acknowledged=every - {"10.0.2.19"}, marked_at={
                                ip: 990.0 for ip in every}))
+    assert plan.actions == []
+    # ...but not for ever: after WHOLE_ENI_WAIT batch waits the acknowledged ones go
+    late = 1000.0 - RELEASE_BATCH_WAIT * WHOLE_ENI_WAIT - 0.1
+    plan = plan_node(state(limits=BIG, enis=(PRIMARY, a, big), release=every,
+                           acknowledged=every - {"10.0.2.19"}, marked_at={
+                               ip: late for ip in every}))
+    assert [type(x) for x in plan.actions] == [UnassignIPs, UnassignIPs]
+    # an ENI a pod still uses does not go whole: its acknowledged IPs go after one wait
+    plan = plan_node(state(limits=BIG, enis=(PRIMARY, a, big), release=every - {
+        "10.0.2.19"}, acknowledged=every - {"10.0.2.19"}, allocated=frozenset(
+            {"10.0.2.19"}), marked_at={ip: 990.0 for ip in every}))
     assert [type(x) for x in plan.actions] == [UnassignIPs, UnassignIPs]
     # min_eni keeps the ENI: its IPs are unassigned instead
     plan = plan_node(state(enis=(PRIMARY, b), release=rel, acknowledged=rel,

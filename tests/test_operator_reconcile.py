@@ -123,6 +123,15 @@ def world(cluster: Any, cloudsim: Any) -> Iterator[World]:
         w.close()
 
 
+def _free_ips(w: World, node: str) -> set[str]:
+    """The node's free IPs as its ENI records show them."""
+    got = w.custom.list_cluster_custom_object(
+        contract.GROUP, contract.VERSION, contract.PLURAL_ENI,
+        label_selector=f"{contract.LABEL_NODE}={node}")["items"]
+    return {i["ip"] for e in got for i in (e.get("status") or {}).get("ips") or []
+            if i.get("state") == contract.IP_FREE}
+
+
 def _counts(w: World, node: str) -> dict[str, int]:
     return cast(dict[str, int], (w.pool(node).get("status") or {}).get("counts") or {})
 
@@ -469,6 +478,32 @@ def test_pods_on_the_primary_eni_filled_first_kept_attached_released_by_handshak
     record = world.kube.get_eni(primary.eni_id)
     assert record is not None and [i["ip"] for i in record["status"]["ips"]] == [held]
     assert record["status"]["ips"][0]["state"] == contract.IP_ALLOCATED
+
+
+def test_a_pod_served_before_its_podip_is_seen_is_not_asked_for_twice(world: World) -> None:
+    world.config({"min_pool_size": 0, "max_pool_size": 5})
+    node = world.node("ecs.g6.4xlarge")
+    world.rounds(node, Demand(pending=4), lambda: _counts(world, node).get("free", 0) >= 4)
+    ips = sorted(world.cloud_ips(node) - {world.pool(node)["spec"].get("primaryIP", "")})
+    total = _counts(world, node)["total"]
+    assigns = world.cloud.calls["AssignPrivateIpAddresses"]
+    creates = world.cloud.calls["CreateNetworkInterface"]
+    # The agent handed the four pods their IPs; their PodIPs have not reached the index,
+    # so the pods still count as waiting. Their IPs are not asked for a second time.
+    served = [ip for ip in ips if ip in _free_ips(world, node)][:4]
+    world.custom.patch_cluster_custom_object_status(
+        contract.GROUP, contract.VERSION, contract.PLURAL_ENIPOOL, node,
+        {"status": {"agent": {"acknowledged": [], "allocated": served,
+                              "heartbeat": kube_mod.now_iso()}}})
+    for _ in range(3):
+        world.rec.reconcile(node, Demand(pending=4))
+    assert world.cloud.calls["AssignPrivateIpAddresses"] == assigns
+    assert world.cloud.calls["CreateNetworkInterface"] == creates
+    assert _counts(world, node)["total"] == total
+    assert _counts(world, node)["pending"] == 0
+    # a fifth pod is another matter: its IP is asked for
+    world.rec.reconcile(node, Demand(pending=5))
+    assert _counts(world, node)["total"] == total + 1
 
 
 def test_a_burst_gets_its_ips_pods_that_keep_arriving_whole_batches(world: World) -> None:

@@ -52,9 +52,10 @@ class PoolConfig:
     surge_pending: bool = True  # pending pods on the node raise the free target
     ip_cooldown: float = 30.0  # a just-freed IP is neither counted as warm nor released
     empty_eni_reclaim_after: float = 300.0  # an empty ENI above min_eni goes after this
-    # IPs per assign/unassign call, 1..10; the planner caps it by the cloud's own limit
-    # (InstanceLimits.ips_per_call: 10 on ECS)
-    ips_per_call: int = 10
+    # IPs per assign/unassign call, 0..50; 0: as many as the cloud takes in one call
+    # (InstanceLimits.ips_per_call: 10 on ECS, the ENI's secondary IPs on EC2), which
+    # also caps any other setting
+    ips_per_call: int = 0
     exclusive_enis: int = 0  # secondary-ENI slots kept for exclusive-ENI pods (0: none)
 
     def to_status(self) -> dict[str, Any]:
@@ -167,7 +168,7 @@ _PARSERS: dict[str, Any] = {
     "surge_pending": _bool,
     "ip_cooldown": parse_duration,
     "empty_eni_reclaim_after": parse_duration,
-    "ips_per_call": lambda v, k: _int(v, k, 1, 10),
+    "ips_per_call": lambda v, k: _int(v, k, 0, 50),
     "exclusive_enis": lambda v, k: _int(v, k, 0, 64),
 }
 _ALIASES = {"security_groups": "security_group_ids", "security_group": "security_group_ids"}

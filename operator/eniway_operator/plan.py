@@ -38,6 +38,7 @@ COND_READY = "Ready"
 
 # Acknowledged IPs of an ENI wait this long for more to fill a batch before unassigning.
 RELEASE_BATCH_WAIT = 5.0
+WHOLE_ENI_WAIT = 6  # batch waits an ENI about to go whole waits for its last acknowledgements
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class NodeState:
     acknowledged: frozenset[str] = frozenset()  # ENIPool status.agent.acknowledged
     pending: int = 0  # pods on the node waiting for an IP
     pending_before: int = 0  # pending at the node's previous round (0 after a restart)
+    allocated_before: int = 0  # IPs held by pods at the node's previous round
     vswitches: tuple[VSwitch, ...] = ()  # described candidates (config'd ones for the zone)
     default_vswitch: str = ""  # the instance's own vSwitch, used when none is configured
     blocked_vswitches: Mapping[str, float] = field(default_factory=dict)  # id -> until
@@ -148,7 +150,10 @@ def max_secondary_enis(limits: InstanceLimits, cfg: PoolConfig, reserved: int = 
 
 
 def ips_per_call(limits: InstanceLimits, cfg: PoolConfig) -> int:
-    """IPs one assign/unassign call carries: the pool's setting, capped by the cloud's."""
+    """IPs one assign/unassign call carries: the pool's setting, capped by the cloud's; with
+    no setting (0), the cloud's (10 on ECS; on EC2 an ENI's room, so one call fills it)."""
+    if cfg.ips_per_call <= 0:
+        return max(limits.ips_per_call, 1)
     return max(min(cfg.ips_per_call, limits.ips_per_call), 1)
 
 
@@ -255,8 +260,11 @@ def plan_node(state: NodeState) -> Plan:
     # asking for each round's newcomers would cost a call a round. Each call then carries a
     # whole batch, and a new ENI its whole room (the round already counts an attaching
     # ENI's whole room as coming: filled short, it costs an assign call once InUse).
+    # "More have come" counts the pods served since as well: pods served as fast as they
+    # come leave the count of waiting ones flat while the stream goes on.
     before = state.pending_before if cfg.surge_pending else 0
-    arriving = 0 < before < pending
+    arriving = before > 0 and pending > 0 and (
+        pending + len(state.allocated) > before + state.allocated_before)
 
     # 1. Take back IPs marked for release before asking the cloud for new ones.
     if deficit > 0 and release:
@@ -361,11 +369,17 @@ def plan_node(state: NodeState) -> Plan:
                 plan.actions.append(DetachENI(e.eni_id))
                 whole.add(e.eni_id)
                 n_sec -= 1
+    # An ENI no pod uses whose IPs are all listed goes whole once the rest are acknowledged:
+    # unassigning the acknowledged ones first would cost calls for nothing. It waits for
+    # them a while (an agent that never acknowledges one does not keep the rest forever).
+    going = {e.eni_id for e in sec_inuse
+             if e.managed and e.ips and set(e.ips) <= release and not set(e.ips) & allocated
+             } if deficit <= 0 and can_attach and n_sec > cfg.min_eni else set()
     for eni_id, ips in sorted(by_eni.items()):
         if eni_id in whole:
             continue
         oldest = min(state.marked_at.get(ip, 0.0) for ip in ips)
-        if now - oldest < RELEASE_BATCH_WAIT:
+        if now - oldest < RELEASE_BATCH_WAIT * (WHOLE_ENI_WAIT if eni_id in going else 1):
             # More may come: one call for them all, or the ENI whole in two calls however
             # many IPs it holds (pods leave in waves: an ENI unassigned ten at a time now
             # is often one that empties a moment later).
@@ -410,14 +424,19 @@ def _ip_key(ip: str) -> tuple[int, ...]:
 
 def _release_order(ips: set[str], inuse: list[ENIView], allocated: frozenset[str],
                    state: NodeState) -> list[str]:
-    """Which free IPs to give back first: from the ENI with the fewest pods (so whole ENIs
-    empty and can go), the primary ENI's last (it never goes), then the longest idle."""
+    """Which of ``ips`` to give back first: from the ENI with the fewest pods (so whole ENIs
+    empty and can go), the primary ENI's last (it never goes). Among ENIs as busy, from the
+    one holding the most IPs: what stays is on the smallest, whose surplus takes the fewest
+    unassigns, while the others go whole (a detach however many IPs they hold); then from
+    the one with the fewest of ``ips`` left, so one mostly given back goes whole; then the
+    longest idle."""
     eni_of = {ip: e for e in inuse for ip in e.ips}
     pods = {e.eni_id: len(set(e.ips) & allocated) for e in inuse}
+    left = {e.eni_id: len(set(e.ips) & ips) for e in inuse}
 
-    def key(ip: str) -> tuple[bool, int, str, float, tuple[int, ...]]:
+    def key(ip: str) -> tuple[bool, int, int, int, str, float, tuple[int, ...]]:
         e = eni_of[ip]
-        return (e.primary, pods[e.eni_id], e.eni_id, state.free_since.get(ip, state.now),
-                _ip_key(ip))
+        return (e.primary, pods[e.eni_id], -len(e.ips), left[e.eni_id], e.eni_id,
+                state.free_since.get(ip, state.now), _ip_key(ip))
 
     return sorted(ips, key=key)

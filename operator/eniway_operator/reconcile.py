@@ -121,6 +121,7 @@ class NodeMemory:
     marked_at: dict[str, float] = field(default_factory=dict)  # unknown after a restart: 0
     last_idle_reclaim: float = 0.0
     pending: int = 0  # pods waiting at the last round (the planner tells a burst from a stream)
+    allocated: int = 0  # IPs pods held at the last round (pods served since count as come)
     failures: int = 0
     throttled: bool = False
     last_pool_status: JSON = field(default_factory=dict)
@@ -311,6 +312,9 @@ class Reconciler:
         # Plan
         agent = (pool.get("status") or {}).get("agent") or {}
         allocated = set(demand.pods) | set(agent.get("allocated") or [])
+        # An IP the agent handed out whose PodIP has not reached the index yet is held by a
+        # pod still counted as waiting: counting both would ask for its IP twice.
+        pending = max(demand.pending - len(allocated - set(demand.pods)), 0)
         on_primary = limits.pods_on_primary_eni
         states = self._ip_states(mem, resources, allocated, set(self._release(pool)), now,
                                  on_primary)
@@ -326,7 +330,8 @@ class Reconciler:
             allocated=frozenset(allocated), free_since=free_since, cooling=cooling,
             release=frozenset(self._release(pool)), marked_at=dict(mem.marked_at),
             acknowledged=self._acknowledged(name, pool),
-            pending=demand.pending, pending_before=mem.pending, vswitches=vswitches,
+            pending=pending, pending_before=mem.pending,
+            allocated_before=mem.allocated, vswitches=vswitches,
             default_vswitch=info.vswitch_id, blocked_vswitches=dict(mem.blocked),
             warmed_up=warmed, last_idle_reclaim=mem.last_idle_reclaim,
             reserved_slots=reserved_slots(cfg.exclusive_enis, mem.exclusive_slots))
@@ -335,7 +340,8 @@ class Reconciler:
         mem.shared_enis = len([e for e in state.enis if not e.primary
                                and e.status in (ATTACHING, INUSE, DETACHING)])
         mem.marked_at = {ip: mem.marked_at.get(ip, now) for ip in plan.release}
-        mem.pending = demand.pending
+        mem.pending = pending
+        mem.allocated = len(allocated)
         if plan.idle_reclaimed:
             mem.last_idle_reclaim = now
 
@@ -359,7 +365,7 @@ class Reconciler:
         states = self._ip_states(mem, resources, allocated, set(self._release(pool)), now,
                                  on_primary)
         self._write_eni_statuses(mem, resources, states, demand.pods, now, on_primary)
-        counts = self._counts(mem, states, demand.pending, on_primary)
+        counts = self._counts(mem, states, pending, on_primary)
         metrics.set_pool(name, counts)
         conditions = dict(plan.conditions)
         blocked = sorted(v for v, until in mem.blocked.items() if until > now)
