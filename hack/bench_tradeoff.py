@@ -654,24 +654,35 @@ def table(rows: list[dict[str, Any]], front: set[str]) -> str:
 
 def plot(rows: list[dict[str, Any]], front: set[str], path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    for r in rows:
+    # Policies often land close together: each point carries a number, and the legend
+    # names it with its figures, so no label hides another. p99 on a log scale keeps the
+    # close ones apart and the slow ones on the page.
+    fig, ax = plt.subplots(figsize=(9, 6))
+    for i, r in enumerate(rows, 1):
         own = r["label"] == "eniway"
         ax.scatter(r["idle_avg"], r["p99_s"], marker="o" if own else "s",
-                   color="tab:blue" if own else "tab:gray", s=60)
-        ax.annotate(r["policy"] + ("" if own else " (modelled)"), (r["idle_avg"], r["p99_s"]),
-                    textcoords="offset points", xytext=(6, 4), fontsize=8)
+                   color="tab:blue" if own else "tab:gray", s=60,
+                   label=f"{i}: {r['policy']}{'' if own else ' (modelled)'}: "
+                         f"p99 {r['p99_s']:.2f} s, {r['idle_avg']:.1f} idle")
+        ax.annotate(str(i), (r["idle_avg"], r["p99_s"]), textcoords="offset points",
+                    xytext=(5, 5 + 9 * (i % 2)), fontsize=9)
     pts = sorted((r["idle_avg"], r["p99_s"]) for r in rows if r["policy"] in front)
     if len(pts) > 1:
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "--", color="tab:green", lw=1)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "--", color="tab:green", lw=1,
+                label="frontier")
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_xlabel("idle IPs per node (average)")
-    ax.set_ylabel("pod IP-ready latency p99 (s)")
+    ax.set_ylabel("pod IP-ready latency p99 (s, log scale)")
     ax.set_title("Warm-pool policies: latency against idle IPs (same trace, same cloud)")
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.12), ncol=1)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
