@@ -361,6 +361,7 @@ def plan_node(state: NodeState) -> Plan:
         by_eni.setdefault(ip_eni[ip], []).append(ip)
     n_sec = len([e for e in live if e.status in (ATTACHING, INUSE)])
     whole: set[str] = set()
+    going: set[str] = set()
     if deficit <= 0 and can_attach:
         for e in sorted(sec_inuse, key=lambda e: e.eni_id):
             if n_sec <= cfg.min_eni or not e.managed or not e.ips:
@@ -369,12 +370,12 @@ def plan_node(state: NodeState) -> Plan:
                 plan.actions.append(DetachENI(e.eni_id))
                 whole.add(e.eni_id)
                 n_sec -= 1
-    # An ENI no pod uses whose IPs are all listed goes whole once the rest are acknowledged:
-    # unassigning the acknowledged ones first would cost calls for nothing. It waits for
-    # them a while (an agent that never acknowledges one does not keep the rest forever).
-    going = {e.eni_id for e in sec_inuse
-             if e.managed and e.ips and set(e.ips) <= release and not set(e.ips) & allocated
-             } if deficit <= 0 and can_attach and n_sec > cfg.min_eni else set()
+            elif set(e.ips) <= release:
+                # All listed (so no pod holds one), some not acknowledged yet: it goes whole
+                # once they are, and unassigning the others first would cost calls for
+                # nothing. It waits for them a while (an agent that never acknowledges one
+                # does not keep the rest forever).
+                going.add(e.eni_id)
     for eni_id, ips in sorted(by_eni.items()):
         if eni_id in whole:
             continue
